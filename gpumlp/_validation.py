@@ -1,0 +1,109 @@
+"""Argument checks shared by every public entry point.
+
+Each check raises ValueError or TypeError naming the argument and what was expected, and runs
+before any state changes, so a call that raises leaves the model exactly as it was.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dt.name!r}")
+    return dt
+
+
+def check_positive_number(value, name, *, allow_zero=False, integer=False):
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _as_host_array(a, name):
+    """Anything array-like (NumPy, CuPy, lists) -> NumPy array without copying NumPy input."""
+    if a is None:
+        raise TypeError(f"{name} must be an array, got None")
+    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+        return a.get()
+    try:
+        return np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} could not be read as an array: {exc}") from exc
+
+
+def check_X(X, name="X", n_features=None):
+    """A 2-D, non-empty, finite, real array. Returns a NumPy view or copy (dtype untouched)."""
+    if type(X).__module__.startswith("cupy"):
+        arr = X  # validated on the device, without a copy to the host
+        xp = __import__("cupy")
+    else:
+        arr, xp = _as_host_array(X, name), np
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features, the model expects {n_features}")
+    if arr.dtype.kind == "f" and not bool(xp.isfinite(arr).all()):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+def check_y(y, loss, n_samples, n_outputs, name="y"):
+    """Targets for ``loss``: integer labels in [0, q) for cross-entropy, (n, q) floats for squared."""
+    if type(y).__module__.startswith("cupy"):
+        arr, xp = y, __import__("cupy")
+    else:
+        arr, xp = _as_host_array(y, name), np
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    if arr.shape[:1] != (n_samples,):
+        raise ValueError(f"{name} has {arr.shape[0] if arr.ndim else 0} rows, X has {n_samples}")
+    if loss == "cross_entropy":
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be 1-D integer class labels for cross_entropy, got shape {arr.shape}")
+        if arr.dtype.kind == "f":
+            if not bool(xp.isfinite(arr).all()) or not bool((arr == xp.round(arr)).all()):
+                raise ValueError(f"{name} must hold integer class labels, got non-integer values")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= n_outputs:
+            raise ValueError(f"{name} labels must lie in [0, {n_outputs}), got values in [{lo}, {hi}]")
+        return arr
+    if arr.ndim == 1 and n_outputs == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2 or arr.shape[1] != n_outputs:
+        raise ValueError(f"{name} must have shape (n_samples, {n_outputs}) for the squared loss, got {arr.shape}")
+    if not bool(xp.isfinite(arr).all()):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+def check_sample_weight(w, n_samples, name="sample_weight"):
+    if w is None:
+        return None
+    arr = _as_host_array(w, name) if not type(w).__module__.startswith("cupy") else w.get()
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    if arr.shape != (n_samples,):
+        raise ValueError(f"{name} must have shape ({n_samples},), got {arr.shape}")
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise ValueError(f"{name} must be finite and non-negative")
+    if not arr.sum() > 0:
+        raise ValueError(f"{name} must have a positive sum")
+    return arr

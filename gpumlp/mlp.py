@@ -1,0 +1,524 @@
+"""The multilayer perceptron: the lecture's net generalised to any depth.
+
+    Z1 = X W1ᵀ (+b1), H1 = φ(Z1), ..., O = H_k W_{k+1}ᵀ (+b_{k+1}),
+    J = L(O, y) + λ/2 Σ_l ‖W_l‖²_F
+
+``forward``/``backward`` are the readable reference (``functions.py``, one named function per
+equation) and return every value of the computational graph. ``step``/``fit`` run the fast path
+(``_train_step``): preallocated buffers, the backend's fused ops, and for plain SGD the update folded
+into the weight-gradient product, W ← (1 − ηλ) W − η dᵀa, so ∂J/∂W is never materialised.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import functions as F
+from . import optim
+from ._validation import (check_dtype, check_positive_number, check_sample_weight, check_X,
+                          check_y)
+from .backend import resolve
+
+HE_INIT = ("relu", "leaky_relu", "gelu")
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite objective; the model keeps its last finite weights."""
+
+
+@dataclass
+class Forward:
+    """Values of the computational graph for one batch (backend arrays; L, s, J as floats)."""
+
+    x: object
+    z: list  # pre-activations, one per hidden layer
+    h: list  # activations, one per hidden layer
+    o: object  # outputs (logits for cross-entropy)
+    y: object = None
+    sample_weight: object = None
+    L: float | None = None
+    s: float | None = None
+    J: float | None = None
+
+
+@dataclass
+class Gradients:
+    """The lecture's gradients by name: ∂J/∂o, and per hidden layer ∂J/∂h, ∂J/∂z; ∂J/∂W per layer."""
+
+    do: object
+    dh: list = field(default_factory=list)
+    dz: list = field(default_factory=list)
+    dW: list = field(default_factory=list)
+    db: list | None = None
+
+
+class _Workspace:
+    """Buffers of one batch size, made once and reused by every step of that size."""
+
+    def __init__(self, xp, dtype, B, sizes):
+        hidden = sizes[1:-1]
+        self.z = [xp.empty((B, n), dtype) for n in hidden]
+        self.h = [xp.empty((B, n), dtype) for n in hidden]
+        self.o = xp.empty((B, sizes[-1]), dtype)
+        # d[l] = ∂J/∂(pre-activation of layer l): dz for hidden layers, do for the output layer.
+        self.d = [xp.empty((B, n), dtype) for n in sizes[1:]]
+        self.dh = [xp.empty((B, n), dtype) for n in hidden]
+
+
+class MLP:
+    """Multilayer perceptron trained by hand-derived backpropagation.
+
+    Parameters
+    ----------
+    sizes : (d, h1, ..., hk, q) layer widths; (d, h, q) is the lecture's one-hidden-layer net.
+    activation : φ for every hidden layer, or a list of one name per hidden layer
+        (relu, leaky_relu, sigmoid, tanh, gelu, softplus, identity).
+    loss : "cross_entropy" (integer labels, softmax outputs) or "squared" (l = ½‖o − y‖²).
+    weight_decay : λ in s = λ/2 Σ‖W‖²_F; ∂J/∂W includes λW (PyTorch's ``weight_decay``).
+        scikit-learn's ``alpha`` penalises alpha/(2·batch) Σ‖W‖², i.e. λ = alpha / batch_size.
+    bias : add a bias to every layer (never weight-decayed).
+    dtype : "float32" or "float64", end to end.
+    backend : "auto" | "numpy" | "cupy" (or $GPUMLP_BACKEND when "auto").
+    seed : seeds the initial weights and the shuffling; the same seed gives the same initial weights
+        on every backend (drawn on the host in float64, then cast).
+    optimizer : "sgd" (momentum, nesterov) or "adam" (beta1, beta2, eps, decoupled=AdamW);
+        see ``gpumlp.optim`` for the update rules.
+
+    Initialisation: W^(l) ~ U(−a, a) with a = √(6/fan_in) (He) for relu/leaky_relu/gelu hidden layers
+    and a = √(6/(fan_in + fan_out)) (Glorot) otherwise and for the output layer; biases start at 0.
+    """
+
+    def __init__(self, sizes, activation="relu", loss="cross_entropy", weight_decay=0.0, bias=False,
+                 dtype="float32", backend="auto", seed=None, optimizer="sgd", momentum=0.0,
+                 nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, decoupled=False):
+        sizes = self._check_sizes(sizes)
+        n_hidden = len(sizes) - 2
+        activations = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if len(activations) != n_hidden:
+            raise ValueError(f"activation lists {len(activations)} names for {n_hidden} hidden layers")
+        for a in activations:
+            if a not in F.ACTIVATIONS:
+                raise ValueError(f"activation must be one of {sorted(F.ACTIVATIONS)}, got {a!r}")
+        if loss not in F.LOSSES:
+            raise ValueError(f"loss must be one of {sorted(F.LOSSES)}, got {loss!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        self.sizes = sizes
+        self.activations = activations
+        self.activation = activation if isinstance(activation, str) else list(activation)
+        self.loss = loss
+        self.weight_decay = check_positive_number(weight_decay, "weight_decay", allow_zero=True)
+        self.bias = bool(bias)
+        self.dtype = check_dtype(dtype)
+        self.seed = seed
+        self.optimizer = optim.make_optimizer(optimizer, momentum=momentum, nesterov=nesterov, beta1=beta1,
+                                              beta2=beta2, eps=eps, decoupled=decoupled)
+        self._backend = resolve(backend)
+        self.backend = self._backend.name
+        self._ops = self._make_ops()
+        self._rng = np.random.default_rng(seed)
+        self._alloc_parameters()
+        self.reset_parameters()
+        self._workspaces = {}
+        self.loss_curve_ = []
+        self.validation_curve_ = []
+        self.validation_loss_curve_ = []
+        self.epochs_ = 0
+
+    # ------------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _check_sizes(sizes):
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            raise TypeError(f"sizes must be a sequence of layer widths like (d, h, q), got {sizes!r}") from None
+        if len(sizes) < 2:
+            raise ValueError(f"sizes needs at least an input and an output width, got {sizes!r}")
+        for n in sizes:
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise ValueError(f"sizes must be positive integers, got {sizes!r}")
+        return tuple(int(n) for n in sizes)
+
+    def _make_ops(self):
+        if self._backend.is_gpu:
+            from ._cupy_ops import CupyOps
+
+            return CupyOps(self.dtype)
+        from ._numpy_ops import NumpyOps
+
+        return NumpyOps()
+
+    @property
+    def _xp(self):
+        return self._backend.xp
+
+    def _alloc_parameters(self):
+        """One flat buffer θ = [W1, ..., W_{k+1}, b1, ..., b_{k+1}]; weights and biases are views."""
+        shapes = list(zip(self.sizes[1:], self.sizes[:-1]))  # W_l is (out, in), as the lecture
+        self._n_weights = sum(o * i for o, i in shapes)
+        n_bias = sum(self.sizes[1:]) if self.bias else 0
+        xp = self._xp
+        self._theta = xp.zeros(self._n_weights + n_bias, self.dtype)
+        self._grad = xp.zeros_like(self._theta)
+        self._W, self._gW, self._b, self._gb = [], [], [], []
+        pos = 0
+        for o, i in shapes:
+            self._W.append(self._theta[pos:pos + o * i].reshape(o, i))
+            self._gW.append(self._grad[pos:pos + o * i].reshape(o, i))
+            pos += o * i
+        if self.bias:
+            for o in self.sizes[1:]:
+                self._b.append(self._theta[pos:pos + o])
+                self._gb.append(self._grad[pos:pos + o])
+                pos += o
+
+    def reset_parameters(self):
+        """Draw fresh initial weights from the model's RNG (documented in the class docstring)."""
+        host = []
+        n_layers = len(self.sizes) - 1
+        for l, (fan_out, fan_in) in enumerate(zip(self.sizes[1:], self.sizes[:-1])):
+            hidden = l < n_layers - 1
+            if hidden and self.activations[l] in HE_INIT:
+                a = math.sqrt(6.0 / fan_in)
+            else:
+                a = math.sqrt(6.0 / (fan_in + fan_out))
+            host.append(self._rng.uniform(-a, a, size=(fan_out, fan_in)))
+        self._copy_in(host, [np.zeros(n) for n in self.sizes[1:]] if self.bias else None)
+        self.optimizer.__init__(**self._optimizer_kwargs())
+
+    def _optimizer_kwargs(self):
+        o = self.optimizer
+        if o.name == "sgd":
+            return {"momentum": o.momentum, "nesterov": o.nesterov}
+        return {"beta1": o.beta1, "beta2": o.beta2, "eps": o.eps, "decoupled": o.decoupled}
+
+    def _copy_in(self, weights, biases):
+        for W, new in zip(self._W, weights):
+            W[...] = self._backend.asarray(np.asarray(new, dtype=self.dtype))
+        if biases is not None:
+            for b, new in zip(self._b, biases):
+                b[...] = self._backend.asarray(np.asarray(new, dtype=self.dtype))
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def weights(self):
+        """W^(l) shaped (out, in), as backend arrays (views into the model's parameter buffer)."""
+        return list(self._W)
+
+    @property
+    def biases(self):
+        return list(self._b) if self.bias else None
+
+    @property
+    def n_layers(self):
+        return len(self.sizes) - 1
+
+    def get_weights(self):
+        """Host NumPy copies of the weights."""
+        return [np.array(self._backend.to_host(W)) for W in self._W]
+
+    def get_biases(self):
+        return [np.array(self._backend.to_host(b)) for b in self._b] if self.bias else None
+
+    def _check_params(self, arrays, shapes, what):
+        if isinstance(arrays, (str, bytes)) or not hasattr(arrays, "__len__"):
+            raise TypeError(f"{what} must be a list of {len(shapes)} arrays")
+        if len(arrays) != len(shapes):
+            raise ValueError(f"{what} must hold {len(shapes)} arrays, got {len(arrays)}")
+        checked = []
+        for l, (a, shape) in enumerate(zip(arrays, shapes)):
+            a = np.asarray(a.get() if type(a).__module__.startswith("cupy") else a)
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"{what}[{l}] must hold real numbers, got dtype {a.dtype}")
+            if a.shape != shape:
+                raise ValueError(f"{what}[{l}] must have shape {shape}, got {a.shape}")
+            if not np.isfinite(a).all():
+                raise ValueError(f"{what}[{l}] contains NaN or infinity")
+            checked.append(a)
+        return checked
+
+    def set_weights(self, weights, biases=None):
+        """Validate every array first, then copy all of them in (nothing changes if one is wrong)."""
+        W = self._check_params(weights, [w.shape for w in self._W], "weights")
+        b = None
+        if biases is not None:
+            if not self.bias:
+                raise ValueError("biases given, but the model was built with bias=False")
+            b = self._check_params(biases, [v.shape for v in self._b], "biases")
+        self._copy_in(W, b)
+
+    # ------------------------------------------------------------------ reference forward/backward
+    def _device_X(self, X, name="X"):
+        X = check_X(X, name, self.sizes[0])
+        return self._backend.asarray(X, dtype=self.dtype)
+
+    def _device_y(self, y, n, name="y"):
+        y = check_y(y, self.loss, n, self.sizes[-1], name)
+        dtype = np.int64 if self.loss == "cross_entropy" else self.dtype
+        return self._backend.asarray(y, dtype=dtype)
+
+    def forward(self, X, y=None, sample_weight=None):
+        """The lecture's forward pass on a batch: z, h per hidden layer, o; with y also L, s, J."""
+        x = self._device_X(X)
+        yy = None if y is None else self._device_y(y, x.shape[0])
+        w = check_sample_weight(sample_weight, x.shape[0])
+        w = None if w is None else self._backend.asarray(w, dtype=self.dtype)
+        zs, hs, a = [], [], x
+        for l in range(self.n_layers - 1):
+            z = F.linear_forward(a, self._W[l], self._b[l] if self.bias else None)
+            a = F.ACTIVATIONS[self.activations[l]].forward(z)
+            zs.append(z)
+            hs.append(a)
+        o = F.linear_forward(a, self._W[-1], self._b[-1] if self.bias else None)
+        fw = Forward(x=x, z=zs, h=hs, o=o, y=yy, sample_weight=w)
+        if yy is not None:
+            fw.L = float(F.LOSSES[self.loss].forward(o, yy, w))
+            fw.s = float(F.regulariser(self._W, self.weight_decay))
+            fw.J = fw.L + fw.s
+        return fw
+
+    def backward(self, fw):
+        """The lecture's backward pass: ∂J/∂o, then per layer ∂J/∂W (λW included), ∂J/∂h, ∂J/∂z."""
+        if not isinstance(fw, Forward) or fw.y is None:
+            raise ValueError("backward needs the result of forward(X, y) called with targets y")
+        do = F.LOSSES[self.loss].backward(fw.o, fw.y, fw.sample_weight)
+        g = Gradients(do=do, dW=[None] * self.n_layers, dh=[None] * (self.n_layers - 1),
+                      dz=[None] * (self.n_layers - 1), db=[None] * self.n_layers if self.bias else None)
+        d = do
+        for l in reversed(range(self.n_layers)):
+            a_prev = fw.x if l == 0 else fw.h[l - 1]
+            g.dW[l], dh, db = F.linear_backward(d, a_prev, self._W[l], self.weight_decay)
+            if self.bias:
+                g.db[l] = db
+            if l > 0:
+                g.dh[l - 1] = dh
+                g.dz[l - 1] = F.ACTIVATIONS[self.activations[l - 1]].backward(dh, fw.z[l - 1], fw.h[l - 1])
+                d = g.dz[l - 1]
+        return g
+
+    # ------------------------------------------------------------------ the fast training step
+    def _workspace(self, B):
+        ws = self._workspaces.get(B)
+        if ws is None:
+            if len(self._workspaces) >= 2:  # full batches and one remainder size
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[B] = _Workspace(self._xp, self.dtype, B, self.sizes)
+        return ws
+
+    def _train_step(self, x, y, w, lr):
+        """One update on a device batch; returns J before the update as a 0-d backend array.
+
+        Allocation-free in the steady state: every intermediate goes into the workspace of this
+        batch size, and the update is either folded into the weight-gradient GEMM (plain SGD) or
+        one pass of the optimizer over the flat parameter buffer.
+        """
+        ops, ws, lam = self._ops, self._workspace(x.shape[0]), self.weight_decay
+        n = self.n_layers
+        a = x
+        for l in range(n - 1):  # forward: Z = A Wᵀ (+b), H = φ(Z)
+            ops.linear(a, self._W[l], self._b[l] if self.bias else None, ws.z[l])
+            a = ops.act_forward(self.activations[l], ws.z[l], ws.h[l])
+        ops.linear(a, self._W[-1], self._b[-1] if self.bias else None, ws.o)
+        J = ops.loss_grad(self.loss, ws.o, y, w, ws.d[-1])  # L, and ∂L/∂o into d[-1]
+        if lam:
+            J = J + 0.5 * lam * ops.sq_norm(self._theta[:self._n_weights])  # s, before the update
+        fold = self.optimizer.foldable
+        for l in reversed(range(n)):  # backward, output layer first
+            a_prev = x if l == 0 else ws.h[l - 1]
+            d = ws.d[l]
+            if l > 0:  # ∂J/∂h = d W, from W before it is updated
+                ops.input_grad(d, self._W[l], ws.dh[l - 1])
+            if fold:  # W ← (1 − ηλ) W − η dᵀa: the lecture's update inside the GEMM
+                ops.weight_grad(d, a_prev, self._W[l], alpha=-lr, beta=1.0 - lr * lam)
+                if self.bias:
+                    ops.bias_grad(d, self._gb[l])
+                    self._b[l] -= lr * self._gb[l]
+            else:
+                ops.weight_grad(d, a_prev, self._gW[l])
+                if self.bias:
+                    ops.bias_grad(d, self._gb[l])
+            if l > 0:  # ∂J/∂z = ∂J/∂h ⊙ φ′(z)
+                ops.act_backward(self.activations[l - 1], ws.dh[l - 1], ws.z[l - 1], ws.h[l - 1], ws.d[l - 1])
+        if not fold:
+            self.optimizer.update(self._theta, self._grad, lr, lam, self._n_weights, ops)
+        return J
+
+    def step(self, X, y, lr, sample_weight=None):
+        """One gradient-descent update W ← W − lr·∂J/∂W on this batch; returns J before it."""
+        lr = check_positive_number(lr, "lr")
+        x = self._device_X(X)
+        yy = self._device_y(y, x.shape[0])
+        w = check_sample_weight(sample_weight, x.shape[0])
+        w = None if w is None else self._backend.asarray(w, dtype=self.dtype)
+        return float(self._train_step(x, yy, w, lr))
+
+    # ------------------------------------------------------------------ training loop
+    def fit(self, X, y, epochs=10, batch_size=64, lr=0.01, shuffle=True, validation_data=None,
+            sample_weight=None, verbose=False):
+        """Minibatch training from the current weights. Records ``loss_curve_`` (mean J per epoch)
+        and, with ``validation_data=(Xv, yv)``, ``validation_loss_curve_`` and ``validation_curve_``
+        (the validation score per epoch). Returns self.
+
+        The data are validated and moved to the device once; each epoch shuffles them once (seeded
+        host permutation, identical on every backend) into a device buffer whose contiguous slices
+        are the batches; J is read back once per epoch.
+        """
+        epochs = check_positive_number(epochs, "epochs", integer=True)
+        batch_size = check_positive_number(batch_size, "batch_size", integer=True)
+        lr = check_positive_number(lr, "lr")
+        x = self._device_X(X)
+        n = x.shape[0]
+        yy = self._device_y(y, n)
+        w = check_sample_weight(sample_weight, n)
+        w = None if w is None else self._backend.asarray(w, dtype=self.dtype)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            xv = self._device_X(validation_data[0], "validation_data[0]")
+            val = (xv, self._device_y(validation_data[1], xv.shape[0], "validation_data[1]"))
+        for _ in range(epochs):
+            J = self._run_epoch(x, yy, w, lr, batch_size, shuffle)
+            self.loss_curve_.append(J)
+            self.epochs_ += 1
+            if val is not None:
+                self.validation_loss_curve_.append(self._objective(*val))
+                self.validation_curve_.append(self._score_device(*val))
+            if verbose:
+                msg = f"epoch {self.epochs_}: J = {J:.6g}"
+                if val is not None:
+                    msg += f", validation score = {self.validation_curve_[-1]:.4f}"
+                print(msg)
+        return self
+
+    def _run_epoch(self, x, y, w, lr, batch_size, shuffle):
+        """One pass over (x, y); returns the mean J over the epoch's steps, weighted by batch size."""
+        xp, n = self._xp, x.shape[0]
+        if shuffle:
+            perm = self._backend.asarray(self._rng.permutation(n))
+            x, y = xp.take(x, perm, axis=0), xp.take(y, perm, axis=0)
+            w = None if w is None else xp.take(w, perm)
+        snapshot = self._theta.copy()
+        total = xp.zeros((), self.dtype if self.dtype == np.float64 else np.float64)
+        for step, i in enumerate(range(0, n, batch_size)):
+            j = min(i + batch_size, n)
+            J = self._train_step(x[i:j], y[i:j], None if w is None else w[i:j], lr)
+            if not self._backend.is_gpu and not math.isfinite(float(J)):
+                self._diverged(snapshot, step, float(J))
+            total += J * (j - i)
+        mean = float(total) / n
+        if not math.isfinite(mean):
+            self._diverged(snapshot, None, mean)
+        return mean
+
+    def _diverged(self, snapshot, step, J):
+        self._theta[...] = snapshot
+        where = f"epoch {self.epochs_ + 1}" + ("" if step is None else f", step {step + 1}")
+        raise DivergenceError(
+            f"training diverged: the objective J became {J} in {where}. The weights were restored to "
+            f"those at the start of that epoch. Try a smaller learning rate.")
+
+    # ------------------------------------------------------------------ inference
+    def _outputs(self, x, chunk=8192):
+        """O for device rows x, in chunks to bound memory."""
+        xp = self._xp
+        outs = []
+        for i in range(0, x.shape[0], chunk):
+            a = x[i:i + chunk]
+            for l in range(self.n_layers - 1):
+                a = F.ACTIVATIONS[self.activations[l]].forward(
+                    F.linear_forward(a, self._W[l], self._b[l] if self.bias else None))
+            outs.append(F.linear_forward(a, self._W[-1], self._b[-1] if self.bias else None))
+        return outs[0] if len(outs) == 1 else xp.concatenate(outs)
+
+    def _objective(self, x, y):
+        o = self._outputs(x)
+        return float(F.LOSSES[self.loss].forward(o, y)) + F.regulariser(self._W, self.weight_decay)
+
+    def decision_function(self, X):
+        """The outputs o (logits for cross-entropy) as a host NumPy array."""
+        return self._backend.to_host(self._outputs(self._device_X(X)))
+
+    def predict_proba(self, X):
+        if self.loss != "cross_entropy":
+            raise ValueError("predict_proba needs loss='cross_entropy'")
+        return self._backend.to_host(F.softmax(self._outputs(self._device_X(X))))
+
+    def predict(self, X):
+        """Class labels (cross-entropy) or outputs (squared; 1-D when q = 1), as NumPy arrays."""
+        o = self._outputs(self._device_X(X))
+        if self.loss == "cross_entropy":
+            return self._backend.to_host(o.argmax(axis=1))
+        o = self._backend.to_host(o)
+        return o[:, 0] if o.shape[1] == 1 else o
+
+    def _score_device(self, x, y):
+        o = self._outputs(x)
+        if self.loss == "cross_entropy":
+            return float((o.argmax(axis=1) == y).mean())
+        # R², averaged uniformly over outputs, as sklearn.metrics.r2_score
+        ss_res = ((y - o) ** 2).sum(axis=0)
+        ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+        xp = self._xp
+        r2 = xp.where(ss_tot > 0, 1 - ss_res / xp.where(ss_tot > 0, ss_tot, 1), xp.where(ss_res > 0, 0.0, 1.0))
+        return float(r2.mean())
+
+    def score(self, X, y):
+        """Accuracy for cross-entropy, R² (uniform average over outputs) for squared."""
+        x = self._device_X(X)
+        return self._score_device(x, self._device_y(y, x.shape[0]))
+
+    # ------------------------------------------------------------------ persistence
+    def _checkpoint_state(self):
+        """(meta, arrays): everything needed to rebuild this model and continue training exactly.
+
+        ``meta`` is JSON-serialisable (architecture, settings, optimizer hyper-parameters and step,
+        epoch count, curves, the RNG state); ``arrays`` maps names to host NumPy arrays (weights,
+        biases, optimizer state). ``gpumlp.io`` writes both without pickle.
+        """
+        o = self.optimizer
+        meta = {
+            "sizes": list(self.sizes), "activation": self.activation, "loss": self.loss,
+            "weight_decay": self.weight_decay, "bias": self.bias, "dtype": self.dtype.name, "seed": self.seed,
+            "optimizer": {"name": o.name, "t": o.t, **self._optimizer_kwargs()},
+            "epochs": self.epochs_, "loss_curve": list(self.loss_curve_),
+            "validation_curve": list(self.validation_curve_),
+            "validation_loss_curve": list(self.validation_loss_curve_),
+            "rng_state": self._rng.bit_generator.state,
+        }
+        arrays = {"theta": np.array(self._backend.to_host(self._theta))}
+        for k, v in o.state_arrays().items():
+            arrays[f"optimizer.{k}"] = np.array(self._backend.to_host(v))
+        return meta, arrays
+
+    @classmethod
+    def _from_checkpoint_state(cls, meta, arrays, backend="auto"):
+        """Inverse of ``_checkpoint_state`` (``gpumlp.io.load`` validates before calling this)."""
+        opt = dict(meta["optimizer"])
+        name, t = opt.pop("name"), opt.pop("t")
+        m = cls(meta["sizes"], activation=meta["activation"], loss=meta["loss"],
+                weight_decay=meta["weight_decay"], bias=meta["bias"], dtype=meta["dtype"], backend=backend,
+                seed=meta["seed"], optimizer=name, **opt)
+        m._theta[...] = m._backend.asarray(arrays["theta"].astype(m.dtype, copy=False))
+        m.optimizer.t = t
+        for k in m.optimizer.__dict__:
+            if f"optimizer.{k}" in arrays:
+                setattr(m.optimizer, k, m._backend.asarray(arrays[f"optimizer.{k}"].astype(m.dtype, copy=False)))
+        m.epochs_ = meta["epochs"]
+        m.loss_curve_ = list(meta["loss_curve"])
+        m.validation_curve_ = list(meta["validation_curve"])
+        m.validation_loss_curve_ = list(meta["validation_loss_curve"])
+        m._rng.bit_generator.state = meta["rng_state"]
+        return m
+
+    def save(self, path):
+        from .io import save
+
+        save(self, path)
+
+    def __repr__(self):
+        return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
+                f"weight_decay={self.weight_decay}, bias={self.bias}, dtype={self.dtype.name!r}, "
+                f"backend={self.backend!r}, optimizer={self.optimizer.name!r})")
