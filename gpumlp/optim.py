@@ -4,20 +4,38 @@ Every parameter of a model lives in one flat array ``theta`` (all weights first,
 and the raw loss gradient ∂L/∂θ in a flat array ``grad`` of the same layout. The first ``n_decay``
 elements are weights: only they get the λW term of ∂s/∂W (biases are never decayed).
 
-The lecture's update is the plain rule   W ← W − η (∂L/∂W + λW) = W − η ∂J/∂W.
+    lecture (plain gradient descent)     W ← W − η (∂L/∂W + λW) = W − η ∂J/∂W
 
-Conventions (PyTorch's, stated once here):
-- SGD with momentum μ:   v ← μ v + g,  g = ∂L/∂θ + λθ;   θ ← θ − η v
-  (Nesterov: θ ← θ − η (g + μ v) with the new v). scikit-learn folds η into v
-  (v ← μ v − η g); the two agree while η is constant and differ when η changes.
-- Adam: m ← β1 m + (1−β1) g, v ← β2 v + (1−β2) g², θ ← θ − η m̂ / (√v̂ + ε), with bias-corrected
-  m̂ = m/(1−β1ᵗ), v̂ = v/(1−β2ᵗ). L2 (coupled, g includes λθ) as torch.optim.Adam(weight_decay=λ);
-  with ``decoupled=True``, AdamW: θ ← θ(1 − ηλ) before the Adam step, g without λθ.
+    SGD, momentum μ (PyTorch's rule)     g ← ∂L/∂θ + λθ
+                                         v ← μ v + g               (v starts at the first g)
+                                         θ ← θ − η v               (Nesterov: θ ← θ − η (g + μ v))
+
+    Adam (Kingma & Ba; PyTorch's form)   g ← ∂L/∂θ + λθ            (coupled L2, torch.optim.Adam)
+                                         m ← β1 m + (1 − β1) g,    v ← β2 v + (1 − β2) g²
+                                         θ ← θ − (η / c1) m / (√v / √c2 + ε),  c1 = 1 − β1ᵗ, c2 = 1 − β2ᵗ
+
+    AdamW (``decoupled=True``)           θ ← θ (1 − ηλ) first, then Adam with g = ∂L/∂θ (no λθ)
+                                         (torch.optim.AdamW; "decoupled weight decay", Loshchilov & Hutter)
+
+With μ = 0 SGD is exactly the lecture's rule, and the model folds it into the weight-gradient GEMM.
+
+Momentum convention: we follow PyTorch, which keeps η outside the velocity. scikit-learn's
+MLPClassifier folds η into it, v ← μ v − η g, θ ← θ + v (Nesterov: θ ← θ + μ v − η g) with v
+starting at 0. While η is constant the two produce identical iterates (sklearn's v is −η times
+ours); they differ when η changes during training: with ours a new η applies at once to the whole
+accumulated velocity, with scikit-learn's it applies only to new gradients. scikit-learn's Adam
+adds ε to √v rather than to √v̂, i.e. its ε is ours times √c2; with the default ε = 1e-8 the
+difference is negligible.
 
 Each ``update`` here is the readable reference, written with in-place array operations so that it
 runs on NumPy and CuPy alike; a backend's ``ops`` may provide a fused version with the same name
-(``ops.sgd_update`` / ``ops.adam_update``), which is checked against this one.
-"""
+and the same meaning (one kernel launch over the flat buffer), which is checked against this one:
+
+    ops.sgd_update(theta, grad, velocity, lr, lam, n_decay, momentum, nesterov)
+        velocity is None when momentum == 0; otherwise a zero-initialised buffer before the first
+        step (μ·0 + g = g, so PyTorch's "v starts at g" holds without a special case).
+    ops.adam_update(theta, grad, m, v, lr, lam, n_decay, beta1, beta2, eps, c1, c2, decoupled)
+        c1, c2 are the bias corrections of this step (t already incremented).
 from __future__ import annotations
 
 import math
@@ -47,6 +65,13 @@ class SGD:
 
     def state_arrays(self):
         return {} if self.velocity is None else {"velocity": self.velocity}
+
+    def reset(self):
+        """Forget the accumulated state (as a freshly built optimizer)."""
+        self.velocity, self.t = None, 0
+
+    def hyperparameters(self):
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
 
     def update(self, theta, grad, lr, lam, n_decay, ops=None):
         """θ ← θ − η·d with d as in the module docstring. ``grad`` holds ∂L/∂θ and is overwritten."""
@@ -89,6 +114,14 @@ class Adam:
     def state_arrays(self):
         return {} if self.m is None else {"m": self.m, "v": self.v}
 
+    def reset(self):
+        """Forget the moment estimates and the step count (as a freshly built optimizer)."""
+        self.m = self.v = None
+        self.t = 0
+
+    def hyperparameters(self):
+        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps, "decoupled": self.decoupled}
+
     def update(self, theta, grad, lr, lam, n_decay, ops=None):
         self.t += 1
         if self.m is None:
@@ -115,6 +148,7 @@ class Adam:
 
 
 def make_optimizer(name, **kw):
+    """"sgd" -> SGD(momentum, nesterov); "adam" -> Adam(beta1, beta2, eps, decoupled)."""
     if name == "sgd":
         return SGD(kw.get("momentum", 0.0), kw.get("nesterov", False))
     if name == "adam":
