@@ -1,0 +1,43 @@
+"""The README's commands are the ones CI runs, and the wheel carries what the package needs."""
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"^```(?:bash|sh)\n(.*?)\n```", text, flags=re.S | re.M)
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_lines = [l for l in (ROOT / ".ci" / "run").read_text().splitlines() if l and not l.startswith("#")]
+    ci_command = ci_lines[-1]
+    assert "pytest" in ci_command
+    assert ci_command in readme_commands(), "the last line of .ci/run must be the README's test command"
+
+
+def test_readme_install_command_runs_the_main_job():
+    assert any("pip install" in c and "gpumlp train" in c for c in readme_commands())
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_cuda_sources_and_the_dataset(tmp_path):
+    """Build the wheel from the repo (as pip would for a user) and look inside it."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("gpumlp-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    sources = sorted(p.name for p in (ROOT / "kernels").iterdir() if p.suffix in (".cu", ".cuh"))
+    assert sources, "kernels/ holds no CUDA sources"
+    for name in sources:
+        assert f"gpumlp/kernels/{name}" in names
+    data = sorted(p.name for p in (ROOT / "gpumlp" / "data").iterdir() if p.is_file())
+    for name in data:
+        assert f"gpumlp/data/{name}" in names
+    assert not any(n.startswith("tests/") for n in names)
