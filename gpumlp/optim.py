@@ -36,6 +36,7 @@ and the same meaning (one kernel launch over the flat buffer), which is checked 
         step (μ·0 + g = g, so PyTorch's "v starts at g" holds without a special case).
     ops.adam_update(theta, grad, m, v, lr, lam, n_decay, beta1, beta2, eps, c1, c2, decoupled)
         c1, c2 are the bias corrections of this step (t already incremented).
+"""
 from __future__ import annotations
 
 import math
@@ -148,7 +149,7 @@ class Adam:
 
 
 def make_optimizer(name, **kw):
-    """"sgd" -> SGD(momentum, nesterov); "adam" -> Adam(beta1, beta2, eps, decoupled)."""
+    """Build by name: sgd -> SGD(momentum, nesterov); adam -> Adam(beta1, beta2, eps, decoupled)."""
     if name == "sgd":
         return SGD(kw.get("momentum", 0.0), kw.get("nesterov", False))
     if name == "adam":
