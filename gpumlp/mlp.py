@@ -11,17 +11,20 @@ into the weight-gradient product, W ← (1 − ηλ) W − η dᵀa, so ∂J/∂
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import functions as F
 from . import optim
+from . import schedules
 from ._validation import (check_dtype, check_positive_number, check_sample_weight, check_X,
                           check_y)
 from .backend import resolve
 
 HE_INIT = ("relu", "leaky_relu", "gelu")
+HISTORY_KEYS = ("epoch", "lr", "loss", "score", "val_loss", "val_score")
 
 
 class DivergenceError(FloatingPointError):
@@ -84,7 +87,16 @@ class MLP:
     seed : seeds the initial weights and the shuffling; the same seed gives the same initial weights
         on every backend (drawn on the host in float64, then cast).
     optimizer : "sgd" (momentum, nesterov) or "adam" (beta1, beta2, eps, decoupled=AdamW);
-        see ``gpumlp.optim`` for the update rules.
+        see ``gpumlp.optim`` for the update rules (PyTorch's conventions).
+    lr_schedule : None ("constant"), a name, or a ``gpumlp.schedules.Schedule`` such as
+        ``Cosine(T_max=50)``: the learning rate of each epoch from the ``lr`` given to ``fit``.
+
+    Warm starts: like a PyTorch module, an MLP keeps training from where it is. Each ``fit`` and
+    ``partial_fit`` continues from the current weights, optimizer state (velocity, Adam moments and
+    step), schedule position (``epochs_``, ``samples_seen_``) and curves. ``reset_parameters()``
+    starts over: fresh weights, optimizer and schedule state (curves and counters are kept). The
+    scikit-learn estimators in ``gpumlp.sklearn`` follow scikit-learn instead: every ``fit``
+    starts from scratch unless ``warm_start=True``.
 
     Initialisation: W^(l) ~ U(−a, a) with a = √(6/fan_in) (He) for relu/leaky_relu/gelu hidden layers
     and a = √(6/(fan_in + fan_out)) (Glorot) otherwise and for the output layer; biases start at 0.
@@ -92,7 +104,7 @@ class MLP:
 
     def __init__(self, sizes, activation="relu", loss="cross_entropy", weight_decay=0.0, bias=False,
                  dtype="float32", backend="auto", seed=None, optimizer="sgd", momentum=0.0,
-                 nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, decoupled=False):
+                 nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8, decoupled=False, lr_schedule=None):
         sizes = self._check_sizes(sizes)
         n_hidden = len(sizes) - 2
         activations = [activation] * n_hidden if isinstance(activation, str) else list(activation)
@@ -115,6 +127,7 @@ class MLP:
         self.seed = seed
         self.optimizer = optim.make_optimizer(optimizer, momentum=momentum, nesterov=nesterov, beta1=beta1,
                                               beta2=beta2, eps=eps, decoupled=decoupled)
+        self.lr_schedule = schedules.make_schedule(lr_schedule)
         self._backend = resolve(backend)
         self.backend = self._backend.name
         self._ops = self._make_ops()
@@ -126,6 +139,12 @@ class MLP:
         self.validation_curve_ = []
         self.validation_loss_curve_ = []
         self.epochs_ = 0
+        self.samples_seen_ = 0  # examples trained on (scikit-learn's t_), for the invscaling schedule
+        self.history_ = {k: [] for k in HISTORY_KEYS}
+        self.stop_reason_ = None
+        # Plateau monitor of the current (or last) run: early stopping, convergence, "adaptive" lr.
+        self._monitor = None
+        self._best_theta = None
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -186,13 +205,13 @@ class MLP:
                 a = math.sqrt(6.0 / (fan_in + fan_out))
             host.append(self._rng.uniform(-a, a, size=(fan_out, fan_in)))
         self._copy_in(host, [np.zeros(n) for n in self.sizes[1:]] if self.bias else None)
-        self.optimizer.__init__(**self._optimizer_kwargs())
+        self.optimizer.reset()
+        if hasattr(self, "lr_schedule"):  # not yet during __init__
+            self.lr_schedule.reset()
+            self._monitor = self._best_theta = None
 
     def _optimizer_kwargs(self):
-        o = self.optimizer
-        if o.name == "sgd":
-            return {"momentum": o.momentum, "nesterov": o.nesterov}
-        return {"beta1": o.beta1, "beta2": o.beta2, "eps": o.eps, "decoupled": o.decoupled}
+        return self.optimizer.hyperparameters()
 
     def _copy_in(self, weights, biases):
         for W, new in zip(self._W, weights):
@@ -248,6 +267,44 @@ class MLP:
                 raise ValueError("biases given, but the model was built with bias=False")
             b = self._check_params(biases, [v.shape for v in self._b], "biases")
         self._copy_in(W, b)
+
+    # ------------------------------------------------------------------ hyper-parameters
+    _ARCHITECTURE = ("sizes", "activation", "loss", "bias", "dtype", "backend", "seed", "optimizer")
+    _OPTIMIZER_PARAMS = ("momentum", "nesterov", "beta1", "beta2", "eps", "decoupled")
+
+    def get_params(self, deep=True):
+        """The constructor's arguments (scikit-learn's convention; ``deep`` is accepted and unused)."""
+        o = optim.make_optimizer("sgd" if self.optimizer.name == "adam" else "adam")  # the other's defaults
+        params = {"sizes": self.sizes, "activation": self.activation, "loss": self.loss,
+                  "weight_decay": self.weight_decay, "bias": self.bias, "dtype": self.dtype.name,
+                  "backend": self.backend, "seed": self.seed, "optimizer": self.optimizer.name,
+                  **o.hyperparameters(), **self.optimizer.hyperparameters(), "lr_schedule": self.lr_schedule}
+        return params
+
+    def set_params(self, **params):
+        """Change training hyper-parameters in place: weight_decay, the optimizer's own settings
+        (its state is kept) and lr_schedule. The architecture, loss, dtype, backend, seed and the
+        optimizer's kind define the model: build a new MLP to change them. Returns self."""
+        fixed = [k for k in params if k in self._ARCHITECTURE]
+        unknown = [k for k in params if k not in self.get_params()]
+        if unknown or fixed:
+            raise ValueError(f"set_params cannot change {sorted(unknown + fixed)}: it changes weight_decay, "
+                             f"lr_schedule and the settings of the {self.optimizer.name!r} optimizer; "
+                             f"build a new MLP for the rest")
+        mine = self.optimizer.hyperparameters()
+        foreign = [k for k in params if k in self._OPTIMIZER_PARAMS and k not in mine]
+        if foreign:
+            raise ValueError(f"{foreign} do not apply to optimizer={self.optimizer.name!r}")
+        # Validate everything before changing anything.
+        weight_decay = check_positive_number(params.get("weight_decay", self.weight_decay), "weight_decay",
+                                             allow_zero=True)
+        new_opt = optim.make_optimizer(self.optimizer.name, **{**mine, **{k: params[k] for k in mine if k in params}})
+        schedule = schedules.make_schedule(params["lr_schedule"]) if "lr_schedule" in params else self.lr_schedule
+        for k, v in self.optimizer.state_arrays().items():
+            setattr(new_opt, k, v)
+        new_opt.t = self.optimizer.t
+        self.weight_decay, self.optimizer, self.lr_schedule = weight_decay, new_opt, schedule
+        return self
 
     # ------------------------------------------------------------------ reference forward/backward
     def _device_X(self, X, name="X"):
@@ -356,42 +413,282 @@ class MLP:
 
     # ------------------------------------------------------------------ training loop
     def fit(self, X, y, epochs=10, batch_size=64, lr=0.01, shuffle=True, validation_data=None,
-            sample_weight=None, verbose=False):
-        """Minibatch training from the current weights. Records ``loss_curve_`` (mean J per epoch)
-        and, with ``validation_data=(Xv, yv)``, ``validation_loss_curve_`` and ``validation_curve_``
-        (the validation score per epoch). Returns self.
+            sample_weight=None, verbose=False, *, class_weight=None, early_stopping=False,
+            validation_fraction=0.1, n_iter_no_change=None, tol=1e-4, callbacks=None, train_score=False):
+        """Minibatch training from the current weights (see the class docstring on warm starts).
+        Returns self.
+
+        Each epoch appends to ``loss_curve_`` (mean J over the epoch's steps) and to ``history_``,
+        a dict of per-epoch lists: ``epoch``, ``lr``, ``loss``, ``score`` (training accuracy or R²
+        at the end of the epoch, only with ``train_score=True``: it costs a forward pass over X),
+        ``val_loss`` and ``val_score`` (with validation data); NaN where not measured.
+
+        sample_weight : per-example weights; L becomes the weighted mean Σ wᵢ lᵢ / Σ wᵢ of each batch.
+        class_weight : "balanced" (n / (n_classes · count of the class), over the classes in y) or
+            a dict {label: weight} (missing labels weigh 1); multiplies sample_weight. Cross-entropy only.
+        validation_data : (X_val, y_val) or (X_val, y_val, w_val); records ``validation_loss_curve_``
+            and ``validation_curve_`` (score per epoch).
+        early_stopping : monitor the validation score (from ``validation_data``, else from a
+            held-out ``validation_fraction`` of X, stratified by class for cross-entropy); stop
+            after more than ``n_iter_no_change`` (default 10) consecutive epochs without an
+            improvement greater than ``tol`` over the best score, and restore the best weights.
+        n_iter_no_change : without early stopping, an integer turns on scikit-learn's convergence
+            rule on the training loss (stop after more than n epochs without it falling by more
+            than ``tol``); None (default) trains all ``epochs``. With the "adaptive" schedule a
+            plateau divides the learning rate by 5 instead of stopping (see ``gpumlp.schedules``).
+        callbacks : a callable or a list of them, called as ``cb(model, record)`` after each epoch
+            (``record`` is that epoch's ``history_`` entry as a dict); returning True stops training.
 
         The data are validated and moved to the device once; each epoch shuffles them once (seeded
         host permutation, identical on every backend) into a device buffer whose contiguous slices
-        are the batches; J is read back once per epoch.
+        are the batches; J is read back once per epoch. ``stop_reason_`` says why training ended:
+        "epochs", "plateau", "lr_too_small" or "callback".
+
+        A checkpoint saved during fit (from a callback) holds the early-stopping state (best score
+        and weights, epochs without improvement, the validation split's seed): loading it and calling
+        fit with the same settings and the remaining epochs continues that run exactly.
         """
         epochs = check_positive_number(epochs, "epochs", integer=True)
         batch_size = check_positive_number(batch_size, "batch_size", integer=True)
         lr = check_positive_number(lr, "lr")
+        early_stopping = bool(early_stopping)
+        if n_iter_no_change is not None:
+            n_iter_no_change = check_positive_number(n_iter_no_change, "n_iter_no_change", integer=True)
+        tol = check_positive_number(tol, "tol", allow_zero=True)
+        callbacks = self._check_callbacks(callbacks)
+        x, yy, w = self._device_data(X, y, sample_weight, class_weight)
+        val = self._device_validation(validation_data)
+        if early_stopping and val is None:
+            validation_fraction = check_positive_number(validation_fraction, "validation_fraction")
+            if validation_fraction >= 1:
+                raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
+        watch = early_stopping or n_iter_no_change is not None or isinstance(self.lr_schedule, schedules.Adaptive)
+        cfg = None
+        if watch:
+            cfg = {"mode": "val_score" if early_stopping else "loss",
+                   "patience": 10 if n_iter_no_change is None else n_iter_no_change, "tol": tol,
+                   "incremental": False, "split": early_stopping and val is None,
+                   "validation_fraction": validation_fraction if early_stopping and val is None else None}
+        self._open_monitor(cfg)
+        if cfg is not None and cfg["split"]:
+            x, yy, w, val = self._split_validation(x, yy, w, validation_fraction, self._monitor["split_seed"])
+        return self._train(x, yy, w, epochs, batch_size, lr, shuffle, val, callbacks, train_score, verbose)
+
+    def partial_fit(self, X, y, classes=None, *, batch_size=64, lr=0.01, shuffle=False, sample_weight=None,
+                    class_weight=None, n_iter_no_change=10, tol=1e-4, callbacks=None, train_score=False,
+                    verbose=False):
+        """One pass over (X, y) in minibatches (scikit-learn's partial_fit): counts as one epoch.
+
+        Over the batches of an epoch, ``partial_fit(X[i:i+B], y[i:i+B], batch_size=B)`` gives the
+        same weights as one epoch of ``fit(X, y, batch_size=B, shuffle=False)``. ``classes`` (labels
+        that may appear in any call, for cross-entropy) is checked against the model's outputs.
+        With the "adaptive" schedule the training loss is watched across calls, as scikit-learn does
+        (``n_iter_no_change``, ``tol``); no early stopping.
+        """
+        batch_size = check_positive_number(batch_size, "batch_size", integer=True)
+        lr = check_positive_number(lr, "lr")
+        n_iter_no_change = check_positive_number(n_iter_no_change, "n_iter_no_change", integer=True)
+        tol = check_positive_number(tol, "tol", allow_zero=True)
+        callbacks = self._check_callbacks(callbacks)
+        if classes is not None:
+            self._check_classes(classes)
+        x, yy, w = self._device_data(X, y, sample_weight, class_weight)
+        cfg = None
+        if isinstance(self.lr_schedule, schedules.Adaptive):
+            cfg = {"mode": "loss", "patience": n_iter_no_change, "tol": tol, "incremental": True,
+                   "split": False, "validation_fraction": None}
+        self._open_monitor(cfg)
+        return self._train(x, yy, w, 1, batch_size, lr, shuffle, None, callbacks, train_score, verbose)
+
+    def _check_classes(self, classes):
+        if self.loss != "cross_entropy":
+            raise ValueError("classes is only meaningful for loss='cross_entropy'")
+        c = np.asarray(classes)
+        if c.ndim != 1 or c.size == 0 or c.dtype.kind not in "iu":
+            raise ValueError(f"classes must be a 1-D array of integer labels, got {classes!r}")
+        if len(np.unique(c)) != c.size or c.min() < 0 or c.max() >= self.sizes[-1]:
+            raise ValueError(f"classes must be distinct labels in [0, {self.sizes[-1]}), got {c.tolist()}")
+
+    @staticmethod
+    def _check_callbacks(callbacks):
+        if callbacks is None:
+            return []
+        callbacks = [callbacks] if callable(callbacks) else list(callbacks)
+        for cb in callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks must be callables cb(model, record), got {cb!r}")
+        return callbacks
+
+    def _device_data(self, X, y, sample_weight, class_weight):
+        """Validated device copies of X, y and the combined per-example weights (or None)."""
         x = self._device_X(X)
         n = x.shape[0]
         yy = self._device_y(y, n)
         w = check_sample_weight(sample_weight, n)
+        if class_weight is not None:
+            cw = self._class_weights(class_weight, np.asarray(self._backend.to_host(yy)))
+            w = cw if w is None else w * cw
+            if not w.sum() > 0:
+                raise ValueError("sample_weight times class_weight must have a positive sum")
         w = None if w is None else self._backend.asarray(w, dtype=self.dtype)
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val)")
-            xv = self._device_X(validation_data[0], "validation_data[0]")
-            val = (xv, self._device_y(validation_data[1], xv.shape[0], "validation_data[1]"))
-        for _ in range(epochs):
-            J = self._run_epoch(x, yy, w, lr, batch_size, shuffle)
-            self.loss_curve_.append(J)
-            self.epochs_ += 1
-            if val is not None:
-                self.validation_loss_curve_.append(self._objective(*val))
-                self.validation_curve_.append(self._score_device(*val))
-            if verbose:
-                msg = f"epoch {self.epochs_}: J = {J:.6g}"
+        return x, yy, w
+
+    def _class_weights(self, class_weight, y):
+        """Per-example weights from class_weight ("balanced" or {label: weight}), as scikit-learn."""
+        if self.loss != "cross_entropy":
+            raise ValueError("class_weight needs loss='cross_entropy'")
+        q = self.sizes[-1]
+        if isinstance(class_weight, str):
+            if class_weight != "balanced":
+                raise ValueError(f"class_weight must be 'balanced' or a dict, got {class_weight!r}")
+            counts = np.bincount(y, minlength=q).astype(np.float64)
+            present = counts > 0
+            per_class = np.ones(q)
+            per_class[present] = y.shape[0] / (present.sum() * counts[present])
+        elif isinstance(class_weight, dict):
+            per_class = np.ones(q)
+            for label, weight in class_weight.items():
+                if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < q:
+                    raise ValueError(f"class_weight keys must be labels in [0, {q}), got {label!r}")
+                per_class[int(label)] = check_positive_number(weight, f"class_weight[{label}]", allow_zero=True)
+        else:
+            raise TypeError(f"class_weight must be 'balanced' or a dict, got {type(class_weight).__name__}")
+        return per_class[y]
+
+    def _device_validation(self, validation_data):
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise TypeError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, w_val)")
+        xv = self._device_X(validation_data[0], "validation_data[0]")
+        yv = self._device_y(validation_data[1], xv.shape[0], "validation_data[1]")
+        wv = None
+        if len(validation_data) == 3 and validation_data[2] is not None:
+            wv = check_sample_weight(validation_data[2], xv.shape[0], "validation_data[2]")
+            wv = self._backend.asarray(wv, dtype=self.dtype)
+        return xv, yv, wv
+
+    def _split_validation(self, x, y, w, fraction, seed):
+        """Hold out ceil(fraction·n) examples (stratified by class for cross-entropy, each class in
+        proportion by largest remainders), drawn from ``seed``; both parts keep the original order."""
+        n = x.shape[0]
+        n_val = math.ceil(fraction * n)
+        if n_val < 2 or n - n_val < 1:
+            raise ValueError(f"validation_fraction={fraction} of {n} examples leaves {n_val} for validation "
+                             f"and {n - n_val} for training; use more data or another validation_fraction")
+        perm = np.random.default_rng(seed).permutation(n)
+        if self.loss == "cross_entropy":
+            labels = np.asarray(self._backend.to_host(y))[perm]
+            classes, idx = np.unique(labels, return_inverse=True)
+            counts = np.bincount(idx)
+            quota = counts * n_val / n
+            take = np.floor(quota).astype(int)
+            extra = n_val - take.sum()
+            take[np.argsort(-(quota - take), kind="stable")[:extra]] += 1
+            val_idx = np.concatenate([perm[idx == c][:take[c]] for c in range(len(classes))])
+        else:
+            val_idx = perm[:n_val]
+        is_val = np.zeros(n, bool)
+        is_val[val_idx] = True
+        xp = self._xp
+        tr, va = (self._backend.asarray(np.flatnonzero(m)) for m in (~is_val, is_val))
+        pick = lambda a, i: None if a is None else xp.take(a, i, axis=0)  # noqa: E731
+        return pick(x, tr), pick(y, tr), pick(w, tr), (pick(x, va), pick(y, va), pick(w, va))
+
+    def _open_monitor(self, cfg):
+        """Start the plateau monitor for this run, or continue the one a mid-fit checkpoint left open."""
+        m = self._monitor
+        if cfg is not None and m is not None and m["open"] and all(m[k] == v for k, v in cfg.items()):
+            return  # resume the interrupted run (fit) or the incremental one (partial_fit)
+        if cfg is None:
+            self._monitor = self._best_theta = None
+            return
+        self._monitor = {**cfg, "open": True, "best": None, "best_epoch": None, "count": 0,
+                         "split_seed": int(self._rng.integers(2**63)) if cfg["split"] else None}
+        self._best_theta = self._theta.copy() if cfg["mode"] == "val_score" else None
+
+    def _watch(self, value, lr):
+        """scikit-learn's plateau rule on this epoch's value; returns a stop reason or None."""
+        m = self._monitor
+        best, finite = m["best"], math.isfinite(value)
+        if m["mode"] == "val_score":  # higher is better; improvement must exceed tol
+            worse = not finite or (best is not None and value < best + m["tol"])
+            better = finite and (best is None or value > best)
+        else:
+            worse = not finite or (best is not None and value > best - m["tol"])
+            better = finite and (best is None or value < best)
+        m["count"] = m["count"] + 1 if worse else 0
+        if better:
+            m["best"], m["best_epoch"] = value, self.epochs_
+            if self._best_theta is not None:
+                self._best_theta[...] = self._theta
+        if m["count"] > m["patience"]:
+            if self.lr_schedule.on_plateau(lr):
+                return "lr_too_small" if isinstance(self.lr_schedule, schedules.Adaptive) else "plateau"
+            m["count"] = 0
+        return None
+
+    def _train(self, x, y, w, epochs, batch_size, lr, shuffle, val, callbacks, train_score, verbose):
+        """The epoch loop shared by fit and partial_fit."""
+        n = x.shape[0]
+        self.stop_reason_ = "epochs"
+        finished = False
+        try:
+            for _ in range(epochs):
+                lr_epoch = self.lr_schedule.lr(lr, self.epochs_, self.samples_seen_)
+                J = self._run_epoch(x, y, w, lr_epoch, batch_size, shuffle)
+                self.loss_curve_.append(J)
+                self.epochs_ += 1
+                self.samples_seen_ += n
+                record = {"epoch": self.epochs_, "lr": lr_epoch, "loss": J, "score": math.nan,
+                          "val_loss": math.nan, "val_score": math.nan}
+                if train_score:
+                    record["score"] = self._score_device(x, y, w)
                 if val is not None:
-                    msg += f", validation score = {self.validation_curve_[-1]:.4f}"
-                print(msg)
+                    record["val_loss"] = self._objective(*val)
+                    record["val_score"] = self._score_device(*val)
+                    self.validation_loss_curve_.append(record["val_loss"])
+                    self.validation_curve_.append(record["val_score"])
+                for k in HISTORY_KEYS:
+                    self.history_[k].append(record[k])
+                stop = None
+                if self._monitor is not None:
+                    stop = self._watch(record["val_score" if self._monitor["mode"] == "val_score" else "loss"], lr)
+                if verbose:
+                    print(f"epoch {self.epochs_}: lr = {lr_epoch:.4g}, J = {J:.6g}"
+                          + (f", validation score = {record['val_score']:.4f}" if val is not None else "")
+                          + (f"; stopping ({stop})" if stop else ""))
+                for cb in callbacks:  # every callback sees every epoch, even after one asks to stop
+                    if cb(self, dict(record)):
+                        stop = stop or "callback"
+                if stop:
+                    self.stop_reason_ = stop
+                    break
+            finished = True
+        finally:
+            m = self._monitor
+            if m is not None and not m["incremental"]:
+                m["open"] = False
+                if finished and self._best_theta is not None and m["best"] is not None:
+                    self._theta[...] = self._best_theta  # early stopping: back to the best epoch
         return self
+
+    @property
+    def best_epoch_(self):
+        """The epoch (1-based, counted in ``epochs_``) with the best monitored value of the last run."""
+        return None if self._monitor is None else self._monitor["best_epoch"]
+
+    @property
+    def best_score_(self):
+        """Best validation score of the last early-stopping run (None otherwise)."""
+        m = self._monitor
+        return m["best"] if m is not None and m["mode"] == "val_score" else None
+
+    @property
+    def best_loss_(self):
+        """Best training loss of the last run that watched it (None otherwise)."""
+        m = self._monitor
+        return m["best"] if m is not None and m["mode"] == "loss" else None
 
     def _run_epoch(self, x, y, w, lr, batch_size, shuffle):
         """One pass over (x, y); returns the mean J over the epoch's steps, weighted by batch size."""
@@ -433,9 +730,9 @@ class MLP:
             outs.append(F.linear_forward(a, self._W[-1], self._b[-1] if self.bias else None))
         return outs[0] if len(outs) == 1 else xp.concatenate(outs)
 
-    def _objective(self, x, y):
+    def _objective(self, x, y, w=None):
         o = self._outputs(x)
-        return float(F.LOSSES[self.loss].forward(o, y)) + F.regulariser(self._W, self.weight_decay)
+        return float(F.LOSSES[self.loss].forward(o, y, w)) + F.regulariser(self._W, self.weight_decay)
 
     def decision_function(self, X):
         """The outputs o (logits for cross-entropy) as a host NumPy array."""
@@ -454,29 +751,37 @@ class MLP:
         o = self._backend.to_host(o)
         return o[:, 0] if o.shape[1] == 1 else o
 
-    def _score_device(self, x, y):
+    def _score_device(self, x, y, w=None):
+        """Accuracy or R² (weighted by w when given, as scikit-learn's sample_weight)."""
         o = self._outputs(x)
         if self.loss == "cross_entropy":
-            return float((o.argmax(axis=1) == y).mean())
+            hit = o.argmax(axis=1) == y
+            return float(hit.mean() if w is None else (w * hit).sum() / w.sum())
         # R², averaged uniformly over outputs, as sklearn.metrics.r2_score
-        ss_res = ((y - o) ** 2).sum(axis=0)
-        ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
         xp = self._xp
+        wc = xp.ones((y.shape[0], 1), y.dtype) if w is None else w[:, None]
+        ss_res = (wc * (y - o) ** 2).sum(axis=0)
+        ss_tot = (wc * (y - (wc * y).sum(axis=0) / wc.sum()) ** 2).sum(axis=0)
         r2 = xp.where(ss_tot > 0, 1 - ss_res / xp.where(ss_tot > 0, ss_tot, 1), xp.where(ss_res > 0, 0.0, 1.0))
         return float(r2.mean())
 
-    def score(self, X, y):
-        """Accuracy for cross-entropy, R² (uniform average over outputs) for squared."""
+    def score(self, X, y, sample_weight=None):
+        """Accuracy for cross-entropy, R² (uniform average over outputs) for squared; weighted as
+        scikit-learn's metrics when sample_weight is given."""
         x = self._device_X(X)
-        return self._score_device(x, self._device_y(y, x.shape[0]))
+        yy = self._device_y(y, x.shape[0])
+        w = check_sample_weight(sample_weight, x.shape[0])
+        return self._score_device(x, yy, None if w is None else self._backend.asarray(w, dtype=self.dtype))
 
     # ------------------------------------------------------------------ persistence
     def _checkpoint_state(self):
         """(meta, arrays): everything needed to rebuild this model and continue training exactly.
 
         ``meta`` is JSON-serialisable (architecture, settings, optimizer hyper-parameters and step,
-        epoch count, curves, the RNG state); ``arrays`` maps names to host NumPy arrays (weights,
-        biases, optimizer state). ``gpumlp.io`` writes both without pickle.
+        learning-rate schedule and its state, epoch and sample counts, curves and history, the
+        plateau monitor of early stopping, the RNG state); ``arrays`` maps names to host NumPy arrays
+        (weights and biases as ``theta``, optimizer state, the best weights of early stopping).
+        ``gpumlp.io`` writes both without pickle. Non-finite floats in ``history`` are stored as None.
         """
         o = self.optimizer
         meta = {
@@ -487,8 +792,14 @@ class MLP:
             "validation_curve": list(self.validation_curve_),
             "validation_loss_curve": list(self.validation_loss_curve_),
             "rng_state": self._rng.bit_generator.state,
+            "lr_schedule": schedules.to_json(self.lr_schedule), "samples_seen": self.samples_seen_,
+            "history": {k: [v if math.isfinite(v) else None for v in vs] for k, vs in self.history_.items()},
+            "stop_reason": self.stop_reason_,
+            "monitor": None if self._monitor is None else dict(self._monitor),
         }
         arrays = {"theta": np.array(self._backend.to_host(self._theta))}
+        if self._best_theta is not None:
+            arrays["best_theta"] = np.array(self._backend.to_host(self._best_theta))
         for k, v in o.state_arrays().items():
             arrays[f"optimizer.{k}"] = np.array(self._backend.to_host(v))
         return meta, arrays
@@ -498,9 +809,10 @@ class MLP:
         """Inverse of ``_checkpoint_state`` (``gpumlp.io.load`` validates before calling this)."""
         opt = dict(meta["optimizer"])
         name, t = opt.pop("name"), opt.pop("t")
+        schedule = schedules.from_json(meta["lr_schedule"]) if meta.get("lr_schedule") else None
         m = cls(meta["sizes"], activation=meta["activation"], loss=meta["loss"],
                 weight_decay=meta["weight_decay"], bias=meta["bias"], dtype=meta["dtype"], backend=backend,
-                seed=meta["seed"], optimizer=name, **opt)
+                seed=meta["seed"], optimizer=name, lr_schedule=schedule, **opt)
         m._theta[...] = m._backend.asarray(arrays["theta"].astype(m.dtype, copy=False))
         m.optimizer.t = t
         for k in m.optimizer.__dict__:
@@ -511,6 +823,14 @@ class MLP:
         m.validation_curve_ = list(meta["validation_curve"])
         m.validation_loss_curve_ = list(meta["validation_loss_curve"])
         m._rng.bit_generator.state = meta["rng_state"]
+        # Keys added after format version 1 (files without them load as models that never trained with them).
+        m.samples_seen_ = int(meta.get("samples_seen", 0))
+        history = meta.get("history") or {}
+        m.history_ = {k: [math.nan if v is None else float(v) for v in history.get(k, [])] for k in HISTORY_KEYS}
+        m.stop_reason_ = meta.get("stop_reason")
+        m._monitor = None if meta.get("monitor") is None else dict(meta["monitor"])
+        if "best_theta" in arrays:
+            m._best_theta = m._backend.asarray(arrays["best_theta"].astype(m.dtype, copy=False))
         return m
 
     def save(self, path):
