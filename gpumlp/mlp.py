@@ -826,7 +826,7 @@ class MLP:
         # Keys added after format version 1 (files without them load as models that never trained with them).
         m.samples_seen_ = int(meta.get("samples_seen", 0))
         history = meta.get("history") or {}
-        m.history_ = {k: [math.nan if v is None else float(v) for v in history.get(k, [])] for k in HISTORY_KEYS}
+        m.history_ = {k: [math.nan if v is None else v for v in history.get(k, [])] for k in HISTORY_KEYS}
         m.stop_reason_ = meta.get("stop_reason")
         m._monitor = None if meta.get("monitor") is None else dict(meta["monitor"])
         if "best_theta" in arrays:
@@ -838,7 +838,17 @@ class MLP:
 
         save(self, path)
 
+    def __reduce__(self):
+        """Pickling and deepcopy (used by scikit-learn's joblib parallelism) go through the checkpoint
+        state, so they carry exactly what a saved file does; the copy lives on the same backend."""
+        meta, arrays = self._checkpoint_state()
+        return _unpickle, (meta, arrays, self.backend)
+
     def __repr__(self):
         return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"weight_decay={self.weight_decay}, bias={self.bias}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend!r}, optimizer={self.optimizer.name!r})")
+
+
+def _unpickle(meta, arrays, backend):
+    return MLP._from_checkpoint_state(meta, arrays, backend=backend)
