@@ -1,0 +1,332 @@
+"""Data for training: the embedded digits, loaders for a user's files, a seeded split, feature scaling.
+
+    X, y = load_digits()                                # (1797, 64) uint8 pixels 0..16, labels 0..9
+    X, y = load("train-images-idx3-ubyte.gz")           # MNIST IDX; labels file found by its name
+    X, y = load("data.csv", label_column="label")       # CSV, label column by name or index
+    X, y = load("data.npz")                             # NPZ with arrays X and y
+    train, test = split_indices(y, test_size=0.2, seed=0)
+    scaler = Scaler("standard").fit(X[train])           # fitted on the training split only
+
+Every loader returns host NumPy arrays (X 2-D, y 1-D or None) and raises ValueError with the file's
+name and what is wrong when a file is not what it claims to be.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import warnings
+import zipfile
+from importlib import resources
+
+import numpy as np
+
+FORMATS = ("auto", "idx", "csv", "npz")
+SCALINGS = ("standard", "max", "none")
+EMBEDDED = ("digits",)
+
+# IDX type codes (third byte of the magic number) -> big-endian dtype; see yann.lecun.com/exdb/mnist
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+# ---------------------------------------------------------------------------------- embedded
+def load_digits():
+    """The UCI optical-recognition handwritten digits, as scikit-learn ships them (CC BY 4.0).
+
+    Returns X (1797, 64) uint8 with 8×8 images flattened row by row, values 0..16, and y (1797,)
+    int64 labels 0..9. Attribution: E. Alpaydin, C. Kaynak, UCI ML Repository (gpumlp/data/DIGITS.txt).
+    """
+    with resources.files("gpumlp").joinpath("data", "digits.npz").open("rb") as f:
+        with np.load(f, allow_pickle=False) as z:
+            return z["X"], z["y"].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------- files
+def _read_bytes(path):
+    """The file's bytes, gunzipped when they start with the gzip magic number."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{path}: corrupt gzip data ({exc})") from None
+    return raw
+
+
+def read_idx(path):
+    """One IDX file (raw or gzipped) as a native-endian array of the shape its header gives.
+
+    The magic number is two zero bytes, a type code (0x08 ubyte ... 0x0E double) and the number of
+    dimensions; then each dimension as a big-endian int32; then the data, which must fill the file.
+    """
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise ValueError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}; expected "
+                         f"00 00, a type code in {{08, 09, 0b, 0c, 0d, 0e}} and a dimension count >= 1)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: IDX header truncated ({len(raw)} bytes, {ndim} dimensions need {header})")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = math.prod(dims) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(f"{path}: IDX header says shape {dims} ({expected} bytes of data), "
+                         f"but the file holds {len(raw) - header} bytes after the header")
+    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _idx_labels_path(images):
+    """MNIST's naming: train-images-idx3-ubyte[.gz] -> train-labels-idx1-ubyte[.gz], if it exists."""
+    head, name = os.path.split(os.fspath(images))
+    for a, b in (("images-idx3", "labels-idx1"), ("images.idx3", "labels.idx1")):
+        if a in name:
+            candidate = os.path.join(head, name.replace(a, b))
+            if os.path.exists(candidate):
+                return candidate
+    return None
+
+
+def load_idx(images, labels=None, require_labels=True):
+    """MNIST/Fashion-MNIST style IDX: images (n, ...) flattened to X (n, features), labels (n,)."""
+    X = read_idx(images)
+    if X.ndim < 2:
+        raise ValueError(f"{images}: IDX images must have at least 2 dimensions (n, ...), got shape {X.shape}")
+    X = X.reshape(X.shape[0], -1)
+    if labels is None:
+        labels = _idx_labels_path(images)
+        if labels is None:
+            if require_labels:
+                raise ValueError(f"{images}: no labels file given and none found beside it "
+                                 f"(pass the IDX labels file, e.g. --labels train-labels-idx1-ubyte.gz)")
+            return X, None
+    y = read_idx(labels)
+    if y.ndim != 1:
+        raise ValueError(f"{labels}: IDX labels must be 1-D, got shape {y.shape}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"{labels} holds {y.shape[0]} labels but {images} holds {X.shape[0]} images")
+    return X, y
+
+
+def _csv_header(path, delimiter):
+    """The first line's fields if it is a header (some field is not a number), else None."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", newline="") as f:
+        first = f.readline()
+    fields = [s.strip().strip('"').strip("'") for s in first.rstrip("\r\n").split(delimiter)]
+    for s in fields:
+        try:
+            float(s)
+        except ValueError:
+            return fields
+    return None
+
+
+def load_csv(path, label_column=-1, delimiter=",", require_labels=True):
+    """A numeric CSV (header line optional, detected): one row per sample.
+
+    ``label_column``: the column holding the target, as an index (negative counts from the end) or a
+    header name; ``None`` when every column is a feature. Returns X (n, columns − 1) float64, y (n,).
+    """
+    header = _csv_header(path, delimiter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below
+        try:
+            table = np.loadtxt(path, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2,
+                               dtype=np.float64, comments=None)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a numeric CSV file: {exc}") from None
+    if table.shape[0] == 0:
+        raise ValueError(f"{path}: no data rows")
+    if label_column is None:
+        if require_labels:
+            raise ValueError("label_column is None but labels are required")
+        return table, None
+    n_cols = table.shape[1]
+    if isinstance(label_column, str) and not _is_int(label_column):
+        if header is None:
+            raise ValueError(f"label_column {label_column!r} is a name, but {path} has no header line")
+        if label_column not in header:
+            raise ValueError(f"label_column {label_column!r} is not a column of {path}; columns: {header}")
+        col = header.index(label_column)
+    else:
+        col = int(label_column)
+        if not -n_cols <= col < n_cols:
+            raise ValueError(f"label_column {label_column} is out of range for {path}, which has {n_cols} columns")
+        col %= n_cols
+    if n_cols < 2:
+        raise ValueError(f"{path}: has a single column; it needs features and a label column")
+    return np.delete(table, col, axis=1), table[:, col]
+
+
+def _is_int(s):
+    try:
+        int(s)
+        return True
+    except ValueError:
+        return False
+
+
+def load_npz(path, require_labels=True):
+    """An ``.npz`` archive with arrays ``X`` (n, features) and ``y`` (n,); never unpickles."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "X" not in z.files:
+                raise ValueError(f"{path}: no array named 'X' (found {sorted(z.files)})")
+            X = z["X"]
+            y = z["y"] if "y" in z.files else None
+    except ValueError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot read arrays ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
+    if y is None and require_labels:
+        raise ValueError(f"{path}: no array named 'y' with the labels")
+    if X.ndim != 2:
+        raise ValueError(f"{path}: X must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if y is not None and y.shape[:1] != X.shape[:1]:
+        raise ValueError(f"{path}: y has shape {y.shape} but X has {X.shape[0]} rows")
+    return X, y
+
+
+def detect_format(path):
+    """'idx' | 'csv' | 'npz' from the file's name, or else from its first bytes."""
+    name = os.path.basename(os.fspath(path)).lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    if name.endswith(".npz"):
+        return "npz"
+    if name.endswith((".csv", ".tsv", ".txt")):
+        return "csv"
+    if "idx" in name or name.endswith((".ubyte", ".idx")):
+        return "idx"
+    head = _read_bytes(path)[:4]
+    if head.startswith(_ZIP_MAGIC):
+        return "npz"
+    if len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES:
+        return "idx"
+    return "csv"
+
+
+def load(path, format="auto", labels=None, label_column=-1, delimiter=",", require_labels=True):
+    """X, y from "digits" (the embedded set) or a file in ``format`` ("auto" guesses it).
+
+    ``labels``: the IDX labels file (MNIST's name is found without it); ``label_column`` and
+    ``delimiter``: for CSV. With ``require_labels=False`` y may be None (for prediction).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if isinstance(path, str) and path in EMBEDDED and not os.path.exists(path):
+        return load_digits()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such data file: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory; give a data file")
+    fmt = detect_format(path) if format == "auto" else format
+    if labels is not None and fmt != "idx":
+        raise ValueError(f"a separate labels file is only used with IDX data, not {fmt}")
+    if fmt == "idx":
+        return load_idx(path, labels, require_labels)
+    if fmt == "csv":
+        return load_csv(path, label_column, delimiter, require_labels)
+    return load_npz(path, require_labels)
+
+
+# ---------------------------------------------------------------------------------- split
+def split_indices(y, test_size=0.2, seed=0, stratify=True):
+    """Seeded train/test indices (each sorted). Stratified: every class contributes
+    round(test_size · its count) samples to the test set, so class proportions match."""
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+    y = np.asarray(y)
+    n = y.shape[0]
+    rng = np.random.default_rng(seed)
+    if stratify:
+        test = []
+        for c in np.unique(y):
+            members = np.flatnonzero(y == c)
+            k = int(round(test_size * members.size))
+            test.append(rng.permutation(members)[:k])
+        test = np.sort(np.concatenate(test))
+    else:
+        test = np.sort(rng.permutation(n)[:int(round(test_size * n))])
+    mask = np.ones(n, bool)
+    mask[test] = False
+    train = np.flatnonzero(mask)
+    if train.size == 0 or test.size == 0:
+        raise ValueError(f"test_size={test_size} leaves an empty {'training' if train.size == 0 else 'test'} "
+                         f"set with {n} samples")
+    return train, test
+
+
+# ---------------------------------------------------------------------------------- labels
+def encode_labels(y):
+    """Class values -> codes 0..q−1. Returns (classes sorted, codes int64). Labels must be finite."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"labels must be numbers, got dtype {y.dtype}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError("labels contain NaN or infinity")
+    classes, codes = np.unique(y, return_inverse=True)
+    return classes, codes.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------- scaling
+class Scaler:
+    """x ↦ (x − offset) / scale, per feature, fitted on the training split only.
+
+    "standard": offset = mean, scale = standard deviation (1 where a feature is constant);
+    "max": offset = 0, scale = the largest |x| in the training split (one number for every
+    feature, as dividing MNIST by 255); "none": the identity.
+    """
+
+    def __init__(self, kind="standard", offset=None, scale=None):
+        if kind is None:
+            kind = "none"
+        if kind not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {kind!r}")
+        self.kind = kind
+        self.offset = None if offset is None else np.asarray(offset, np.float64)
+        self.scale = None if scale is None else np.asarray(scale, np.float64)
+
+    @property
+    def fitted(self):
+        return self.kind == "none" or self.scale is not None
+
+    def fit(self, X):
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
+        d = X.shape[1]
+        if self.kind == "standard":
+            self.offset = X.mean(axis=0, dtype=np.float64)
+            std = X.std(axis=0, dtype=np.float64)
+            self.scale = np.where(std > 0, std, 1.0)
+        elif self.kind == "max":
+            m = float(np.abs(X).max()) if X.size else 0.0
+            self.offset, self.scale = np.zeros(d), np.full(d, m if m > 0 else 1.0)
+        return self
+
+    def transform(self, X, dtype=np.float32):
+        """A new array of ``dtype``; X is never modified."""
+        X = np.asarray(X)
+        if self.kind == "none":
+            return X.astype(dtype)
+        if self.scale is None:
+            raise ValueError("the scaler is not fitted; call fit(X_train) first")
+        if X.ndim != 2 or X.shape[1] != self.scale.shape[0]:
+            raise ValueError(f"X must have shape (n, {self.scale.shape[0]}) for this scaler, got {X.shape}")
+        out = X.astype(np.float64)
+        out -= self.offset
+        out /= self.scale
+        return out.astype(dtype, copy=False)
+
+    def __repr__(self):
+        return f"Scaler({self.kind!r})"
