@@ -379,8 +379,10 @@ class MLP:
             a = ops.act_forward(self.activations[l], ws.z[l], ws.h[l])
         ops.linear(a, self._W[-1], self._b[-1] if self.bias else None, ws.o)
         J = ops.loss_grad(self.loss, ws.o, y, w, ws.d[-1])  # L, and ∂L/∂o into d[-1]
-        if lam:
-            J = J + 0.5 * lam * ops.sq_norm(self._theta[:self._n_weights])  # s, before the update
+        if lam:  # s = λ/2 ‖W‖², before the update; in place, so that a GPU step allocates nothing
+            s = ops.sq_norm(self._theta[:self._n_weights])
+            s *= 0.5 * lam
+            J += s
         fold = self.optimizer.foldable
         for l in reversed(range(n)):  # backward, output layer first
             a_prev = x if l == 0 else ws.h[l - 1]
@@ -389,9 +391,10 @@ class MLP:
                 ops.input_grad(d, self._W[l], ws.dh[l - 1])
             if fold:  # W ← (1 − ηλ) W − η dᵀa: the lecture's update inside the GEMM
                 ops.weight_grad(d, a_prev, self._W[l], alpha=-lr, beta=1.0 - lr * lam)
-                if self.bias:
+                if self.bias:  # b ← b − η Σ_rows d, in place (no temporary)
                     ops.bias_grad(d, self._gb[l])
-                    self._b[l] -= lr * self._gb[l]
+                    self._gb[l] *= lr
+                    self._b[l] -= self._gb[l]
             else:
                 ops.weight_grad(d, a_prev, self._gW[l])
                 if self.bias:

@@ -1,0 +1,80 @@
+// Fused losses: for each row of the outputs o (B, q), the loss term and ∂L/∂o in one pass, and the
+// batch loss L = Σ_i scale_i l_i reduced in the same launch (gpumlp_grid_sum). NumPy twins:
+// functions.cross_entropy_forward/backward and functions.squared_forward/backward.
+//
+// scale_i = 1/B (the mean), or w_i / Σw with per-example weights w (functions._batch_weights);
+// Σw is computed on the device beforehand (gpumlp_sum_*) and passed by pointer, so nothing is read
+// back to the host. Launch: blocks of 256 threads (8 warps), one warp per row, lanes over the q
+// columns, a grid-stride loop over rows; partial holds gridDim.x values, counter starts at zero.
+#include "gpumlp_math.cuh"
+#include "gpumlp_reduce.cuh"
+
+template <typename F>
+__device__ __forceinline__ F gpumlp_row_scale(const F* w, const F* wsum, long long row, int B) {
+    return w ? w[row] / *wsum : F(1) / F(B);
+}
+
+// Cross-entropy with integer labels y (int64): per row the max m, s = Σ exp(o − m), then
+// ∂L/∂o = (softmax − onehot)·scale and l = log s − (o_y − m).
+template <typename F>
+__device__ void gpumlp_cross_entropy(const F* __restrict__ o, const long long* __restrict__ y,
+                                     const F* __restrict__ w, const F* __restrict__ wsum, F* __restrict__ dout,
+                                     F* loss, F* partial, unsigned int* counter, int B, int q) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    F acc = F(0);  // lane 0: Σ scale_i l_i over this warp's rows
+    for (long long row = (long long)blockIdx.x * warps + (threadIdx.x >> 5); row < B;
+         row += (long long)gridDim.x * warps) {
+        const F* orow = o + row * q;
+        F* drow = dout + row * q;
+        F m = orow[0];
+        for (int j = lane; j < q; j += 32) m = orow[j] > m ? orow[j] : m;
+        m = gpumlp_warp_max(m);
+        F s = F(0);
+        for (int j = lane; j < q; j += 32) s += gpumlp_exp(orow[j] - m);
+        s = gpumlp_warp_sum(s);
+        const long long label = y[row];
+        const F scale = gpumlp_row_scale(w, wsum, row, B);
+        for (int j = lane; j < q; j += 32) drow[j] = gpumlp_ce_grad(orow[j], m, s, j == label) * scale;
+        if (lane == 0) acc += scale * gpumlp_ce_loss(orow[label], m, s);
+    }
+    gpumlp_grid_sum(gpumlp_block_sum(acc), partial, counter, loss);
+}
+
+// Squared loss with targets y (B, q): ∂L/∂o = (o − y)·scale and l = ½ Σ_j (o_j − y_j)².
+template <typename F>
+__device__ void gpumlp_squared(const F* __restrict__ o, const F* __restrict__ y, const F* __restrict__ w,
+                               const F* __restrict__ wsum, F* __restrict__ dout, F* loss, F* partial,
+                               unsigned int* counter, int B, int q) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    F acc = F(0);
+    for (long long row = (long long)blockIdx.x * warps + (threadIdx.x >> 5); row < B;
+         row += (long long)gridDim.x * warps) {
+        const F* orow = o + row * q;
+        const F* yrow = y + row * q;
+        F* drow = dout + row * q;
+        const F scale = gpumlp_row_scale(w, wsum, row, B);
+        F l = F(0);
+        for (int j = lane; j < q; j += 32) {
+            drow[j] = gpumlp_squared_grad(orow[j], yrow[j]) * scale;
+            l += gpumlp_squared_term(orow[j], yrow[j]);
+        }
+        l = gpumlp_warp_sum(l);
+        if (lane == 0) acc += scale * l;
+    }
+    gpumlp_grid_sum(gpumlp_block_sum(acc), partial, counter, loss);
+}
+
+#define GPUMLP_LOSS_KERNELS(F, SUFFIX)                                                                  \
+    extern "C" __global__ void gpumlp_cross_entropy##SUFFIX(                                             \
+        const F* o, const long long* y, const F* w, const F* wsum, F* dout, F* loss, F* partial,         \
+        unsigned int* counter, int B, int q) {                                                           \
+        gpumlp_cross_entropy<F>(o, y, w, wsum, dout, loss, partial, counter, B, q);                     \
+    }                                                                                                    \
+    extern "C" __global__ void gpumlp_squared##SUFFIX(const F* o, const F* y, const F* w, const F* wsum, \
+                                                      F* dout, F* loss, F* partial, unsigned int* counter, \
+                                                      int B, int q) {                                    \
+        gpumlp_squared<F>(o, y, w, wsum, dout, loss, partial, counter, B, q);                           \
+    }
+
+GPUMLP_LOSS_KERNELS(float, _f32)
+GPUMLP_LOSS_KERNELS(double, _f64)
