@@ -31,9 +31,15 @@ Extra parameters: ``class_weight`` (classifier: None, "balanced" or {label: weig
 ("auto" | "numpy" | "cupy") and ``dtype`` (None follows X as scikit-learn does: float32 stays
 float32, anything else becomes float64; or "float32"/"float64").
 
-Differences that remain: initial weights are He/Glorot uniform as ``gpumlp.MLP`` draws them
-(scikit-learn: Glorot for all layers, random intercepts), so results match in distribution, not
-bit for bit; binary problems use two softmax outputs rather than one logistic unit; multilabel
+Initial weights and intercepts are drawn exactly as scikit-learn draws them (Glorot uniform,
+bound √(6/(fan_in + fan_out)), √(2/…) for "logistic", from ``random_state``), and the early-stopping
+split is scikit-learn's ``train_test_split`` on the same random stream: with the same random_state,
+full batches and shuffle=False, SGD gives scikit-learn's loss curve to rounding (tested). The split
+is stratified for every classification problem, as scikit-learn documents; scikit-learn's code
+stratifies only binary problems, so for multiclass early stopping the two hold out different rows.
+
+Differences that remain: the shuffling order of minibatches (drawn from the model's seed);
+binary problems use two softmax outputs rather than one logistic unit; multilabel
 targets are not supported; for multi-output regression ``loss_curve_`` holds ½‖o − y‖² summed over
 outputs (scikit-learn divides its reported loss by n_outputs, while its gradient is that of the sum,
 as ours). Inputs are host arrays (NumPy, lists, pandas); the model moves them to the device.
@@ -133,11 +139,22 @@ class _BaseMLP(BaseEstimator):
             return self.dtype
         return "float32" if X.dtype == np.float32 else "float64"
 
-    def _seed(self):
-        """An integer seed for gpumlp.MLP from random_state (int, None or RandomState)."""
-        if self.random_state is None or isinstance(self.random_state, numbers.Integral):
-            return None if self.random_state is None else int(self.random_state)
-        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+    def _seed(self, rs):
+        """An integer seed for gpumlp.MLP's shuffling: random_state itself, or drawn from its stream."""
+        if isinstance(self.random_state, numbers.Integral) and not isinstance(self.random_state, bool):
+            return int(self.random_state)
+        return int(rs.randint(np.iinfo(np.int32).max))
+
+    def _init_weights(self, model, rs):
+        """scikit-learn's _init_coef, layer by layer from the same random stream: coef (fan_in, fan_out)
+        then intercept, both U(−b, b) with b = √(factor/(fan_in + fan_out)), factor 2 for logistic else 6."""
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        W, b = [], []
+        for fan_in, fan_out in zip(model.sizes[:-1], model.sizes[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            W.append(rs.uniform(-bound, bound, (fan_in, fan_out)).T)
+            b.append(rs.uniform(-bound, bound, fan_out))
+        model.set_weights(W, b)
 
     def _optimizer(self):
         if self.solver == "sgd":
@@ -175,10 +192,13 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("sample_weight is all zero: at least one weight must be positive")
         if not first and self.model_.sizes[-1] != n_outputs:
             raise ValueError(f"y has {n_outputs} outputs, the fitted model has {self.model_.sizes[-1]}")
+        rs = check_random_state(self.random_state)  # one stream per call, as scikit-learn's _fit
         if first:
-            self.model_ = MLP((X.shape[1], *self._hidden(), n_outputs), activation=ACTIVATIONS[self.activation],
-                              loss=self._loss, bias=True, dtype=self._model_dtype(X), backend=self.backend,
-                              seed=self._seed(), optimizer=self.solver)
+            sizes = (X.shape[1], *self._hidden(), n_outputs)
+            model = MLP(sizes, activation=ACTIVATIONS[self.activation], loss=self._loss, bias=True,
+                        dtype=self._model_dtype(X), backend=self.backend, seed=self._seed(rs), optimizer=self.solver)
+            self._init_weights(model, rs)  # the seed then drives the shuffling
+            self.model_ = model
         model = self.model_
         if first or not incremental or model.optimizer.name != self.solver:
             model.optimizer = self._optimizer()  # a new optimizer per fit, as scikit-learn
@@ -187,9 +207,11 @@ class _BaseMLP(BaseEstimator):
         val = None
         X_train, y_train, w_train = X, targets, sw
         if self.early_stopping:
+            # Stratified for every classification problem, as scikit-learn documents. (Its code
+            # stratifies only binary problems: for multiclass it splits without stratification.)
             stratify = targets if self._loss == "cross_entropy" else None
             parts = train_test_split(X, targets, *([] if sw is None else [sw]), test_size=self.validation_fraction,
-                                     random_state=check_random_state(self.random_state), stratify=stratify)
+                                     random_state=rs, stratify=stratify)
             X_train, X_val, y_train, y_val = parts[:4]
             w_train, w_val = (parts[4], parts[5]) if sw is not None else (None, None)
             if X_val.shape[0] < 2:
@@ -315,6 +337,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self.classes_ = unique_labels(classes)
             else:
                 self.classes_ = unique_labels(y)
+        elif not incremental and not np.array_equal(unique_labels(y), self.classes_):
+            raise ValueError(f"warm_start can only be used where `y` has the same classes as in the previous "
+                             f"call to fit. Previously got {self.classes_}, `y` has {unique_labels(y)}")
         elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
             raise ValueError(f"`classes={list(classes)}` is not the same as on the first call to partial_fit "
                              f"(classes_={list(self.classes_)})")
