@@ -700,7 +700,10 @@ class MLP:
             perm = self._backend.asarray(self._rng.permutation(n))
             x, y = xp.take(x, perm, axis=0), xp.take(y, perm, axis=0)
             w = None if w is None else xp.take(w, perm)
-        snapshot = self._theta.copy()
+        # The state at the start of the epoch, restored if it diverges: weights and optimizer state
+        # (a non-finite momentum/Adam buffer would poison any later training with a smaller rate).
+        opt = self.optimizer
+        snapshot = (self._theta.copy(), opt.t, {k: v.copy() for k, v in opt.state_arrays().items()})
         total = xp.zeros((), self.dtype if self.dtype == np.float64 else np.float64)
         for step, i in enumerate(range(0, n, batch_size)):
             j = min(i + batch_size, n)
@@ -714,7 +717,14 @@ class MLP:
         return mean
 
     def _diverged(self, snapshot, step, J):
-        self._theta[...] = snapshot
+        theta, t, state = snapshot
+        self._theta[...] = theta
+        self.optimizer.t = t
+        for k in self.optimizer.state_arrays():
+            if k in state:
+                getattr(self.optimizer, k)[...] = state[k]
+            else:  # made during the diverged epoch
+                setattr(self.optimizer, k, None)
         where = f"epoch {self.epochs_ + 1}" + ("" if step is None else f", step {step + 1}")
         raise DivergenceError(
             f"training diverged: the objective J became {J} in {where}. The weights were restored to "
