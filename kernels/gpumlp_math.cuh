@@ -11,19 +11,19 @@
 #ifndef GPUMLP_MATH_CUH
 #define GPUMLP_MATH_CUH
 
-// ---- float/double overloads of the C math functions ------------------------------------------
-__device__ __forceinline__ float gpumlp_exp(float x) { return expf(x); }
-__device__ __forceinline__ double gpumlp_exp(double x) { return exp(x); }
-__device__ __forceinline__ float gpumlp_log(float x) { return logf(x); }
-__device__ __forceinline__ double gpumlp_log(double x) { return log(x); }
-__device__ __forceinline__ float gpumlp_log1p(float x) { return log1pf(x); }
-__device__ __forceinline__ double gpumlp_log1p(double x) { return log1p(x); }
-__device__ __forceinline__ float gpumlp_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double gpumlp_tanh(double x) { return tanh(x); }
-__device__ __forceinline__ float gpumlp_sqrt(float x) { return sqrtf(x); }
-__device__ __forceinline__ double gpumlp_sqrt(double x) { return sqrt(x); }
-__device__ __forceinline__ float gpumlp_abs(float x) { return fabsf(x); }
-__device__ __forceinline__ double gpumlp_abs(double x) { return fabs(x); }
+// ---- float/double overloads of the C math functions (gpumlp_math_*) ---------------------------
+__device__ __forceinline__ float gpumlp_math_exp(float x) { return expf(x); }
+__device__ __forceinline__ double gpumlp_math_exp(double x) { return exp(x); }
+__device__ __forceinline__ float gpumlp_math_log(float x) { return logf(x); }
+__device__ __forceinline__ double gpumlp_math_log(double x) { return log(x); }
+__device__ __forceinline__ float gpumlp_math_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double gpumlp_math_log1p(double x) { return log1p(x); }
+__device__ __forceinline__ float gpumlp_math_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double gpumlp_math_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float gpumlp_math_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double gpumlp_math_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float gpumlp_math_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double gpumlp_math_abs(double x) { return fabs(x); }
 
 // ---- activations: φ(z) and φ′ (from z and h = φ(z); each uses whichever is cheaper) -------------
 // Constants as in functions.py: LEAKY_SLOPE, GELU_K = sqrt(2/pi), GELU_C.
@@ -45,22 +45,22 @@ template <typename F> __device__ __forceinline__ F gpumlp_leaky_relu_grad(F z, F
 
 // sigmoid, stable: exp only ever sees −|z|.  φ′ = h (1 − h).
 template <typename F> __device__ __forceinline__ F gpumlp_sigmoid(F z) {
-    const F e = gpumlp_exp(-gpumlp_abs(z));
+    const F e = gpumlp_math_exp(-gpumlp_math_abs(z));
     return z >= F(0) ? F(1) / (F(1) + e) : e / (F(1) + e);
 }
 template <typename F> __device__ __forceinline__ F gpumlp_sigmoid_grad(F z, F h) { return h * (F(1) - h); }
 
 // tanh.  φ′ = 1 − h².
-template <typename F> __device__ __forceinline__ F gpumlp_tanh_act(F z) { return gpumlp_tanh(z); }
+template <typename F> __device__ __forceinline__ F gpumlp_tanh(F z) { return gpumlp_math_tanh(z); }
 template <typename F> __device__ __forceinline__ F gpumlp_tanh_grad(F z, F h) { return F(1) - h * h; }
 
 // gelu, tanh approximation (torch.nn.GELU(approximate="tanh")): ½ z (1 + tanh(k (z + c z³))).
 template <typename F> __device__ __forceinline__ F gpumlp_gelu(F z) {
-    const F t = gpumlp_tanh(F(GPUMLP_GELU_K) * (z + F(GPUMLP_GELU_C) * z * z * z));
+    const F t = gpumlp_math_tanh(F(GPUMLP_GELU_K) * (z + F(GPUMLP_GELU_C) * z * z * z));
     return F(0.5) * z * (F(1) + t);
 }
 template <typename F> __device__ __forceinline__ F gpumlp_gelu_grad(F z, F h) {
-    const F t = gpumlp_tanh(F(GPUMLP_GELU_K) * (z + F(GPUMLP_GELU_C) * z * z * z));
+    const F t = gpumlp_math_tanh(F(GPUMLP_GELU_K) * (z + F(GPUMLP_GELU_C) * z * z * z));
     return F(0.5) * (F(1) + t)
          + F(0.5) * z * (F(1) - t * t) * F(GPUMLP_GELU_K) * (F(1) + F(3 * GPUMLP_GELU_C) * z * z);
 }
@@ -68,7 +68,7 @@ template <typename F> __device__ __forceinline__ F gpumlp_gelu_grad(F z, F h) {
 // softplus log(1 + eᶻ) = max(z, 0) + log1p(e^−|z|): exact and finite for every z, no threshold.
 // φ′ = sigmoid(z).
 template <typename F> __device__ __forceinline__ F gpumlp_softplus(F z) {
-    return (z > F(0) ? z : F(0)) + gpumlp_log1p(gpumlp_exp(-gpumlp_abs(z)));
+    return (z > F(0) ? z : F(0)) + gpumlp_math_log1p(gpumlp_math_exp(-gpumlp_math_abs(z)));
 }
 template <typename F> __device__ __forceinline__ F gpumlp_softplus_grad(F z, F h) { return gpumlp_sigmoid(z); }
 
@@ -81,10 +81,10 @@ template <typename F> __device__ __forceinline__ F gpumlp_identity_grad(F z, F h
 //   l = −log softmax(o)_y = log s − (o_y − m);    ∂l/∂o_j = exp(o_j − m)/s − [j = y].
 // (o_y − m first: it is exact when o_y is near m, even for logits of 1e4 where m's ulp is 1e-3.)
 template <typename F> __device__ __forceinline__ F gpumlp_ce_loss(F o_label, F m, F s) {
-    return gpumlp_log(s) - (o_label - m);
+    return gpumlp_math_log(s) - (o_label - m);
 }
 template <typename F> __device__ __forceinline__ F gpumlp_ce_grad(F o_j, F m, F s, bool is_label) {
-    return gpumlp_exp(o_j - m) / s - (is_label ? F(1) : F(0));
+    return gpumlp_math_exp(o_j - m) / s - (is_label ? F(1) : F(0));
 }
 // Squared: l = ½ Σ_j (o_j − y_j)²; ∂l/∂o_j = o_j − y_j (functions.squared_forward/backward).
 template <typename F> __device__ __forceinline__ F gpumlp_squared_term(F o, F y) {
@@ -124,7 +124,7 @@ __device__ __forceinline__ F gpumlp_adam(F theta, F g, F* m, F* v, F lr, F lam, 
     const F vn = beta2 * (*v) + (F(1) - beta2) * g * g;
     *m = mn;
     *v = vn;
-    return theta - (lr / c1) * mn / (gpumlp_sqrt(vn) / gpumlp_sqrt(c2) + eps);
+    return theta - (lr / c1) * mn / (gpumlp_math_sqrt(vn) / gpumlp_math_sqrt(c2) + eps);
 }
 
 #endif  // GPUMLP_MATH_CUH

@@ -30,7 +30,7 @@ __device__ void gpumlp_cross_entropy(const F* __restrict__ o, const long long* _
         for (int j = lane; j < q; j += 32) m = orow[j] > m ? orow[j] : m;
         m = gpumlp_warp_max(m);
         F s = F(0);
-        for (int j = lane; j < q; j += 32) s += gpumlp_exp(orow[j] - m);
+        for (int j = lane; j < q; j += 32) s += gpumlp_math_exp(orow[j] - m);
         s = gpumlp_warp_sum(s);
         const long long label = y[row];
         const F scale = gpumlp_row_scale(w, wsum, row, B);

@@ -1,0 +1,334 @@
+"""The CUDA device math, compiled for the host, against its NumPy twin.
+
+kernels/gpumlp_math.cuh is plain C++ once the CUDA keywords are defined away, so g++ builds it into a
+small shared library that ctypes drives. Into that library go
+- every ElementwiseKernel *operation string* from gpumlp/_kernels.py (``h = gpumlp_gelu(z)``, ...),
+  inside a loop shaped like CuPy's (the parameters bound as references to the array elements), for
+  float and double: the exact text CuPy compiles, run on the CPU;
+- the per-row loss of kernels/loss.cu (max, log-sum-exp, loss term, ∂L/∂o, weights) and the per-element
+  update of kernels/optim.cu, written as host loops over the same __device__ functions (the warp
+  reductions of the .cu files need a GPU: tests/test_gpu.py covers them).
+Each is compared with gpumlp.functions / gpumlp.optim on random inputs and on edge inputs: the kinks,
+±large values where a naive formula overflows, ±inf and NaN.
+
+Skips only where no C++ compiler exists, and never in CI ($CI set), where that is a failure.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from gpumlp import _kernels
+from gpumlp import functions as F
+from gpumlp import optim
+
+CTYPE = {np.float32: ("float", "f32", ctypes.c_float), np.float64: ("double", "f64", ctypes.c_double)}
+# Tolerances |ours − reference| ≤ ATOL + RTOL·|reference|, per dtype. Both sides evaluate the same
+# formula in the same precision; they differ only where the host libm (expf, tanhf, log1pf) and NumPy's
+# own implementations round differently, ≤ 2 ulp, i.e. ~1e-7 (float32) and ~2e-16 (float64) relative.
+# ATOL covers the one amplification the formulas share: in gelu′ near the tail (|z| ≈ 4..5.5 in float32,
+# ..9.5 in float64, until tanh rounds to ±1 exactly) a 1-ulp difference of t = tanh(·) near ±1 is
+# multiplied by |z K (1 + 3C z²)| ≲ 20 (float32) or 100 (float64): 20 · 6e-8 ≈ 1.2e-6 and
+# 100 · 1.1e-16 ≈ 1e-14 absolute, on values that are themselves ~1e-7 (float32).
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+ATOL = {np.float32: 5e-6, np.float64: 1e-13}
+
+PRELUDE = """
+#include <math.h>
+// CUDA keywords defined away: the header is then plain C++.
+#define __device__
+#define __forceinline__ inline
+#include "gpumlp_math.cuh"
+"""
+
+
+def _in_ci():
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _params(spec):
+    """'T dh, T z' -> ['dh', 'z'] (ElementwiseKernel parameter lists of T-typed arrays)."""
+    names = []
+    for p in spec.split(","):
+        ctype, name = p.split()
+        assert ctype == "T"
+        names.append(name)
+    return names
+
+
+def elementwise_cpp(name, ctype, suffix):
+    """A host loop that runs one ElementwiseKernel's operation string as CuPy's loop would."""
+    in_params, out_params, operation = _kernels.ELEMENTWISE[name]
+    ins, outs = _params(in_params), _params(out_params)
+    args = [f"const T* _raw_{p}" for p in ins] + [f"T* _raw_{p}" for p in outs]
+    refs = [f"const T& {p} = _raw_{p}[i];" for p in ins] + [f"T& {p} = _raw_{p}[i];" for p in outs]
+    return f"""
+namespace {name}_{suffix} {{
+typedef {ctype} T;
+extern "C" void {name}_{suffix}({", ".join(args)}, long long n) {{
+    for (long long i = 0; i < n; ++i) {{ {" ".join(refs)} {operation}; }}
+}}
+}}"""
+
+
+LOOPS = r"""
+// kernels/loss.cu, one row at a time instead of one warp per row.
+template <typename F>
+static void cross_entropy_rows(const F* o, const long long* y, const F* w, F* dout, F* loss, int B, int q) {
+    F wsum = 0, total = 0;
+    if (w) for (int i = 0; i < B; ++i) wsum += w[i];
+    for (long long row = 0; row < B; ++row) {
+        const F* orow = o + row * q;
+        F m = orow[0], s = 0;
+        for (int j = 0; j < q; ++j) m = orow[j] > m ? orow[j] : m;
+        for (int j = 0; j < q; ++j) s += gpumlp_math_exp(orow[j] - m);
+        const F scale = w ? w[row] / wsum : F(1) / F(B);
+        for (int j = 0; j < q; ++j) dout[row * q + j] = gpumlp_ce_grad(orow[j], m, s, j == y[row]) * scale;
+        total += scale * gpumlp_ce_loss(orow[y[row]], m, s);
+    }
+    *loss = total;
+}
+template <typename F>
+static void squared_rows(const F* o, const F* y, const F* w, F* dout, F* loss, int B, int q) {
+    F wsum = 0, total = 0;
+    if (w) for (int i = 0; i < B; ++i) wsum += w[i];
+    for (long long row = 0; row < B; ++row) {
+        const F scale = w ? w[row] / wsum : F(1) / F(B);
+        F l = 0;
+        for (int j = 0; j < q; ++j) {
+            dout[row * q + j] = gpumlp_squared_grad(o[row * q + j], y[row * q + j]) * scale;
+            l += gpumlp_squared_term(o[row * q + j], y[row * q + j]);
+        }
+        total += scale * l;
+    }
+    *loss = total;
+}
+// kernels/optim.cu, the same loop body.
+template <typename F>
+static void sgd_update(F* theta, const F* grad, F* velocity, long long n, long long n_decay, F lr, F lam, F mu,
+                       int nesterov) {
+    for (long long i = 0; i < n; ++i) {
+        const F lam_i = i < n_decay ? lam : F(0);
+        theta[i] = velocity ? gpumlp_sgd_momentum(theta[i], grad[i], velocity + i, lr, lam_i, mu, nesterov != 0)
+                            : gpumlp_sgd(theta[i], grad[i], lr, lam_i);
+    }
+}
+template <typename F>
+static void adam_update(F* theta, const F* grad, F* m, F* v, long long n, long long n_decay, F lr, F lam, F beta1,
+                        F beta2, F eps, F c1, F c2, int decoupled) {
+    for (long long i = 0; i < n; ++i) {
+        const F lam_i = i < n_decay ? lam : F(0);
+        theta[i] = gpumlp_adam(theta[i], grad[i], m + i, v + i, lr, lam_i, beta1, beta2, eps, c1, c2, decoupled != 0);
+    }
+}
+#define HOST_LOOPS(F, S)                                                                                     \
+    extern "C" void cross_entropy_##S(const F* o, const long long* y, const F* w, F* d, F* L, int B, int q) { \
+        cross_entropy_rows<F>(o, y, w, d, L, B, q);                                                          \
+    }                                                                                                        \
+    extern "C" void squared_##S(const F* o, const F* y, const F* w, F* d, F* L, int B, int q) {              \
+        squared_rows<F>(o, y, w, d, L, B, q);                                                                \
+    }                                                                                                        \
+    extern "C" void sgd_update_##S(F* t, const F* g, F* v, long long n, long long nd, F lr, F lam, F mu, int nes) { \
+        sgd_update<F>(t, g, v, n, nd, lr, lam, mu, nes);                                                     \
+    }                                                                                                        \
+    extern "C" void adam_update_##S(F* t, const F* g, F* m, F* v, long long n, long long nd, F lr, F lam, F b1, \
+                                    F b2, F eps, F c1, F c2, int dec) {                                      \
+        adam_update<F>(t, g, m, v, n, nd, lr, lam, b1, b2, eps, c1, c2, dec);                                \
+    }
+HOST_LOOPS(float, f32)
+HOST_LOOPS(double, f64)
+"""
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        if _in_ci():
+            pytest.fail("CI must run the CUDA device math on the host, but no C++ compiler was found")
+        pytest.skip("no host C++ compiler (g++, c++, clang++)")
+    d = tmp_path_factory.mktemp("kernels_host")
+    (d / _kernels.MATH_HEADER).write_text(_kernels.source(_kernels.MATH_HEADER))
+    parts = [PRELUDE]
+    for ctype, suffix, _ in CTYPE.values():
+        parts += [elementwise_cpp(name, ctype, suffix) for name in sorted(_kernels.ELEMENTWISE)]
+    parts.append(LOOPS)
+    (d / "driver.cpp").write_text("\n".join(parts))
+    # -O2 without -ffast-math: IEEE semantics (NaN, inf, signed zeros) as on the GPU, which CuPy
+    # builds without fast math too (only -ftz=true, flush of float32 subnormals, differs there).
+    cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-I", str(d), str(d / "driver.cpp"),
+           "-o", str(d / "libgpumlp_host.so")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"host compile of the device math failed:\n{res.stderr}"
+    assert "warning" not in res.stderr, res.stderr
+    return ctypes.CDLL(str(d / "libgpumlp_host.so"))
+
+
+def ptr(a):
+    return None if a is None else a.ctypes.data_as(ctypes.c_void_p)
+
+
+def run_elementwise(lib, name, dtype, *arrays):
+    """Call the host build of ElementwiseKernel ``name``; the last array is the output."""
+    f = getattr(lib, f"{name}_{CTYPE[dtype][1]}")
+    f.restype = None
+    arrays = [np.ascontiguousarray(a, dtype=dtype) for a in arrays]
+    f(*[ptr(a) for a in arrays], ctypes.c_longlong(arrays[0].size))
+    return arrays[-1]
+
+
+def assert_close(got, want, dtype, what):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype == dtype, (got.dtype, want.dtype)
+    np.testing.assert_allclose(got, want, rtol=RTOL[dtype], atol=ATOL[dtype], equal_nan=True, err_msg=what)
+
+
+def edge_and_random(dtype, rng):
+    edges = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 1, -1, 3, -3, 5, -5, 10, -10, 20, -20, 40, -40,
+             88, -88, 100, -100, 1e4, -1e4, 1e30, -1e30, np.inf, -np.inf, np.nan]
+    if dtype == np.float64:
+        edges += [700, -700, 800, -800, 1e300, -1e300]
+    return np.concatenate([np.array(edges), rng.standard_normal(500) * 3, rng.standard_normal(200) * 50]).astype(dtype)
+
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", _kernels.ACTIVATIONS)
+def test_activation_forward_and_backward_match_functions(lib, activation, dtype):
+    rng = np.random.default_rng(0)
+    z = edge_and_random(dtype, rng)
+    with np.errstate(all="ignore"):  # the reference overflows (z³ at 1e30) exactly as the kernel does
+        h_ref = F.ACTIVATIONS[activation].forward(z)
+        h = run_elementwise(lib, f"gpumlp_{activation}_forward", dtype, z, np.full_like(z, np.nan))
+        assert_close(h, h_ref, dtype, f"{activation} forward")
+        for dh in (np.ones_like(z), rng.standard_normal(z.size).astype(dtype)):  # φ′ itself, then dh ⊙ φ′
+            dz_ref = F.ACTIVATIONS[activation].backward(dh, z, h_ref)
+            dz = run_elementwise(lib, f"gpumlp_{activation}_backward", dtype, dh, z, h_ref, np.full_like(z, np.nan))
+            assert_close(dz, dz_ref, dtype, f"{activation} backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_derivatives_at_the_kinks_are_exactly_as_documented(lib, dtype):
+    z = np.array([-1.0, 0.0, 1.0], dtype)
+    ones = np.ones_like(z)
+
+    def grad(a):
+        return run_elementwise(lib, f"gpumlp_{a}_backward", dtype, ones, z, F.ACTIVATIONS[a].forward(z), np.empty_like(z))
+
+    np.testing.assert_array_equal(grad("relu"), [0, 0, 1])  # φ′(0) = 0, as PyTorch
+    np.testing.assert_array_equal(grad("leaky_relu"), np.array([F.LEAKY_SLOPE, F.LEAKY_SLOPE, 1], dtype))
+    np.testing.assert_array_equal(run_elementwise(lib, "gpumlp_relu_forward", dtype, z, np.empty_like(z)), [0, 0, 1])
+    # sigmoid′(0) = 1/4, tanh′(0) = 1, gelu′(0) = 1/2, softplus′(0) = 1/2, softplus(0) = log 2
+    assert grad("sigmoid")[1] == 0.25 and grad("tanh")[1] == 1 and grad("gelu")[1] == 0.5
+    assert grad("softplus")[1] == 0.5
+    sp0 = run_elementwise(lib, "gpumlp_softplus_forward", dtype, z, np.empty_like(z))[1]
+    assert sp0 == dtype(np.log(2.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stable_formulas_stay_finite_where_naive_ones_overflow(lib, dtype):
+    z = np.array([-1e4, -100, 100, 1e4], dtype)
+    sig = run_elementwise(lib, "gpumlp_sigmoid_forward", dtype, z, np.empty_like(z))
+    sp = run_elementwise(lib, "gpumlp_softplus_forward", dtype, z, np.empty_like(z))
+    assert np.isfinite(sig).all() and np.isfinite(sp).all()
+    assert sig[-1] == 1 and sig[0] == 0 and sp[-1] == dtype(1e4) and sp[0] == 0
+
+
+def _loss_args(lib, loss, dtype, B, q):
+    f = getattr(lib, f"{loss}_{CTYPE[dtype][1]}")
+    f.restype = None
+    return f
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 1e4])  # 1e4: exp of the raw logits overflows, the max-shift must not
+def test_cross_entropy_rows_match_functions(lib, dtype, weighted, scale):
+    rng = np.random.default_rng(1)
+    B, q = 37, 11
+    o = (rng.standard_normal((B, q)) * scale).astype(dtype)
+    o[0, :] = o[0, 0]  # a row of ties
+    y = rng.integers(0, q, B).astype(np.int64)
+    w = rng.uniform(0.1, 2.0, B).astype(dtype) if weighted else None
+    do, L = np.full((B, q), np.nan, dtype), np.full((), np.nan, dtype)
+    f = _loss_args(lib, "cross_entropy", dtype, B, q)
+    f(ptr(o), ptr(y), ptr(w), ptr(do), ptr(L), ctypes.c_int(B), ctypes.c_int(q))
+    L_ref = F.cross_entropy_forward(o, y, w)
+    assert np.isfinite(L) and np.isfinite(do).all()
+    assert_close(L, np.asarray(L_ref, dtype), dtype, "cross-entropy L")
+    assert_close(do, F.cross_entropy_backward(o, y, w), dtype, "cross-entropy dL/do")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_squared_rows_match_functions(lib, dtype, weighted):
+    rng = np.random.default_rng(2)
+    B, q = 29, 3
+    o, y = rng.standard_normal((B, q)).astype(dtype), rng.standard_normal((B, q)).astype(dtype)
+    w = rng.uniform(0.1, 2.0, B).astype(dtype) if weighted else None
+    do, L = np.full((B, q), np.nan, dtype), np.full((), np.nan, dtype)
+    f = _loss_args(lib, "squared", dtype, B, q)
+    f(ptr(o), ptr(y), ptr(w), ptr(do), ptr(L), ctypes.c_int(B), ctypes.c_int(q))
+    assert_close(L, np.asarray(F.squared_forward(o, y, w), dtype), dtype, "squared L")
+    assert_close(do, F.squared_backward(o, y, w), dtype, "squared dL/do")
+
+
+OPTIMIZERS = [
+    ("sgd", {}),
+    ("sgd", {"momentum": 0.9}),
+    ("sgd", {"momentum": 0.9, "nesterov": True}),
+    ("adam", {}),
+    ("adam", {"decoupled": True}),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,kw", OPTIMIZERS, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in OPTIMIZERS])
+def test_update_rules_match_optim(lib, name, kw, dtype):
+    """Three steps over a flat θ whose first n_decay elements are weights (λ applies), the rest biases."""
+    rng = np.random.default_rng(3)
+    n, n_decay, lr, lam = 60, 45, 0.05, 0.1
+    theta0 = rng.standard_normal(n).astype(dtype)
+    grads = [rng.standard_normal(n).astype(dtype) for _ in range(3)]
+    ref = optim.make_optimizer(name, **kw)
+    theta_ref = theta0.copy()
+    ours = theta0.copy()
+    state = [np.zeros(n, dtype), np.zeros(n, dtype)]  # velocity, or m and v
+    s = CTYPE[dtype][2]
+    for t, g in enumerate(grads, start=1):
+        ref.update(theta_ref, g.copy(), lr, lam, n_decay)  # the NumPy reference (ops=None)
+        if name == "sgd":
+            f = getattr(lib, f"sgd_update_{CTYPE[dtype][1]}")
+            f.restype = None
+            velocity = state[0] if ref.momentum else None
+            f(ptr(ours), ptr(g), ptr(velocity), ctypes.c_longlong(n), ctypes.c_longlong(n_decay), s(lr), s(lam),
+              s(ref.momentum), ctypes.c_int(ref.nesterov))
+        else:
+            f = getattr(lib, f"adam_update_{CTYPE[dtype][1]}")
+            f.restype = None
+            c1, c2 = 1 - ref.beta1**t, 1 - ref.beta2**t
+            f(ptr(ours), ptr(g), ptr(state[0]), ptr(state[1]), ctypes.c_longlong(n), ctypes.c_longlong(n_decay),
+              s(lr), s(lam), s(ref.beta1), s(ref.beta2), s(ref.eps), s(c1), s(c2), ctypes.c_int(ref.decoupled))
+        assert_close(ours, theta_ref, dtype, f"{name} {kw} step {t}")
+    if name == "sgd" and ref.momentum:
+        assert_close(state[0], ref.velocity, dtype, "velocity")
+    if name == "adam":
+        assert_close(state[0], ref.m, dtype, "m")
+        assert_close(state[1], ref.v, dtype, "v")
+    assert not np.array_equal(ours, theta0)
+
+
+def test_harness_detects_a_wrong_formula(lib):
+    # The comparison is not vacuous: sigmoid's φ′ evaluated at the wrong argument is caught.
+    z = np.linspace(-3, 3, 7)
+    h = F.sigmoid_forward(z)
+    wrong = run_elementwise(lib, "gpumlp_sigmoid_backward", np.float64, np.ones_like(z), z, z, np.empty_like(z))
+    with pytest.raises(AssertionError):
+        assert_close(wrong, F.sigmoid_backward(np.ones_like(z), z, h), np.float64, "sigmoid")
