@@ -275,6 +275,8 @@ def encode_labels(y):
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise ValueError("labels contain NaN or infinity")
     classes, codes = np.unique(y, return_inverse=True)
+    if classes.dtype.kind == "f" and np.all(classes == np.round(classes)) and np.abs(classes).max() < 2**53:
+        classes = classes.astype(np.int64)  # labels read from a CSV as floats: 3.0 -> 3
     return classes, codes.astype(np.int64)
 
 

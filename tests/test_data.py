@@ -237,7 +237,9 @@ def test_scaler_errors():
 
 def test_encode_labels():
     classes, codes = D.encode_labels(np.array([3.0, -1.0, 3.0, 7.0]))
-    assert classes.tolist() == [-1.0, 3.0, 7.0] and codes.tolist() == [1, 0, 1, 2]
+    assert classes.tolist() == [-1, 3, 7] and classes.dtype == np.int64 and codes.tolist() == [1, 0, 1, 2]
+    classes, codes = D.encode_labels(np.array([0.5, 0.25, 0.5]))
+    assert classes.tolist() == [0.25, 0.5] and codes.tolist() == [1, 0, 1]
     with pytest.raises(ValueError, match="NaN"):
         D.encode_labels(np.array([1.0, np.nan]))
     with pytest.raises(TypeError, match="numbers"):
