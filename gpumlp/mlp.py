@@ -696,8 +696,11 @@ class MLP:
     def _run_epoch(self, x, y, w, lr, batch_size, shuffle):
         """One pass over (x, y); returns the mean J over the epoch's steps, weighted by batch size."""
         xp, n = self._xp, x.shape[0]
-        if shuffle:
-            perm = self._backend.asarray(self._rng.permutation(n))
+        perm = self._backend.asarray(self._rng.permutation(n)) if shuffle else None
+        gather = perm is not None and not self._backend.is_gpu
+        if gather:  # CPU: each batch is gathered just before its step, into a buffer that stays in cache
+            x_batch = xp.empty((min(batch_size, n),) + x.shape[1:], x.dtype)
+        elif perm is not None:  # GPU: one gather kernel for the whole epoch, then contiguous slices
             x, y = xp.take(x, perm, axis=0), xp.take(y, perm, axis=0)
             w = None if w is None else xp.take(w, perm)
         # The state at the start of the epoch, restored if it diverges: weights and optimizer state
@@ -707,7 +710,12 @@ class MLP:
         total = xp.zeros((), self.dtype if self.dtype == np.float64 else np.float64)
         for step, i in enumerate(range(0, n, batch_size)):
             j = min(i + batch_size, n)
-            J = self._train_step(x[i:j], y[i:j], None if w is None else w[i:j], lr)
+            if gather:
+                rows = perm[i:j]
+                J = self._train_step(xp.take(x, rows, axis=0, out=x_batch[:j - i], mode="clip"), y[rows],
+                                     None if w is None else w[rows], lr)
+            else:
+                J = self._train_step(x[i:j], y[i:j], None if w is None else w[i:j], lr)
             if not self._backend.is_gpu and not math.isfinite(float(J)):
                 self._diverged(snapshot, step, float(J))
             total += J * (j - i)
