@@ -1,0 +1,326 @@
+"""Training controls of MLP.fit: early stopping, the plateau rule, partial_fit, warm starts, sample and
+class weights, callbacks, history_, checkpoints that resume a run exactly, get/set_params."""
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+import gpumlp
+from gpumlp import schedules
+
+KW = dict(dtype="float64", backend="numpy")
+
+
+def blobs(n=90, d=4, q=3, seed=0, noise=1.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, q, n)
+    centres = rng.normal(scale=2.0, size=(q, d))
+    return centres[y] + noise * rng.normal(size=(n, d)), y
+
+
+def snapshots():
+    """A callback that keeps θ after every epoch, and the dict it fills."""
+    seen = {}
+    return (lambda m, r: seen.__setitem__(r["epoch"], m._theta.copy())), seen
+
+
+# ---------------------------------------------------------------------- early stopping
+def test_early_stopping_restores_the_best_epoch():
+    X, y = blobs(60, noise=2.5, seed=1)  # noisy and small: the validation score peaks, then wanders
+    Xv, yv = blobs(200, noise=2.5, seed=1)
+    keep, seen = snapshots()
+    m = gpumlp.MLP((4, 64, 3), seed=0, bias=True, optimizer="adam", **KW)
+    m.fit(X, y, epochs=300, batch_size=8, lr=0.05, validation_data=(Xv, yv), early_stopping=True,
+          n_iter_no_change=5, tol=1e-4, callbacks=keep)
+    scores = m.history_["val_score"]
+    best = m.best_epoch_
+    assert m.stop_reason_ == "plateau" and m.epochs_ < 300
+    assert scores[best - 1] == max(scores) and scores.index(max(scores)) == best - 1  # first best
+    assert m.best_score_ == max(scores)
+    np.testing.assert_array_equal(m._theta, seen[best])  # the weights of that epoch, not the last
+    assert not np.array_equal(m._theta, seen[m.epochs_])
+    assert m.score(Xv, yv) == max(scores)
+    # scikit-learn's rule: it stopped after more than 5 epochs none of which beat best + tol
+    assert all(s < max(scores) + 1e-4 for s in scores[-6:])
+
+
+def test_early_stopping_holds_out_a_stratified_fraction():
+    X, y = blobs(100)
+    m = gpumlp.MLP((4, 8, 3), seed=0, **KW)
+    m.fit(X, y, epochs=3, early_stopping=True, validation_fraction=0.2, n_iter_no_change=50)
+    assert m.samples_seen_ == 3 * 80 and len(m.validation_curve_) == 3
+    xs, ys, ws, (xv, yv, wv) = m._split_validation(X, y, None, 0.2, seed=7)
+    assert len(yv) == 20 and len(ys) == 80 and ws is None and wv is None
+    counts, val_counts = np.bincount(y, minlength=3), np.bincount(yv, minlength=3)
+    assert np.all(np.abs(val_counts - 0.2 * counts) < 1)  # each class in proportion (largest remainders)
+    rows = {tuple(r) for r in xs} | {tuple(r) for r in xv}
+    assert len(rows) == 100  # disjoint and complete
+    again = m._split_validation(X, y, None, 0.2, seed=7)[3][0]
+    np.testing.assert_array_equal(again, xv)  # the seed decides the split
+
+
+def test_split_too_small_raises():
+    X, y = blobs(10)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        gpumlp.MLP((4, 3, 3), **KW).fit(X, y, early_stopping=True, validation_fraction=0.05)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        gpumlp.MLP((4, 3, 3), **KW).fit(X, y, early_stopping=True, validation_fraction=1.0)
+
+
+def test_convergence_rule_counts_as_sklearn():
+    """Nothing improves by tol: epoch 1 sets the best, and training stops once more than
+    n_iter_no_change further epochs have failed, i.e. after epoch n_iter_no_change + 2."""
+    X, y = blobs()
+    for n in (1, 3):
+        m = gpumlp.MLP((4, 5, 3), seed=0, **KW).fit(X, y, epochs=100, lr=1e-9, n_iter_no_change=n, tol=1e-3)
+        assert m.epochs_ == n + 2 and m.stop_reason_ == "plateau" and m.best_epoch_ == n + 2
+        assert m.best_loss_ == min(m.loss_curve_)
+    m = gpumlp.MLP((4, 5, 3), seed=0, **KW).fit(X, y, epochs=7, lr=1e-9)  # off by default
+    assert m.epochs_ == 7 and m.stop_reason_ == "epochs"
+
+
+# ---------------------------------------------------------------------- partial_fit and warm starts
+@pytest.mark.parametrize("kw", [dict(optimizer="sgd"), dict(optimizer="sgd", momentum=0.9, nesterov=True),
+                                dict(optimizer="adam", decoupled=True)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_partial_fit_over_the_batches_equals_one_epoch_of_fit(kw, weighted):
+    X, y = blobs(50)
+    w = np.random.default_rng(1).uniform(0.2, 3.0, 50) if weighted else None
+    a = gpumlp.MLP((4, 7, 3), seed=2, bias=True, weight_decay=0.01, **kw, **KW)
+    b = gpumlp.MLP((4, 7, 3), seed=2, bias=True, weight_decay=0.01, **kw, **KW)
+    a.fit(X, y, epochs=1, batch_size=16, lr=0.1, shuffle=False, sample_weight=w)
+    for i in range(0, 50, 16):
+        b.partial_fit(X[i:i + 16], y[i:i + 16], classes=[0, 1, 2], batch_size=16, lr=0.1,
+                      sample_weight=None if w is None else w[i:i + 16])
+    np.testing.assert_allclose(b._theta, a._theta, rtol=1e-13, atol=1e-15)
+    assert b.optimizer.t == a.optimizer.t
+
+
+def test_partial_fit_is_one_pass_over_its_data():
+    X, y = blobs(40)
+    m = gpumlp.MLP((4, 5, 3), seed=0, **KW)
+    m.partial_fit(X, y, batch_size=10)
+    assert m.epochs_ == 1 and m.samples_seen_ == 40 and len(m.loss_curve_) == 1 and m.optimizer.t == 0
+    with pytest.raises(ValueError, match="classes"):
+        m.partial_fit(X, y, classes=[0, 1, 5])
+    with pytest.raises(ValueError, match="classes"):
+        gpumlp.MLP((4, 5, 1), loss="squared", **KW).partial_fit(X, X[:, :1], classes=[0])
+
+
+@pytest.mark.parametrize("kw", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam")])
+def test_fit_continues_where_it_stopped(kw):
+    """MLP is PyTorch-like: two fits of 4 and 3 epochs = one fit of 7 (weights, optimizer state,
+    shuffling stream, schedule position and curves all continue)."""
+    X, y = blobs()
+    sched = schedules.Cosine(7, 0.001)
+    a = gpumlp.MLP((4, 6, 3), seed=1, lr_schedule=sched, **kw, **KW).fit(X, y, epochs=7, batch_size=16, lr=0.1)
+    b = gpumlp.MLP((4, 6, 3), seed=1, lr_schedule=schedules.Cosine(7, 0.001), **kw, **KW)
+    b.fit(X, y, epochs=4, batch_size=16, lr=0.1).fit(X, y, epochs=3, batch_size=16, lr=0.1)
+    np.testing.assert_array_equal(a._theta, b._theta)
+    assert a.loss_curve_ == b.loss_curve_ and a.history_ == b.history_
+
+
+def test_reset_parameters_starts_over():
+    X, y = blobs()
+    m = gpumlp.MLP((4, 6, 3), seed=1, optimizer="sgd", momentum=0.9, lr_schedule="adaptive", **KW)
+    m.fit(X, y, epochs=3, lr=0.1)
+    m.lr_schedule.n_reductions = 2
+    m.reset_parameters()
+    assert m.optimizer.t == 0 and m.optimizer.velocity is None and m.lr_schedule.n_reductions == 0
+    assert m.epochs_ == 3 and len(m.loss_curve_) == 3  # the record of what happened is kept
+
+
+# ---------------------------------------------------------------------- sample and class weights
+def _flat_fd_grad(m, X, y, w, eps=1e-6):
+    """Central differences of J over every entry of θ (weights and biases), float64."""
+    theta = m._theta
+    g = np.empty_like(theta)
+    for i in range(theta.size):
+        old = theta[i]
+        theta[i] = old + eps
+        jp = m.forward(X, y, sample_weight=w).J
+        theta[i] = old - eps
+        jm = m.forward(X, y, sample_weight=w).J
+        theta[i] = old
+        g[i] = (jp - jm) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
+def test_weighted_fast_step_follows_finite_differences(loss):
+    """The fast training step with sample weights moves θ by −η ∂J/∂θ, J the weighted-mean loss
+    (+ λ/2‖W‖²), with ∂J/∂θ from central differences (rel. error ≤ 1e-6, as test_gradients.py)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(7, 4))
+    y = rng.integers(0, 3, 7) if loss == "cross_entropy" else rng.normal(size=(7, 3))
+    w = rng.uniform(0.1, 4.0, 7)
+    m = gpumlp.MLP((4, 5, 3), activation="tanh", loss=loss, bias=True, weight_decay=0.05, seed=0, **KW)
+    fd = _flat_fd_grad(m, X, y, w)
+    before = m._theta.copy()
+    J = m.step(X, y, lr=0.1, sample_weight=w)
+    step = (before - m._theta) / 0.1
+    assert np.linalg.norm(step - fd) <= 1e-6 * np.linalg.norm(fd)
+    m._theta[...] = before
+    assert J == pytest.approx(m.forward(X, y, sample_weight=w).J, rel=1e-12)
+    # and it is a weighted mean: scaling every weight changes nothing
+    m.step(X, y, lr=0.1, sample_weight=5 * w)
+    np.testing.assert_allclose(m._theta, before - 0.1 * step, rtol=1e-12, atol=1e-15)
+
+
+def test_integer_weights_equal_repeated_rows():
+    X, y = blobs(20)
+    w = np.random.default_rng(0).integers(1, 4, 20)
+    a = gpumlp.MLP((4, 6, 3), seed=0, optimizer="adam", bias=True, **KW)
+    b = gpumlp.MLP((4, 6, 3), seed=0, optimizer="adam", bias=True, **KW)
+    a.fit(X, y, epochs=5, batch_size=20, lr=0.05, sample_weight=w)  # one full batch per epoch
+    b.fit(np.repeat(X, w, axis=0), np.repeat(y, w), epochs=5, batch_size=int(w.sum()), lr=0.05)
+    np.testing.assert_allclose(a._theta, b._theta, rtol=1e-10, atol=1e-12)
+
+
+def test_class_weight_balanced_and_dict():
+    X, y = blobs(60)
+    y[:40] = 0  # imbalanced
+    counts = np.bincount(y, minlength=3)
+    balanced = (60 / (3 * counts))[y]
+    sw = np.random.default_rng(2).uniform(0.5, 2, 60)
+    for cw, w in [("balanced", balanced), ({0: 0.5, 2: 3.0}, np.array([0.5, 1.0, 3.0])[y])]:
+        a = gpumlp.MLP((4, 5, 3), seed=0, **KW).fit(X, y, epochs=2, batch_size=16, class_weight=cw, sample_weight=sw)
+        b = gpumlp.MLP((4, 5, 3), seed=0, **KW).fit(X, y, epochs=2, batch_size=16, sample_weight=w * sw)
+        np.testing.assert_array_equal(a._theta, b._theta)
+    with pytest.raises(ValueError, match="balanced"):
+        gpumlp.MLP((4, 5, 3), **KW).fit(X, y, class_weight="auto")
+    with pytest.raises(ValueError, match="keys"):
+        gpumlp.MLP((4, 5, 3), **KW).fit(X, y, class_weight={7: 1.0})
+    with pytest.raises(ValueError, match="cross_entropy"):
+        gpumlp.MLP((4, 5, 1), loss="squared", **KW).fit(X, X[:, 0], class_weight="balanced")
+
+
+def test_weighted_validation_score_and_loss():
+    X, y = blobs(40)
+    m = gpumlp.MLP((4, 5, 3), seed=0, **KW).fit(X, y, epochs=1)
+    w = np.random.default_rng(0).uniform(0, 1, 40)
+    hit = m.predict(X) == y
+    assert m.score(X, y, sample_weight=w) == pytest.approx((w * hit).sum() / w.sum())
+    m.fit(X, y, epochs=1, validation_data=(X, y, w))
+    assert m.validation_curve_[-1] == pytest.approx(m.score(X, y, sample_weight=w))
+    assert m.validation_loss_curve_[-1] == pytest.approx(m.forward(X, y, sample_weight=w).J)
+
+
+# ---------------------------------------------------------------------- callbacks and history
+def test_callback_can_stop_and_sees_each_record():
+    X, y = blobs()
+    records = []
+
+    def stop_at_3(model, record):
+        records.append(record)
+        return record["epoch"] == 3
+
+    also = []
+    m = gpumlp.MLP((4, 5, 3), seed=0, **KW).fit(X, y, epochs=10, callbacks=[stop_at_3, lambda m, r: also.append(r)])
+    assert m.epochs_ == 3 and m.stop_reason_ == "callback" and len(also) == 3
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[-1]["loss"] == m.loss_curve_[-1]
+    with pytest.raises(TypeError, match="callbacks"):
+        m.fit(X, y, callbacks=[3])
+
+
+def test_history_records_every_epoch():
+    X, y = blobs()
+    Xv, yv = blobs(30, seed=5)
+    m = gpumlp.MLP((4, 5, 3), seed=0, **KW)
+    m.fit(X, y, epochs=2, lr=0.1)
+    m.fit(X, y, epochs=3, lr=0.05, validation_data=(Xv, yv), train_score=True)
+    h = m.history_
+    assert set(h) == {"epoch", "lr", "loss", "score", "val_loss", "val_score"}
+    assert all(len(v) == 5 for v in h.values())
+    assert h["epoch"] == [1, 2, 3, 4, 5] and h["lr"] == [0.1, 0.1, 0.05, 0.05, 0.05]
+    assert h["loss"] == m.loss_curve_
+    assert all(math.isnan(v) for v in h["score"][:2] + h["val_score"][:2] + h["val_loss"][:2])
+    assert h["val_score"][2:] == m.validation_curve_ and h["val_loss"][2:] == m.validation_loss_curve_
+    assert h["score"][-1] == m.score(X, y) and h["val_score"][-1] == m.score(Xv, yv)
+    assert h["val_loss"][-1] == pytest.approx(m.forward(Xv, yv).J, rel=1e-12)
+
+
+# ---------------------------------------------------------------------- checkpoints and copies
+def test_checkpoint_taken_mid_fit_resumes_exactly(tmp_path):
+    """A run with early stopping on a held-out split, Adam and a cosine schedule, saved from a
+    callback after epoch 5 and resumed from the file, ends exactly like the uninterrupted run."""
+    X, y = blobs(80, noise=2.0)
+    path = tmp_path / "mid.gpumlp"
+
+    def save_at_5(model, record):
+        if record["epoch"] == 5:
+            gpumlp.io.save(model, str(path))
+
+    args = dict(batch_size=8, lr=0.05, early_stopping=True, validation_fraction=0.25, n_iter_no_change=4)
+    a = gpumlp.MLP((4, 32, 3), seed=0, optimizer="adam", bias=True, lr_schedule=schedules.Cosine(30), **KW)
+    a.fit(X, y, epochs=30, callbacks=save_at_5, **args)
+    b = gpumlp.io.load(str(path), backend="numpy")
+    assert b._monitor["open"] and b.epochs_ == 5
+    b.fit(X, y, epochs=25, **args)
+    np.testing.assert_array_equal(b._theta, a._theta)
+    assert b.epochs_ == a.epochs_ and b.best_epoch_ == a.best_epoch_ and b.stop_reason_ == a.stop_reason_
+    assert b.history_ == a.history_ or all(np.allclose(b.history_[k], a.history_[k], equal_nan=True) for k in a.history_)
+    assert not a._monitor["open"] and not b._monitor["open"]
+
+
+def test_a_finished_fit_does_not_leak_into_the_next():
+    X, y = blobs()
+    m = gpumlp.MLP((4, 5, 3), seed=0, **KW)
+    m.fit(X, y, epochs=100, lr=1e-9, n_iter_no_change=1, tol=1.0)
+    assert m.epochs_ == 3
+    m.fit(X, y, epochs=2, lr=1e-9)  # a fresh run: no plateau rule unless asked for
+    assert m.epochs_ == 5 and m.stop_reason_ == "epochs"
+
+
+def test_pickle_and_deepcopy_carry_the_training_state():
+    import copy
+
+    X, y = blobs()
+    m = gpumlp.MLP((4, 5, 3), seed=0, optimizer="adam", lr_schedule="adaptive", **KW)
+    m.fit(X, y, epochs=3, validation_data=(X, y), early_stopping=True)
+    for c in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        np.testing.assert_array_equal(c._theta, m._theta)
+        np.testing.assert_array_equal(c.optimizer.m, m.optimizer.m)
+        assert c.optimizer.t == m.optimizer.t and c.history_ == m.history_ or all(
+            np.allclose(c.history_[k], m.history_[k], equal_nan=True) for k in m.history_)
+        c.fit(X, y, epochs=2)
+        assert not np.array_equal(c._theta, m._theta)  # independent copies
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
+def test_divergence_closes_the_run():
+    X, y = blobs()
+    m = gpumlp.MLP((4, 5, 3), seed=0, **KW)
+    with pytest.raises(gpumlp.DivergenceError):
+        m.fit(X * 1e150, y, epochs=5, lr=1e10, validation_data=(X, y), early_stopping=True)
+    assert not m._monitor["open"]
+
+
+# ---------------------------------------------------------------------- get_params / set_params
+def test_get_and_set_params():
+    m = gpumlp.MLP((4, 5, 3), optimizer="sgd", momentum=0.9, seed=3, **KW)
+    p = m.get_params()
+    assert p["sizes"] == (4, 5, 3) and p["momentum"] == 0.9 and p["optimizer"] == "sgd" and p["seed"] == 3
+    assert gpumlp.MLP(**{k: v for k, v in p.items()}).get_params() == p
+    X, y = blobs()
+    m.fit(X, y, epochs=1)
+    v = m.optimizer.velocity.copy()
+    m.set_params(momentum=0.5, weight_decay=0.1, lr_schedule=schedules.StepDecay(2))
+    assert m.optimizer.momentum == 0.5 and m.weight_decay == 0.1 and isinstance(m.lr_schedule, schedules.StepDecay)
+    np.testing.assert_array_equal(m.optimizer.velocity, v)  # state kept
+    with pytest.raises(ValueError, match="sizes"):
+        m.set_params(sizes=(4, 6, 3))
+    with pytest.raises(ValueError, match="do not apply"):
+        m.set_params(beta1=0.5)
+    with pytest.raises(ValueError):
+        m.set_params(momentum=2.0)
+    assert m.optimizer.momentum == 0.5  # nothing changed by a failed call
+
+
+@pytest.mark.parametrize("kw,err", [(dict(n_iter_no_change=0), ValueError), (dict(tol=-1.0), ValueError),
+                                    (dict(callbacks="print"), TypeError), (dict(epochs=0), ValueError)])
+def test_fit_rejects_bad_settings(kw, err):
+    X, y = blobs()
+    with pytest.raises(err):
+        gpumlp.MLP((4, 5, 3), **KW).fit(X, y, **kw)
