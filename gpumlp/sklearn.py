@@ -225,20 +225,23 @@ class _BaseMLP(BaseEstimator):
             if self.batch_size > n:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
             batch = int(np.clip(self.batch_size, 1, n))
+        cw = self._class_weight(y_train)
+        if cw is not None:  # folded into the sample weights here, so that λ below sees them too
+            cw = model._class_weights(cw, y_train)
+            w_train = cw if w_train is None else w_train * cw
         mean_w = 1.0 if w_train is None else float(np.mean(w_train))
         if mean_w <= 0:
-            raise ValueError("sample_weight must have a positive sum")
+            raise ValueError("sample_weight (times class_weight) is all zero: at least one weight must be positive")
         model.set_params(weight_decay=self.alpha / (batch * mean_w))
 
         epochs_before = model.epochs_
         if incremental:
             model.partial_fit(X_train, y_train, batch_size=batch, lr=self.learning_rate_init, shuffle=self.shuffle,
-                              sample_weight=w_train, class_weight=self._class_weight(y_train),
-                              n_iter_no_change=self.n_iter_no_change, tol=self.tol, verbose=self.verbose)
+                              sample_weight=w_train, n_iter_no_change=self.n_iter_no_change, tol=self.tol, verbose=self.verbose)
         else:
             model.fit(X_train, y_train, epochs=self.max_iter, batch_size=batch, lr=self.learning_rate_init,
                       shuffle=self.shuffle, validation_data=val, sample_weight=w_train,
-                      class_weight=self._class_weight(y_train), early_stopping=self.early_stopping,
+                      early_stopping=self.early_stopping,
                       n_iter_no_change=self.n_iter_no_change, tol=self.tol, verbose=self.verbose)
         self.n_iter_ = model.epochs_ - epochs_before
         if not incremental and model.stop_reason_ == "epochs":
@@ -353,7 +356,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _class_weight(self, y_train):
         cw = self.class_weight
         if cw is None or isinstance(cw, str):
-            return cw  # "balanced" is computed by the model on the training labels
+            return cw  # "balanced": n / (n_classes · count), over the classes in the training labels
         if not isinstance(cw, dict):
             raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
         return {int(np.searchsorted(self.classes_, k)): v for k, v in cw.items() if k in set(self.classes_.tolist())}

@@ -324,3 +324,39 @@ def test_fit_rejects_bad_settings(kw, err):
     X, y = blobs()
     with pytest.raises(err):
         gpumlp.MLP((4, 5, 3), **KW).fit(X, y, **kw)
+
+
+def _sklearn_plateau_epochs(values, mode, patience, tol):
+    """scikit-learn's _update_no_improvement_count + `count > n_iter_no_change`, transcribed:
+    the 1-based epochs at which it reports a plateau (and resets the count, as with "adaptive")."""
+    best = -np.inf if mode == "val_score" else np.inf
+    count, out = 0, []
+    for e, v in enumerate(values, start=1):
+        if mode == "val_score":
+            count = count + 1 if v < best + tol else 0
+            best = max(best, v)
+        else:
+            count = count + 1 if v > best - tol else 0
+            best = min(best, v)
+        if count > patience:
+            out.append(e)
+            count = 0
+    return out
+
+
+@pytest.mark.parametrize("mode", ["loss", "val_score"])
+@pytest.mark.parametrize("seed", range(5))
+def test_plateau_rule_matches_sklearns_transcription(mode, seed):
+    rng = np.random.default_rng(seed)
+    values = list(np.cumsum(rng.normal(-0.02 if mode == "loss" else 0.02, 0.05, 60)))
+    m = gpumlp.MLP((2, 2), lr_schedule=schedules.Adaptive(min_lr=0.0), **KW)  # never stops: counts plateaus
+    m._open_monitor({"mode": mode, "patience": 2, "tol": 0.01, "incremental": False, "split": False,
+                     "validation_fraction": None})
+    plateaus = []
+    for e, v in enumerate(values, start=1):
+        m.epochs_ = e
+        before = m.lr_schedule.n_reductions
+        assert m._watch(v, 1.0) is None
+        if m.lr_schedule.n_reductions > before:
+            plateaus.append(e)
+    assert plateaus == _sklearn_plateau_epochs(values, mode, 2, 0.01) and plateaus
