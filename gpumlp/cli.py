@@ -36,9 +36,11 @@ DEFAULTS = {
     "early_stopping": False, "n_iter_no_change": None, "tol": 1e-4, "scaling": "standard", "seed": 0,
     "dtype": "float32",
 }
-# Settings fixed by a saved model: --resume refuses to change them.
-ARCHITECTURE = ("hidden", "activation", "loss", "weight_decay", "bias", "optimizer", "momentum", "nesterov",
-                "beta1", "beta2", "eps", "decoupled", "lr_schedule", "dtype", "scaling")
+# Settings a resumed run keeps: the model's definition, and the seed and fractions that define the
+# split (a different split would let test samples into training).
+FIXED_ON_RESUME = ("hidden", "activation", "loss", "weight_decay", "bias", "optimizer", "momentum", "nesterov",
+                   "beta1", "beta2", "eps", "decoupled", "lr_schedule", "dtype", "scaling", "seed", "test_size",
+                   "validation_split")
 
 
 class UsageError(Exception):
@@ -361,7 +363,7 @@ def _train_settings(args, saved):
         given = getattr(args, key, None)
         if key == "hidden" and given is not None:
             given = [n for group in given for n in group]
-        if given is not None and saved is not None and key in ARCHITECTURE and given != saved.get(key, given):
+        if given is not None and saved is not None and key in FIXED_ON_RESUME and given != saved.get(key, given):
             raise UsageError(f"--{key.replace('_', '-')} cannot be changed when resuming: the model was "
                              f"trained with {saved[key]!r}")
         s[key] = given if given is not None else (saved.get(key, default) if saved else default)
@@ -466,13 +468,88 @@ def _check_plot_available():
 
 def cmd_train(args):
     from . import io
-    from .backend import resolve
 
     printer = _Printer(args)
     if args.checkpoint_every and not args.save:
         raise UsageError("--checkpoint-every needs --save MODEL")
     if args.plot:
-        _check_plot_available()
+        _check_plot_available()  # before training, not after a long run
+    t0 = time.perf_counter()
+    model, s, d, backend = _setup_training(args)
+    metric = "accuracy" if model.loss == "cross_entropy" else "R²"
+    # Data on the device once; each epoch is evaluated on the validation split, else the test split.
+    xtr, ytr = backend.asarray(d["Xtr"]), backend.asarray(d["ytr"])
+    xte, yte = backend.asarray(d["Xte"]), backend.asarray(d["yte"])
+    val = None if d["Xva"] is None else (backend.asarray(d["Xva"]), backend.asarray(d["yva"]))
+    n_train, n_test = int(xtr.shape[0]), int(xte.shape[0])
+    printer.say(f"gpumlp: {s['data']} ({n_train} train, {n_test} test"
+                + (f", {val[0].shape[0]} validation" if val else "") + f" samples, {model.sizes[0]} features"
+                + (f", {len(model.classes_)} classes" if model.classes_ is not None else "")
+                + f"); net {model.sizes}, {model.backend} on {_device_name(backend)}")
+    remaining = s["epochs"] - model.epochs_
+    if remaining <= 0:
+        printer.say(f"the model has trained {model.epochs_} epochs already (--epochs {s['epochs']}); "
+                    f"nothing to train")
+    history = model.training_config_["history"]
+    eval_name = "val" if val else "test"
+    progress = _Progress(args, remaining, s["epochs"], eval_name, metric, n_train)
+
+    def on_epoch(m, record):
+        score = record["val_score"] if val else m.score(xte, yte)
+        history["test_score"].append(None if val else float(score))
+        progress.epoch(record, score)
+        if args.checkpoint_every and record["epoch"] % args.checkpoint_every == 0:
+            io.save(m, args.save)
+        return False
+
+    before, start = model.epochs_, time.perf_counter()
+    try:
+        if remaining > 0:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is reported
+                model.fit(xtr, ytr, epochs=remaining, batch_size=s["batch_size"], lr=s["lr"],
+                          validation_data=val, early_stopping=s["early_stopping"],
+                          n_iter_no_change=s["n_iter_no_change"], tol=s["tol"], callbacks=[on_epoch])
+    finally:
+        progress.close()
+    backend.synchronize()
+    seconds = time.perf_counter() - start
+    trained = model.epochs_ - before
+    if args.save:
+        io.save(model, args.save)
+    if args.plot:
+        _plot(model, history, metric, eval_name, args.plot)
+
+    test_score = model.score(xte, yte)
+    train_loss = model.loss_curve_[-1] if model.loss_curve_ else math.nan
+    sps = trained * n_train / seconds if trained and seconds > 0 else 0.0
+    stop = model.stop_reason_ if trained else None
+    summary = f"test {metric} {test_score:.4f} on {n_test} samples; train loss {train_loss:.4f}; {trained} epochs"
+    if model.epochs_ != trained:
+        summary += f" ({model.epochs_} in all)"
+    summary += f" in {seconds:.2f} s, {sps:,.0f} samples/s on {model.backend}"
+    if stop and stop != "epochs":
+        best = f", best epoch {model.best_epoch_}" if model.best_epoch_ else ""
+        summary += f"; stopped early ({stop}{best})"
+    printer.result(summary)
+    if args.save:
+        printer.say(f"saved the model to {args.save}")
+    if args.plot:
+        printer.say(f"wrote the curves to {args.plot}")
+    if args.json:
+        print(_json_line({
+            "test_accuracy" if metric == "accuracy" else "test_r2": test_score, "test_score": test_score,
+            "metric": metric, "train_loss": train_loss, "epochs": model.epochs_, "epochs_trained": trained,
+            "stop_reason": stop, "backend": model.backend, "device": _device_name(backend), "seconds": seconds,
+            "samples_per_second": sps, "total_seconds": time.perf_counter() - t0, "n_train": n_train,
+            "n_test": n_test, "sizes": list(model.sizes), "model": args.save}), flush=True)
+    return 0
+
+
+def _setup_training(args):
+    """(model, settings, data, backend): a new model, or the resumed one with its saved settings."""
+    from . import io
+    from .backend import resolve
+
     model = saved = None
     if args.resume:
         model = io.load(args.resume, backend=args.backend or "auto")
@@ -484,106 +561,53 @@ def cmd_train(args):
     backend = model._backend if model is not None else resolve(args.backend or "auto")
     d = _prepare_data(s, None if model is None else model.classes_, None if model is None else model.scaler_,
                       np.dtype(s["dtype"]))
-    q = len(d["classes"]) if d["classes"] is not None else (1 if d["ytr"].ndim == 1 else d["ytr"].shape[1])
     if model is None:
+        q = len(d["classes"]) if d["classes"] is not None else (1 if d["ytr"].ndim == 1 else d["ytr"].shape[1])
         model = _build_model(s, d["Xtr"].shape[1], q, backend.name)
         model.scaler_, model.classes_ = d["scaler"], d["classes"]
     elif d["Xtr"].shape[1] != model.sizes[0]:
         raise ValueError(f"the data have {d['Xtr'].shape[1]} features, the resumed model expects {model.sizes[0]}")
-    history = (saved or {}).get("history", {"test_score": []})
-    config = {k: v for k, v in s.items()}
-    config["history"] = history
-    model.training_config_ = config
-    metric = "accuracy" if s["loss"] == "cross_entropy" else "R²"
+    # What the file records of this run: the settings (for --resume and evaluate) and the per-epoch
+    # test scores (for --plot after a resume).
+    model.training_config_ = dict(s, history=(saved or {}).get("history", {"test_score": []}))
+    return model, s, d, backend
 
-    # Data on the device once; evaluation per epoch on the validation split, else the test split.
-    xtr, ytr = backend.asarray(d["Xtr"]), backend.asarray(d["ytr"])
-    xte, yte = backend.asarray(d["Xte"]), backend.asarray(d["yte"])
-    val = None if d["Xva"] is None else (backend.asarray(d["Xva"]), backend.asarray(d["yva"]))
-    remaining = s["epochs"] - model.epochs_
-    n_train = xtr.shape[0]
-    printer.say(f"gpumlp: {s['data']} ({n_train} train, {xte.shape[0]} test"
-                + (f", {val[0].shape[0]} validation" if val else "") + f" samples, {d['Xtr'].shape[1]} features"
-                + (f", {q} classes" if d["classes"] is not None else "") + f"); net {model.sizes}, "
-                + f"{model.backend} on {_device_name(backend)}")
-    if remaining <= 0:
-        printer.say(f"the model has trained {model.epochs_} epochs already (--epochs {s['epochs']}); "
-                    f"nothing to train")
 
-    mode = "none" if args.quiet else args.progress
-    if mode == "auto":
-        mode = "bar" if sys.stderr.isatty() else "lines"
-    bar = None
-    if mode == "bar" and remaining > 0:
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=remaining, unit="epoch", desc="train", file=sys.stderr, dynamic_ncols=True)
-        except ImportError:
-            mode = "lines"
-    eval_name = "val" if val else "test"
-    width = len(str(s["epochs"]))
-    t_last = [time.perf_counter()]
+class _Progress:
+    """Per-epoch progress: a tqdm bar on standard error, one line per epoch on standard output, or
+    nothing (--quiet, --progress none). "auto" is the bar when standard error is a terminal."""
 
-    def on_epoch(m, record):
-        now = time.perf_counter()
-        rate = n_train / max(now - t_last[0], 1e-12)
-        t_last[0] = now
-        score = record["val_score"] if val else m.score(xte, yte)
-        history["test_score"].append(None if val else float(score))
-        if mode == "lines":
-            printer.say(f"epoch {record['epoch']:{width}d}/{s['epochs']}  loss {record['loss']:.4f}  "
-                        f"{eval_name}_{'acc' if metric == 'accuracy' else 'r2'} {score:.4f}  "
-                        f"lr {record['lr']:.3g}  {rate:,.0f} samples/s")
-        elif bar is not None:
-            bar.set_postfix(loss=f"{record['loss']:.4f}", **{eval_name: f"{score:.4f}"}, refresh=False)
-            bar.update(1)
-        if args.checkpoint_every and record["epoch"] % args.checkpoint_every == 0:
-            io.save(m, args.save)
-        return False
-
-    start = time.perf_counter()
-    trained = 0
-    try:
-        if remaining > 0:
-            before = model.epochs_
+    def __init__(self, args, remaining, target, eval_name, metric, n_train):
+        mode = "none" if args.quiet else args.progress
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.bar = None
+        if mode == "bar" and remaining > 0:
             try:
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is reported
-                    model.fit(xtr, ytr, epochs=remaining, batch_size=s["batch_size"], lr=s["lr"],
-                              validation_data=val, early_stopping=s["early_stopping"],
-                              n_iter_no_change=s["n_iter_no_change"], tol=s["tol"], callbacks=[on_epoch])
-            finally:
-                trained = model.epochs_ - before
-    finally:
-        if bar is not None:
-            bar.close()
-    backend.synchronize()
-    seconds = time.perf_counter() - start
-    test_score = model.score(xte, yte)
-    train_loss = model.loss_curve_[-1] if model.loss_curve_ else math.nan
-    if args.save:
-        io.save(model, args.save)
-    if args.plot:
-        _plot(model, history, metric, eval_name, args.plot)
-    sps = trained * n_train / seconds if trained and seconds > 0 else 0.0
-    stop = model.stop_reason_ if trained else None
-    summary = (f"test {metric} {test_score:.4f} on {xte.shape[0]} samples; train loss {train_loss:.4f}; "
-               f"{trained} epochs" + (f" ({model.epochs_} in all)" if model.epochs_ != trained else "") + f" in {seconds:.2f} s, {sps:,.0f} samples/s on "
-               f"{model.backend}")
-    if stop and stop != "epochs":
-        summary += f"; stopped early ({stop}" + (f", best epoch {model.best_epoch_}" if model.best_epoch_ else "") + ")"
-    printer.result(summary)
-    if args.save:
-        printer.say(f"saved the model to {args.save}")
-    if args.plot:
-        printer.say(f"wrote the curves to {args.plot}")
-    if args.json:
-        result = {"test_accuracy" if metric == "accuracy" else "test_r2": test_score, "test_score": test_score,
-                  "metric": metric, "train_loss": train_loss, "epochs": model.epochs_, "epochs_trained": trained,
-                  "stop_reason": stop, "backend": model.backend, "device": _device_name(backend),
-                  "seconds": seconds, "samples_per_second": sps, "n_train": n_train, "n_test": int(xte.shape[0]),
-                  "sizes": list(model.sizes), "model": args.save}
-        print(_json_line(result), flush=True)
-    return 0
+                from tqdm import tqdm
+            except ImportError:
+                mode = "lines"
+            else:
+                self.bar = tqdm(total=remaining, unit="epoch", desc="train", file=sys.stderr, dynamic_ncols=True)
+        self.mode, self.target, self.n_train = mode, target, n_train
+        self.label = f"{eval_name}_{'acc' if metric == 'accuracy' else 'r2'}"
+        self.last = time.perf_counter()
+
+    def epoch(self, record, score):
+        now = time.perf_counter()
+        rate = self.n_train / max(now - self.last, 1e-12)  # samples/s over the epoch and its evaluation
+        self.last = now
+        if self.mode == "lines":
+            print(f"epoch {record['epoch']:{len(str(self.target))}d}/{self.target}  loss {record['loss']:.4f}  "
+                  f"{self.label} {score:.4f}  lr {record['lr']:.3g}  {rate:,.0f} samples/s", flush=True)
+        elif self.bar is not None:
+            self.bar.set_postfix({"loss": f"{record['loss']:.4f}", self.label: f"{score:.4f}",
+                                  "samples/s": f"{rate:,.0f}"}, refresh=False)
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _plot(model, history, metric, eval_name, path):

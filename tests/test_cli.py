@@ -126,6 +126,8 @@ def test_resume_refuses_to_change_the_architecture(tmp_path):
     run("train", *FAST, "--save", tmp_path / "m.npz", "--quiet", check_rc=0)
     p = run("train", "--resume", tmp_path / "m.npz", "--hidden", "32", check_rc=2)
     assert "--hidden cannot be changed when resuming" in p.stderr
+    p = run("train", "--resume", tmp_path / "m.npz", "--seed", "1", check_rc=2)
+    assert "--seed cannot be changed when resuming" in p.stderr
     p = run("train", "--resume", tmp_path / "m.npz", "--epochs", "3", check_rc=0)
     assert "nothing to train" in p.stdout
 
