@@ -7,7 +7,9 @@
   ``extern "C" __global__`` loop over ``CArray`` parameters and a ``CIndexer``), for float and double,
   for the 1-D contiguous arrays CuPy reduces our (B, h) buffers to and for a 2-D strided case.
   The kernel objects are the real ones from ``_kernels.make_elementwise``: their name, parameters,
-  operation and preamble are read from them, not retyped here.
+  operation and preamble are read from them, not retyped here;
+- that hand-written wrapper is token for token what CuPy's own (private) generator produces for these
+  kernels, where this CuPy version exposes it.
 
 NVRTC runs without a driver (docs GPU.md). Where it is missing the tests skip, except in CI (``$CI``
 set), where a missing compiler is a failure: this is the check that CI runs our CUDA through.
@@ -176,3 +178,37 @@ def test_a_broken_kernel_fails_to_compile(nvrtc, cupy_include_options):
         nvrtc.compileProgram(prog, ["-arch=sm_80", "--std=c++17", *cupy_include_options])
     assert "gpumlp_nope" in nvrtc.getProgramLog(prog)
     nvrtc.destroyProgram(prog)
+
+
+def _cupy_generated_code(kernel, dtype, ndim, c_contiguous, index_32_bits):
+    """CuPy's own code for ``kernel`` from its private generator (cupy/_core/_kernel.pyx), the code
+    CuPy would compile when called with such arrays; skips if that private API has changed."""
+    import numpy as np
+
+    try:
+        import cupy
+        from cupy._core import _carray
+        from cupy._core import _kernel
+
+        ndarray_kind, indexer_kind = 1, 2  # _kernel.pxd: ARG_KIND_NDARRAY = 1, ARG_KIND_INDEXER
+        n_arrays = len(kernel.params) - 1
+        infos = tuple(_kernel._ArgInfo(ndarray_kind, cupy.ndarray, np.dtype(dtype), ndim, c_contiguous,
+                                       index_32_bits) for _ in range(n_arrays))
+        infos += (_kernel._ArgInfo(indexer_kind, _carray.Indexer, None, ndim, False, index_32_bits),)
+        type_map = _kernel._TypeMap((("T", np.dtype(dtype)),))
+        return _kernel._get_elementwise_kernel_code(infos, type_map, kernel.params, kernel.operation, kernel.name,
+                                                    kernel.preamble)
+    except (ImportError, AttributeError, TypeError) as exc:
+        pytest.skip(f"CuPy's private kernel-code generator is not available in this version ({exc})")
+
+
+@pytest.mark.parametrize("layout", [(1, True, True), (2, False, False)], ids=["contiguous", "strided-2d-64bit"])
+@pytest.mark.parametrize("dtype", sorted(CTYPE))
+@pytest.mark.parametrize("name", sorted(_kernels.ELEMENTWISE))
+def test_our_wrapper_is_the_code_cupy_generates(name, dtype, layout):
+    """The wrapper compiled above is, token for token, what this CuPy generates for the kernel (the GPU
+    test checks the same through the public ``cached_code`` after a real call)."""
+    kernel = _kernels.make_elementwise(name)
+    ours = cupy_style_source([kernel], CTYPE[dtype], *layout)
+    ours = "\n".join(line for line in ours.splitlines() if not line.startswith("#include <cupy/"))
+    assert " ".join(_cupy_generated_code(kernel, dtype, *layout).split()) == " ".join(ours.split())

@@ -1,0 +1,382 @@
+"""The CuPy backend on a GPU against the NumPy reference. Marked ``gpu``: skipped (tests/conftest.py)
+where CuPy or a CUDA device is missing; nothing here touches CuPy at import.
+
+- every kernel of ``CupyOps`` (GEMMs, φ forward/backward, the fused losses, Σ/Σ², and the TF32 opt-in)
+  against gpumlp.functions in float32 and float64, outputs poisoned first so an unwritten element shows;
+  (the fused optimizer kernels are checked against gpumlp.optim in tests/test_optim.py);
+- a full training step and a few epochs of ``fit`` against the NumPy backend from the same initial weights;
+- a steady-state step allocates nothing from CuPy's memory pool and does not wait for the GPU;
+- CuPy still generates, for our ElementwiseKernels, the code that tests/test_kernels_nvrtc.py compiles.
+
+Tolerances, |gpu − reference| ≤ atol + rtol·|reference| per dtype, and why:
+- elementwise φ/φ′ and the loss terms: same formulas, CUDA's libdevice vs NumPy's libm differ by ≤ 2 ulp;
+  CuPy compiles with -ftz=true, so float32 results below 1.2e-38 become 0 (covered by atol); gelu′'s
+  amplified rounding near its tail as in tests/test_kernels_host.py (atol).
+- sums (loss over the batch, Σa²): another summation order, error ~ log2(n)·eps relative.
+- GEMMs and a training step: cuBLAS and OpenBLAS sum the k products in other orders and blockings,
+  ~ √k·eps relative, so float32 ~1e-5, float64 ~1e-13 (k ≤ 1000 here).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import gpumlp
+from gpumlp import _kernels
+from gpumlp import functions as F
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = ["float32", "float64"]
+ELEMENTWISE_TOL = {"float32": (1e-5, 5e-6), "float64": (1e-12, 1e-13)}  # (rtol, atol)
+SUM_TOL = {"float32": (2e-6, 1e-7), "float64": (1e-13, 1e-15)}
+GEMM_TOL = {"float32": (2e-5, 2e-6), "float64": (1e-12, 1e-14)}
+POISON = 1.2345e20  # finite in both dtypes, far from any result
+
+
+@pytest.fixture(scope="module")
+def cp():
+    import cupy
+
+    return cupy
+
+
+def make_ops(dtype, **kw):
+    from gpumlp._cupy_ops import CupyOps
+
+    return CupyOps(np.dtype(dtype), **kw)
+
+
+def poisoned(cp, shape, dtype):
+    return cp.full(shape, POISON, dtype)
+
+
+def assert_close(got, want, tol, what=""):
+    rtol, atol = tol
+    got = got.get() if hasattr(got, "get") else np.asarray(got)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=rtol, atol=atol, equal_nan=True, err_msg=what)
+
+
+def edge_and_random(dtype, rng):
+    edges = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 1, -1, 5, -5, 20, -20, 88, -88, 100, -100,
+             1e4, -1e4, 1e30, -1e30, np.inf, -np.inf, np.nan]
+    return np.concatenate([np.array(edges), rng.standard_normal(4000) * 3, rng.standard_normal(999) * 50]).astype(dtype)
+
+
+# ------------------------------------------------------------------------------ φ and φ′
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", _kernels.ACTIVATIONS)
+def test_activation_kernels_match_functions(cp, activation, dtype):
+    ops = make_ops(dtype)
+    rng = np.random.default_rng(0)
+    z = edge_and_random(dtype, rng).reshape(-1, 5)  # (B, h) as in a step
+    dh = rng.standard_normal(z.shape).astype(dtype)
+    with np.errstate(all="ignore"):
+        h_ref = F.ACTIVATIONS[activation].forward(z)
+        dz_ref = F.ACTIVATIONS[activation].backward(dh, z, h_ref)
+    zd, dhd = cp.asarray(z), cp.asarray(dh)
+    h = poisoned(cp, z.shape, dtype)
+    assert ops.act_forward(activation, zd, h) is h
+    assert_close(h, h_ref, ELEMENTWISE_TOL[dtype], f"{activation} forward")
+    dz = poisoned(cp, z.shape, dtype)
+    assert ops.act_backward(activation, dhd, zd, cp.asarray(h_ref), dz) is dz
+    assert_close(dz, dz_ref, ELEMENTWISE_TOL[dtype], f"{activation} backward")
+    # in place, dz = dh, as _train_step calls it when a layer's d buffer is reused
+    ops.act_backward(activation, dhd, zd, cp.asarray(h_ref), dhd)
+    assert_close(dhd, dz_ref, ELEMENTWISE_TOL[dtype], f"{activation} backward in place")
+
+
+def test_activation_kernels_on_strided_views(cp):
+    # Non-contiguous 2-D arrays take CuPy's other template arguments (ndim 2, not contiguous).
+    ops = make_ops("float64")
+    z = np.random.default_rng(1).standard_normal((64, 40))
+    zd = cp.asarray(z)[:, ::2]
+    h = cp.asarray(np.full((64, 40), POISON))
+    ops.act_forward("gelu", zd, h[:, 1::2])
+    assert_close(h[:, 1::2], F.gelu_forward(z[:, ::2]), ELEMENTWISE_TOL["float64"])
+    assert (h[:, ::2] == POISON).all()  # only the view was written
+
+
+# ------------------------------------------------------------------------------ losses
+LOSS_SHAPES = [(1, 1), (7, 3), (33, 10), (256, 33), (9000, 10), (64, 1000)]  # q > 32 loops lanes; 9000 rows > one grid
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
+@pytest.mark.parametrize("B,q", LOSS_SHAPES)
+def test_loss_kernel_matches_functions(cp, loss, B, q, weighted, dtype):
+    ops = make_ops(dtype)
+    rng = np.random.default_rng(B * 1000 + q)
+    o = (rng.standard_normal((B, q)) * (30 if loss == "cross_entropy" else 1)).astype(dtype)
+    if loss == "cross_entropy":
+        o[0] += 1e4  # huge logits in one row: exp would overflow without the max-shift
+        y = rng.integers(0, q, B).astype(np.int64)
+    else:
+        y = rng.standard_normal((B, q)).astype(dtype)
+    w = rng.uniform(0.0, 2.0, B).astype(dtype) if weighted else None
+    # reference in float64 from the same inputs: what both dtypes should approximate
+    L_ref = F.LOSSES[loss].forward(o.astype(np.float64), y if loss == "cross_entropy" else y.astype(np.float64),
+                                   None if w is None else w.astype(np.float64))
+    do_ref = F.LOSSES[loss].backward(o.astype(np.float64), y if loss == "cross_entropy" else y.astype(np.float64),
+                                     None if w is None else w.astype(np.float64))
+    do = poisoned(cp, (B, q), dtype)
+    args = (cp.asarray(o), cp.asarray(y), None if w is None else cp.asarray(w))
+    L = ops.loss_grad(loss, *args, do)
+    assert L.shape == () and L.dtype == np.dtype(dtype)
+    rtol, atol = ELEMENTWISE_TOL[dtype]
+    assert_close(do, do_ref, (rtol, atol / max(B, 1)), f"{loss} dL/do")
+    L_first = float(L)
+    assert_close(L_first, L_ref, (10 * SUM_TOL[dtype][0] + rtol, atol), f"{loss} L")
+    # deterministic: the same bits again (fixed-order reduction), and the grid counter was reset
+    assert float(ops.loss_grad(loss, *args, do)) == L_first
+
+
+def test_loss_after_a_larger_grid_is_still_right(cp):
+    # The last-block counter is shared by every reducing launch; a small launch after a large one
+    # must start from zero again.
+    ops = make_ops("float64")
+    rng = np.random.default_rng(3)
+    for B in (9000, 3, 1, 500):
+        o, y = rng.standard_normal((B, 4)), rng.integers(0, 4, B)
+        L = ops.loss_grad("cross_entropy", cp.asarray(o), cp.asarray(y), None, cp.empty((B, 4)))
+        assert_close(float(L), F.cross_entropy_forward(o, y), SUM_TOL["float64"], f"B={B}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 100_003, 3_000_001])
+def test_sq_norm_and_sum_kernels(cp, n, dtype):
+    ops = make_ops(dtype)
+    a = np.random.default_rng(n).standard_normal(n).astype(dtype)
+    ad = cp.asarray(a)
+    s = ops.sq_norm(ad)
+    assert s.shape == ()
+    ref = float(np.dot(a.astype(np.float64), a.astype(np.float64)))
+    rtol = SUM_TOL[dtype][0] * max(1.0, np.log2(n))
+    assert_close(float(s), ref, (rtol, 0), "Σa²")
+    total = ops._sum(ad, square=False, out=cp.empty((), dtype))
+    assert_close(float(total), float(a.astype(np.float64).sum()), (rtol, rtol * np.abs(a).sum()), "Σa")
+
+
+# ------------------------------------------------------------------------------ GEMMs
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_ops_match_numpy_and_write_in_place(cp, dtype):
+    ops = make_ops(dtype)
+    rng = np.random.default_rng(4)
+    B, n_in, n_out = 96, 70, 33
+    x = rng.standard_normal((B, n_in)).astype(dtype)
+    d = rng.standard_normal((B, n_out)).astype(dtype)
+    theta = rng.standard_normal(5 + n_out * n_in + n_out + 7).astype(dtype)  # W and b inside a flat buffer
+    td = cp.asarray(theta)
+    W = td[5:5 + n_out * n_in].reshape(n_out, n_in)
+    b = td[5 + n_out * n_in:5 + n_out * n_in + n_out]
+    W0, b0 = W.get().astype(np.float64), b.get().astype(np.float64)
+    x64, d64 = x.astype(np.float64), d.astype(np.float64)
+    xd, dd = cp.asarray(x), cp.asarray(d)
+
+    out = poisoned(cp, (B, n_out), dtype)
+    assert_close(ops.linear(xd, W, b, out), x64 @ W0.T + b0, GEMM_TOL[dtype], "linear")
+    assert_close(ops.linear(xd, W, None, out), x64 @ W0.T, GEMM_TOL[dtype], "linear without bias")
+    dx = poisoned(cp, (B, n_in), dtype)
+    assert_close(ops.input_grad(dd, W, dx), d64 @ W0, GEMM_TOL[dtype], "input_grad")
+    gb = poisoned(cp, (n_out,), dtype)
+    assert_close(ops.bias_grad(dd, gb), d64.sum(axis=0), GEMM_TOL[dtype], "bias_grad")
+    gW = poisoned(cp, (n_out, n_in), dtype)
+    assert_close(ops.weight_grad(dd, xd, gW), d64.T @ x64, GEMM_TOL[dtype], "weight_grad")
+
+    # The folded plain-SGD update lands in W itself, a view of θ; nothing else of θ moves.
+    lr, lam = 0.05, 0.01
+    ptr = W.data.ptr
+    assert ops.weight_grad(dd, xd, W, alpha=-lr, beta=1.0 - lr * lam) is W and W.data.ptr == ptr
+    assert_close(W, (1 - lr * lam) * W0 - lr * d64.T @ x64, GEMM_TOL[dtype], "folded update")
+    after = td.get()
+    np.testing.assert_array_equal(after[:5], theta[:5])
+    np.testing.assert_array_equal(after[5 + n_out * n_in:], theta[5 + n_out * n_in:])
+
+
+def test_tf32_is_opt_in_and_changes_float32_products_only_at_the_1e3_level(cp):
+    major = int(cp.cuda.Device().compute_capability[:-1])
+    if major < 8:
+        pytest.skip("TF32 tensor cores need compute capability 8.0 or newer")
+    from cupy.cuda import device
+    from cupy_backends.cuda.libs import cublas
+
+    rng = np.random.default_rng(5)
+    x, W = rng.standard_normal((512, 1024)).astype(np.float32), rng.standard_normal((768, 1024)).astype(np.float32)
+    ref = x.astype(np.float64) @ W.astype(np.float64).T
+    errs = {}
+    for tf32 in (False, True):
+        ops = make_ops("float32", tf32=tf32)
+        assert ops.tf32 is tf32
+        handle = device.get_cublas_handle()
+        mode = cublas.getMathMode(handle)
+        out = ops.linear(cp.asarray(x), cp.asarray(W), None, cp.empty((512, 768), np.float32)).get()
+        assert cublas.getMathMode(handle) == mode  # restored: other CuPy code is unaffected
+        errs[tf32] = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert errs[False] < 1e-5
+    assert 10 * errs[False] < errs[True] < 1e-2, errs  # TF32 engaged, with its documented cost
+    assert make_ops("float64", tf32=True).tf32 is False  # no effect on float64
+
+
+# ------------------------------------------------------------------------------ training
+STEP_CASES = [
+    dict(activation=a) for a in _kernels.ACTIVATIONS
+] + [
+    dict(loss="squared"),
+    dict(optimizer="sgd", momentum=0.9),
+    dict(optimizer="sgd", momentum=0.9, nesterov=True),
+    dict(optimizer="adam"),
+    dict(optimizer="adam", decoupled=True),
+    dict(bias=False, weight_decay=0.0),
+    dict(sizes=(20, 32, 16, 3), activation=["tanh", "gelu"]),
+]
+
+
+def _pair(dtype, **kw):
+    kw = dict(kw)
+    sizes = kw.pop("sizes", (20, 48, 5))
+    base = dict(bias=True, weight_decay=1e-2, seed=3, dtype=dtype)
+    base.update(kw)
+    return [gpumlp.MLP(sizes, backend=b, **base) for b in ("numpy", "cupy")]
+
+
+def _data(m, B, rng, weighted=False):
+    X = rng.standard_normal((B, m.sizes[0]))
+    y = rng.standard_normal((B, m.sizes[-1])) if m.loss == "squared" else rng.integers(0, m.sizes[-1], B)
+    w = rng.uniform(0.2, 2.0, B) if weighted else None
+    return X, y, w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", STEP_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_training_steps_match_the_numpy_backend(kw, dtype):
+    ref, gpu = _pair(dtype, **kw)
+    for a, b in zip(ref.get_weights(), gpu.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the same initial weights on both backends
+    rng = np.random.default_rng(6)
+    tol = GEMM_TOL[dtype]
+    for step in range(3):
+        X, y, w = _data(ref, 40, rng, weighted=step == 1)
+        J_ref = ref.step(X, y, lr=0.05, sample_weight=w)
+        J_gpu = gpu.step(X, y, lr=0.05, sample_weight=w)
+        np.testing.assert_allclose(J_gpu, J_ref, rtol=10 * tol[0], err_msg=f"J at step {step}")
+        for l, (a, b) in enumerate(zip(ref.get_weights(), gpu.get_weights())):
+            np.testing.assert_allclose(b, a, rtol=10 * tol[0], atol=10 * tol[1], err_msg=f"W{l + 1} after step {step}")
+        if ref.bias:
+            for a, b in zip(ref.get_biases(), gpu.get_biases()):
+                np.testing.assert_allclose(b, a, rtol=10 * tol[0], atol=10 * tol[1], err_msg=f"b after step {step}")
+
+
+def test_fit_epochs_match_the_numpy_backend():
+    """A few shuffled epochs of fit (plain SGD: the update folded into the GEMM, biases, λ, sample
+    weights, a remainder batch) in float64 follow the NumPy backend's trajectory."""
+    ref, gpu = _pair("float64", activation="relu")
+    rng = np.random.default_rng(7)
+    X, y, w = _data(ref, 203, rng, weighted=True)
+    for m in (ref, gpu):
+        m.fit(X, y, epochs=4, batch_size=32, lr=0.1, sample_weight=w)
+    np.testing.assert_allclose(gpu.loss_curve_, ref.loss_curve_, rtol=1e-10)
+    for a, b in zip(ref.get_weights(), gpu.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    assert ref.loss_curve_[-1] < ref.loss_curve_[0]  # it trained: the comparison is not of a no-op
+
+
+def test_fit_float32_tracks_numpy(cp):
+    ref, gpu = _pair("float32", activation="gelu", optimizer="sgd", momentum=0.9)
+    X, y, _ = _data(ref, 256, np.random.default_rng(8))
+    for m in (ref, gpu):
+        m.fit(X, y, epochs=3, batch_size=64, lr=1e-2)
+    np.testing.assert_allclose(gpu.loss_curve_, ref.loss_curve_, rtol=1e-4)
+
+
+def test_backward_api_still_returns_every_gradient_on_the_gpu():
+    ref, gpu = _pair("float64")
+    X, y, _ = _data(ref, 16, np.random.default_rng(9))
+    g_ref, g_gpu = (m.backward(m.forward(X, y)) for m in (ref, gpu))
+    for name in ("dW", "dh", "dz", "db"):
+        for a, b in zip(getattr(g_ref, name), getattr(g_gpu, name)):
+            np.testing.assert_allclose(b.get(), a, rtol=1e-12, atol=1e-14, err_msg=name)
+    np.testing.assert_allclose(g_gpu.do.get(), g_ref.do, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------ no allocation, no sync
+ALLOC_CASES = [dict(), dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam"), dict(loss="squared"),
+               dict(weighted=True)]
+
+
+@pytest.mark.parametrize("kw", ALLOC_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()) or "sgd")
+def test_a_training_step_allocates_nothing(cp, kw):
+    kw = dict(kw)
+    weighted = kw.pop("weighted", False)
+    m = gpumlp.MLP((30, 64, 32, 4), backend="cupy", bias=True, weight_decay=1e-3, seed=0, **kw)
+    X, y, w = _data(m, 128, np.random.default_rng(10), weighted)
+    x, yy = m._device_X(X), m._device_y(y, 128)
+    wd = None if w is None else cp.asarray(w, dtype=m.dtype)
+    for _ in range(2):  # warm-up: kernels compiled, workspace and optimizer state made
+        m._train_step(x, yy, wd, 0.01)
+    cp.cuda.get_current_stream().synchronize()
+
+    class CountMallocs(cp.cuda.MemoryHook):
+        name = "gpumlp_count_mallocs"
+
+        def __init__(self):
+            self.sizes = []
+
+        def malloc_preprocess(self, **kwargs):  # every request to CuPy's pool, cached or not
+            self.sizes.append(kwargs["size"])
+
+    pool = cp.get_default_memory_pool()
+    used = pool.used_bytes()
+    with CountMallocs() as hook:
+        for _ in range(3):
+            J = m._train_step(x, yy, wd, 0.01)
+    assert hook.sizes == [], f"a step asked CuPy's memory pool for {hook.sizes} bytes"
+    assert pool.used_bytes() == used
+    assert np.isfinite(float(J))
+
+
+SPIN = r"""
+extern "C" __global__ void gpumlp_test_spin(long long ns) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); } while (now - start < (unsigned long long)ns);
+}
+"""
+
+
+def test_a_training_step_does_not_wait_for_the_gpu(cp):
+    """Queue 0.5 s of GPU work, then a step: the step must return while that work still runs."""
+    spin = cp.RawKernel(SPIN, "gpumlp_test_spin")
+    m = gpumlp.MLP((30, 64, 4), backend="cupy", bias=True, weight_decay=1e-3, seed=0, optimizer="adam")
+    X, y, _ = _data(m, 64, np.random.default_rng(11))
+    x, yy = m._device_X(X), m._device_y(y, 64)
+    spin((1,), (1,), (np.int64(0),))
+    m._train_step(x, yy, None, 0.01)
+    cp.cuda.get_current_stream().synchronize()
+    spun = cp.cuda.Event(disable_timing=True)
+    t0 = time.perf_counter()
+    spin((1,), (1,), (np.int64(500_000_000),))
+    spun.record()
+    for _ in range(3):
+        m._train_step(x, yy, None, 0.01)
+    host = time.perf_counter() - t0
+    still_running = not spun.done
+    cp.cuda.get_current_stream().synchronize()
+    assert still_running and host < 0.4, f"the step waited for the GPU ({host:.3f} s on the host)"
+
+
+# ------------------------------------------------------------------------------ kernels as built
+def test_cupy_generates_the_code_the_nvrtc_test_compiles(cp):
+    """tests/test_kernels_nvrtc.py compiles our ElementwiseKernels in a hand-written copy of CuPy's
+    wrapper; here CuPy's own generated code (for contiguous float arrays) must be that copy."""
+    from test_kernels_nvrtc import cupy_style_source  # tests/ is on sys.path under pytest
+
+    assert _kernels.elementwise("gpumlp_gelu_forward") is _kernels.elementwise("gpumlp_gelu_forward")  # once per device
+    kernel = _kernels.make_elementwise("gpumlp_gelu_forward")  # a fresh object: its first call fills cached_code
+    z = cp.asarray(np.linspace(-3, 3, 64, dtype=np.float32).reshape(8, 8))  # contiguous: CuPy makes it 1-D
+    kernel(z, cp.empty_like(z))
+    ours = cupy_style_source([kernel], "float", ndim=1, c_contiguous=True, index_32_bits=True)
+    ours = "\n".join(line for line in ours.splitlines() if not line.startswith("#include <cupy/"))
+    assert " ".join(kernel.cached_code.split()) == " ".join(ours.split())
