@@ -408,6 +408,9 @@ def _prepare_data(s, model_classes, scaler, dtype):
     """Load, split, encode labels, scale. Returns a dict of host arrays and the fitted pieces."""
     X, y = _load_xy(s)
     classify = s["loss"] == "cross_entropy"
+    if classify and y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        raise ValueError(f"the labels of {s['data']} are not whole numbers, so they are not class labels; "
+                         f"for regression use --loss squared")
     if s["test_data"] is not None:
         Xte, yte = D.load(s["test_data"], format=s["format"], labels=s["test_labels"],
                           label_column=_label_column(s["label_column"]), delimiter=s["delimiter"])
@@ -538,7 +541,7 @@ def cmd_train(args):
     if args.json:
         print(_json_line({
             "test_accuracy" if metric == "accuracy" else "test_r2": test_score, "test_score": test_score,
-            "metric": metric, "train_loss": train_loss, "epochs": model.epochs_, "epochs_trained": trained,
+            "metric": "accuracy" if metric == "accuracy" else "r2", "train_loss": train_loss, "epochs": model.epochs_, "epochs_trained": trained,
             "stop_reason": stop, "backend": model.backend, "device": _device_name(backend), "seconds": seconds,
             "samples_per_second": sps, "total_seconds": time.perf_counter() - t0, "n_train": n_train,
             "n_test": n_test, "sizes": list(model.sizes), "model": args.save}), flush=True)
@@ -615,6 +618,7 @@ def _plot(model, history, metric, eval_name, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = np.arange(1, len(model.loss_curve_) + 1)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -634,6 +638,10 @@ def _plot(model, history, metric, eval_name, path):
     ax2.set_xlabel("epoch")
     ax2.set_ylabel(metric)
     ax2.legend()
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"gpumlp: net {model.sizes}, {model.epochs_} epochs")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -676,7 +684,7 @@ def cmd_evaluate(args):
     metric = "accuracy" if model.loss == "cross_entropy" else "R²"
     printer.result(f"{metric} {score:.4f}, loss {fw_loss:.4f} on {X.shape[0]} samples of {source}")
     if args.json:
-        print(_json_line({"accuracy" if metric == "accuracy" else "r2": score, "score": score, "metric": metric,
+        print(_json_line({"accuracy" if metric == "accuracy" else "r2": score, "score": score, "metric": "accuracy" if metric == "accuracy" else "r2",
                           "loss": fw_loss, "n_samples": int(X.shape[0]), "backend": model.backend,
                           "model": args.model}), flush=True)
     return 0

@@ -206,8 +206,10 @@ def test_npz_regression_reports_r2(tmp_path):
     p = run("train", "--data", tmp_path / "r.npz", "--loss", "squared", "--epochs", "100", "--lr", "0.01", "--bias",
             "--hidden", "32", "--json", check_rc=0)
     r = last_json(p.stdout)
-    assert r["test_r2"] > 0.8 and r["metric"] == "R²" and "test_accuracy" not in r
+    assert r["test_r2"] > 0.8 and r["metric"] == "r2" and "test_accuracy" not in r
     assert "test_r2" in p.stdout
+    p = run("train", "--data", tmp_path / "r.npz", check_rc=1)  # continuous targets, classification loss
+    assert "not whole numbers" in p.stderr and "--loss squared" in p.stderr
 
 
 def test_plot_writes_a_png(tmp_path):
