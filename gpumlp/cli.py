@@ -76,11 +76,6 @@ def _fraction0(text):
     return _fraction(text, allow_zero=True)
 
 
-def _unit_interval(text):
-    v = _fraction0(text)
-    return v
-
-
 def _hidden(text):
     """'128' or '256,128' (one or more widths)."""
     try:
@@ -182,10 +177,10 @@ def build_parser():
     o = t.add_argument_group("optimisation")
     o.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default sgd")
     o.add_argument("--lr", type=_positive(float), default=None, help="learning rate η (default 0.02)")
-    o.add_argument("--momentum", type=_unit_interval, default=None, help="SGD momentum μ in [0, 1) (default 0.9)")
+    o.add_argument("--momentum", type=_fraction0, default=None, help="SGD momentum μ in [0, 1) (default 0.9)")
     o.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
-    o.add_argument("--beta1", type=_unit_interval, default=None, help="Adam β1 (default 0.9)")
-    o.add_argument("--beta2", type=_unit_interval, default=None, help="Adam β2 (default 0.999)")
+    o.add_argument("--beta1", type=_fraction0, default=None, help="Adam β1 (default 0.9)")
+    o.add_argument("--beta2", type=_fraction0, default=None, help="Adam β2 (default 0.999)")
     o.add_argument("--eps", type=_positive(float), default=None, help="Adam ε (default 1e-8)")
     o.add_argument("--decoupled", action=argparse.BooleanOptionalAction, default=None,
                    help="AdamW: decoupled weight decay")
@@ -274,8 +269,10 @@ def main(argv=None):
 def _bench(argv):
     try:
         from . import bench
-    except ImportError as exc:
-        print(f"gpumlp bench: error: the benchmark module is not available ({exc})", file=sys.stderr)
+    except ModuleNotFoundError as exc:
+        if exc.name != "gpumlp.bench":
+            raise
+        print("gpumlp bench: error: this installation has no benchmark module (gpumlp.bench)", file=sys.stderr)
         return 1
     return bench.main(argv)
 

@@ -321,3 +321,9 @@ def test_bench_forwards_its_arguments(monkeypatch):
     monkeypatch.setattr(gpumlp, "bench", fake, raising=False)
     assert cli.main(["bench", "--smoke", "--json"]) == 7
     assert seen == [["--smoke", "--json"]]
+
+
+def test_bench_subcommand_reaches_the_benchmark_parser():
+    pytest.importorskip("gpumlp.bench")
+    p = run("bench", "--help", check_rc=0)
+    assert p.stdout.startswith("usage: gpumlp bench")
