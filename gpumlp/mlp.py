@@ -465,6 +465,7 @@ class MLP:
             validation_fraction = check_positive_number(validation_fraction, "validation_fraction")
             if validation_fraction >= 1:
                 raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
+            self._validation_size(x.shape[0], validation_fraction)  # raises before anything changes
         watch = early_stopping or n_iter_no_change is not None or isinstance(self.lr_schedule, schedules.Adaptive)
         cfg = None
         if watch:
@@ -575,10 +576,7 @@ class MLP:
         """Hold out ceil(fraction·n) examples (stratified by class for cross-entropy, each class in
         proportion by largest remainders), drawn from ``seed``; both parts keep the original order."""
         n = x.shape[0]
-        n_val = math.ceil(fraction * n)
-        if n_val < 2 or n - n_val < 1:
-            raise ValueError(f"validation_fraction={fraction} of {n} examples leaves {n_val} for validation "
-                             f"and {n - n_val} for training; use more data or another validation_fraction")
+        n_val = self._validation_size(n, fraction)
         perm = np.random.default_rng(seed).permutation(n)
         if self.loss == "cross_entropy":
             labels = np.asarray(self._backend.to_host(y))[perm]
@@ -597,6 +595,14 @@ class MLP:
         tr, va = (self._backend.asarray(np.flatnonzero(m)) for m in (~is_val, is_val))
         pick = lambda a, i: None if a is None else xp.take(a, i, axis=0)  # noqa: E731
         return pick(x, tr), pick(y, tr), pick(w, tr), (pick(x, va), pick(y, va), pick(w, va))
+
+    @staticmethod
+    def _validation_size(n, fraction):
+        n_val = math.ceil(fraction * n)
+        if n_val < 2 or n - n_val < 1:
+            raise ValueError(f"validation_fraction={fraction} of {n} examples leaves {n_val} for validation "
+                             f"and {n - n_val} for training; use more data or another validation_fraction")
+        return n_val
 
     def _open_monitor(self, cfg):
         """Start the plateau monitor for this run, or continue the one a mid-fit checkpoint left open."""

@@ -360,3 +360,13 @@ def test_plateau_rule_matches_sklearns_transcription(mode, seed):
         if m.lr_schedule.n_reductions > before:
             plateaus.append(e)
     assert plateaus == _sklearn_plateau_epochs(values, mode, 2, 0.01) and plateaus
+
+
+def test_a_rejected_fit_changes_nothing():
+    X, y = blobs(10)
+    m = gpumlp.MLP((4, 3, 3), seed=0, **KW).fit(X, y, epochs=1, early_stopping=True, validation_fraction=0.3)
+    theta, rng, monitor = m._theta.copy(), m._rng.bit_generator.state, dict(m._monitor)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        m.fit(X, y, early_stopping=True, validation_fraction=0.05)
+    np.testing.assert_array_equal(m._theta, theta)
+    assert m._rng.bit_generator.state == rng and m._monitor == monitor
