@@ -196,7 +196,10 @@ def make_schedule(spec=None, **config):
 
 
 def to_json(schedule):
-    """{"name", "config", "state"}: what a checkpoint stores."""
+    """{"name", "config", "state"}: what a checkpoint stores (built-in schedules only)."""
+    if _CLASSES.get(schedule.name) is not type(schedule):
+        raise TypeError(f"checkpoints store the built-in schedules {SCHEDULES}; {type(schedule).__name__} is "
+                        f"not one of them (save the model with a built-in schedule and set yours after loading)")
     return {"name": schedule.name, "config": schedule.config(), "state": schedule.state()}
 
 

@@ -135,3 +135,17 @@ def test_adaptive_in_fit_divides_at_plateaus_then_stops():
     # then every 3 epochs: 1e-4/5^k <= 1e-6 at k = 3 (8e-7): plateaus at epochs 4, 7, 10 divide, 13 stops
     assert m.epochs_ == 13 and m.stop_reason_ == "lr_too_small"
     assert m.lr_schedule.n_reductions == 3
+
+
+def test_custom_schedules_work_in_fit_but_are_not_checkpointed():
+    class Halving(schedules.Schedule):
+        name = "halving"
+
+        def lr(self, base_lr, epoch, samples_seen):
+            return base_lr / 2**epoch
+
+    X, y = _data()
+    m = gpumlp.MLP((4, 3, 2), dtype="float64", backend="numpy", lr_schedule=Halving()).fit(X, y, epochs=3, lr=0.4)
+    assert m.history_["lr"] == [0.4, 0.2, 0.1]
+    with pytest.raises(TypeError, match="built-in"):
+        m._checkpoint_state()

@@ -370,3 +370,26 @@ def test_a_rejected_fit_changes_nothing():
         m.fit(X, y, early_stopping=True, validation_fraction=0.05)
     np.testing.assert_array_equal(m._theta, theta)
     assert m._rng.bit_generator.state == rng and m._monitor == monitor
+
+
+@pytest.mark.gpu
+def test_training_features_agree_on_cupy():
+    """Early stopping, a schedule, Adam, sample weights and partial_fit on CuPy give NumPy's run (float64)."""
+    ok, why = gpumlp.backend.cupy_status()
+    if not ok:
+        pytest.skip(why)
+    X, y = blobs(120, noise=2.0)
+    w = np.random.default_rng(0).uniform(0.5, 2.0, 120)
+    runs = []
+    for backend in ("numpy", "cupy"):
+        m = gpumlp.MLP((4, 16, 3), seed=0, bias=True, optimizer="adam", dtype="float64", backend=backend,
+                       lr_schedule=schedules.Cosine(20))
+        m.fit(X, y, epochs=20, batch_size=16, lr=0.05, sample_weight=w, early_stopping=True,
+              validation_fraction=0.2, n_iter_no_change=3, train_score=True)
+        m.partial_fit(X[:32], y[:32], batch_size=16, lr=0.01)
+        runs.append(m)
+    a, b = runs
+    assert a.epochs_ == b.epochs_ and a.best_epoch_ == b.best_epoch_
+    np.testing.assert_allclose(b.get_weights()[0], a.get_weights()[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.history_["val_score"], a.history_["val_score"], rtol=1e-12)
+    np.testing.assert_allclose(b.history_["loss"], a.history_["loss"], rtol=1e-9)
