@@ -257,7 +257,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"gpumlp {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if getattr(args, "checkpoint_every", None) and os.path.exists(args.save):
+            hint = f"; continue from the last checkpoint with: gpumlp train --resume {args.save}"
+        print(f"gpumlp {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # one line, no traceback: every failure a user can cause lands here
         if debug:

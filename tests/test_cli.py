@@ -327,3 +327,35 @@ def test_bench_subcommand_reaches_the_benchmark_parser():
     pytest.importorskip("gpumlp.bench")
     p = run("bench", "--help", check_rc=0)
     assert p.stdout.startswith("usage: gpumlp bench")
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_bit_identically(tmp_path, monkeypatch, capsys):
+    """Interrupted right after the epoch-4 checkpoint (mid-fit: momentum, a schedule and early stopping's
+    monitor are all in flight), then resumed: the same bits as the run that was never interrupted."""
+    from gpumlp import io
+
+    common = ["--backend", "numpy", "--hidden", "16", "--momentum", "0.9", "--lr-schedule", "exponential:gamma=0.9",
+              "--early-stopping", "--n-iter-no-change", "50", "--epochs", "8", "--quiet"]
+    assert cli.main(["train", *common, "--save", str(tmp_path / "straight.npz")]) == 0
+
+    real_save = io.save
+
+    def save_then_die(model, path, **kw):
+        real_save(model, path, **kw)
+        if model.epochs_ == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "save", save_then_die)
+    ck = tmp_path / "ck.npz"
+    assert cli.main(["train", *common, "--save", str(ck), "--checkpoint-every", "2"]) == 130
+    assert f"gpumlp train --resume {ck}" in capsys.readouterr().err
+    monkeypatch.setattr(io, "save", real_save)
+    assert gpumlp.load(ck).epochs_ == 4
+
+    assert cli.main(["train", "--resume", str(ck), "--save", str(ck), "--quiet"]) == 0
+    a, b = np.load(tmp_path / "straight.npz"), np.load(ck)
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        if k != "meta":
+            assert a[k].tobytes() == b[k].tobytes(), k
+    assert json.loads(a["meta"].tobytes())["history"] == json.loads(b["meta"].tobytes())["history"]
