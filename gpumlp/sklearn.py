@@ -231,7 +231,8 @@ class _BaseMLP(BaseEstimator):
             w_train = cw if w_train is None else w_train * cw
         mean_w = 1.0 if w_train is None else float(np.mean(w_train))
         if mean_w <= 0:
-            raise ValueError("sample_weight (times class_weight) is all zero: at least one weight must be positive")
+            raise ValueError("sample_weight (times class_weight) is all zero: at least one weight must be "
+                             "positive")
         model.set_params(weight_decay=self.alpha / (batch * mean_w))
 
         epochs_before = model.epochs_
