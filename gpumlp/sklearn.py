@@ -238,7 +238,8 @@ class _BaseMLP(BaseEstimator):
         epochs_before = model.epochs_
         if incremental:
             model.partial_fit(X_train, y_train, batch_size=batch, lr=self.learning_rate_init, shuffle=self.shuffle,
-                              sample_weight=w_train, n_iter_no_change=self.n_iter_no_change, tol=self.tol, verbose=self.verbose)
+                              sample_weight=w_train, n_iter_no_change=self.n_iter_no_change, tol=self.tol,
+                              verbose=self.verbose)
         else:
             model.fit(X_train, y_train, epochs=self.max_iter, batch_size=batch, lr=self.learning_rate_init,
                       shuffle=self.shuffle, validation_data=val, sample_weight=w_train,
