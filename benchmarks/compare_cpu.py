@@ -1,0 +1,281 @@
+"""Epoch time on the CPU: gpumlp against PyTorch and the GEMM floor, each in its own process.
+
+    python benchmarks/compare_cpu.py                        # S and M, 5 rounds, every implementation
+    python benchmarks/compare_cpu.py --torch-python /path/to/venv-with-torch/bin/python --json out.json
+
+The setting of issue 5: one hidden relu layer, cross-entropy, λ = 1e-4, no bias, float32, plain SGD
+(η = 0.01), an epoch of n = 51200 random rows (200 steps at S, 25 at M), reshuffled every epoch.
+
+    gpumlp          MLP._run_epoch: the epoch loop that fit runs (fit's once-per-call validation
+                    and host-to-device copy are not in it), NumPy backend
+    gpumlp-fallback the same with GPUMLP_CBLAS=0: the folded update without NumPy's OpenBLAS cblas
+    torch           torch.randperm, then per batch X[idx], zero_grad, CrossEntropyLoss, backward,
+                    SGD(weight_decay=λ).step(); the loss summed on the device as gpumlp does
+    floor-numpy     per batch, the step's five matrix products alone with np.matmul(out=)
+    floor-torch     the same with torch.mm(out=)
+
+Why separate processes: NumPy's OpenBLAS threads and PyTorch's OpenMP threads both spin for a
+while after each call, and on a two-core machine one pool spinning slows the other by whole factors.
+Each child process warms up with one epoch, then times ``--epochs`` epochs; the parent alternates the
+implementations (the order rotates every round) and reports medians over all timed epochs.
+
+Shared machines: every timed epoch also records the CPU time that other processes used meanwhile
+(from /proc/stat, minus this process's own), as a fraction of the machine. The table gives the
+median of all epochs and, separately, of the "quiet" epochs (other load under --quiet, default 5%).
+Timings never go into unit tests; this script is run by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = {"S": (256, (784, 256, 10)), "M": (2048, (784, 1024, 10))}
+N_ROWS = 51200
+LR, LAM = 0.01, 1e-4
+IMPLS = ("gpumlp", "gpumlp-fallback", "torch", "floor-numpy", "floor-torch")
+TORCH_IMPLS = ("torch", "floor-torch")
+
+
+# ----------------------------------------------------------------------------------- child side
+def _cpu_busy():
+    """(busy jiffies of the whole machine, jiffies per second), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return None
+    return sum(v) - v[3] - v[4], os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu():
+    t = os.times()
+    return t.user + t.system
+
+
+def _timed(epoch, epochs):
+    """Seconds of each epoch and the other processes' share of the machine meanwhile."""
+    ncpu = os.cpu_count() or 1
+    out = []
+    for _ in range(epochs):
+        b0, c0, t0 = _cpu_busy(), _own_cpu(), time.perf_counter()
+        epoch()
+        wall, own = time.perf_counter() - t0, _own_cpu() - c0
+        b1 = _cpu_busy()
+        foreign = None
+        if b0 is not None and b1 is not None:
+            foreign = max(0.0, ((b1[0] - b0[0]) / b0[1] - own) / (ncpu * wall))
+        out.append({"seconds": wall, "foreign_load": foreign})
+    return out
+
+
+def _make_epoch(impl, shape):
+    import numpy as np
+
+    B, sizes = SHAPES[shape]
+    d, h, q = sizes
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((N_ROWS, d), dtype=np.float32)
+    y = rng.integers(0, q, N_ROWS)
+    versions = {"numpy": np.__version__}
+    if impl in ("gpumlp", "gpumlp-fallback"):
+        import gpumlp
+        from gpumlp._numpy_ops import default_gemm
+
+        m = gpumlp.MLP(sizes, activation="relu", loss="cross_entropy", weight_decay=LAM, bias=False,
+                       dtype="float32", backend="numpy", seed=0)
+        x, yy = m._device_X(X), m._device_y(y, N_ROWS)
+        versions["gpumlp"] = gpumlp.__version__
+        versions["folded_gemm"] = "openblas-cblas" if default_gemm() is not None else "matmul-fallback"
+        try:
+            import threadpoolctl
+
+            versions["blas"] = [{k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                                for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]
+        except ImportError:
+            pass
+        return (lambda: m._run_epoch(x, yy, None, LR, B, True)), versions
+    if impl == "floor-numpy":
+        W1 = (rng.standard_normal((h, d), dtype=np.float32) * 0.05)
+        W2 = (rng.standard_normal((q, h), dtype=np.float32) * 0.05)
+        Z, O, dH = np.empty((B, h), np.float32), np.empty((B, q), np.float32), np.empty((B, h), np.float32)
+        dW1, dW2 = np.empty_like(W1), np.empty_like(W2)
+
+        def epoch():
+            for i in range(0, N_ROWS, B):
+                xb = X[i:i + B]
+                np.matmul(xb, W1.T, out=Z)
+                np.matmul(Z, W2.T, out=O)
+                np.matmul(O.T, Z, out=dW2)
+                np.matmul(O, W2, out=dH)
+                np.matmul(dH.T, xb, out=dW1)
+        return epoch, versions
+    import torch
+
+    versions.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    if impl == "floor-torch":
+        g = torch.Generator().manual_seed(0)
+        W1, W2 = torch.randn(h, d, generator=g) * 0.05, torch.randn(q, h, generator=g) * 0.05
+        Z, O, dH = torch.empty(B, h), torch.empty(B, q), torch.empty(B, h)
+        dW1, dW2 = torch.empty_like(W1), torch.empty_like(W2)
+
+        def epoch():
+            for i in range(0, N_ROWS, B):
+                xb = Xt[i:i + B]
+                torch.mm(xb, W1.T, out=Z)
+                torch.mm(Z, W2.T, out=O)
+                torch.mm(O.T, Z, out=dW2)
+                torch.mm(O, W2, out=dH)
+                torch.mm(dH.T, xb, out=dW1)
+        return epoch, versions
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(d, h, bias=False), torch.nn.ReLU(), torch.nn.Linear(h, q, bias=False))
+    opt = torch.optim.SGD(net.parameters(), lr=LR, weight_decay=LAM)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def epoch():
+        perm = torch.randperm(N_ROWS)
+        total = torch.zeros((), dtype=torch.float64)
+        for i in range(0, N_ROWS, B):
+            idx = perm[i:i + B]
+            xb, yb = Xt[idx], yt[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)
+        return float(total) / N_ROWS
+    return epoch, versions
+
+
+def child(impl, shape, epochs):
+    epoch, versions = _make_epoch(impl, shape)
+    epoch()  # warm-up: thread pools started, buffers made, pages touched
+    print(json.dumps({"impl": impl, "shape": shape, "epochs": _timed(epoch, epochs), "versions": versions}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------- parent side
+def _run_child(python, impl, shape, epochs, env):
+    cmd = [python, os.path.abspath(__file__), "--child", impl, shape, str(epochs)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"{impl} at {shape} failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def summarise(results, quiet):
+    """Per shape: median epoch time of each implementation (all epochs, and quiet ones) and ratios."""
+    out = {}
+    for shape in dict.fromkeys(r["shape"] for r in results):
+        rows = {}
+        for impl in dict.fromkeys(r["impl"] for r in results if r["shape"] == shape):
+            eps = [e for r in results if r["shape"] == shape and r["impl"] == impl for e in r["epochs"]]
+            q = [e["seconds"] for e in eps if e["foreign_load"] is not None and e["foreign_load"] < quiet]
+            rows[impl] = {"median_s": _median([e["seconds"] for e in eps]), "quiet_median_s": _median(q),
+                          "epochs": len(eps), "quiet_epochs": len(q), "min_s": min(e["seconds"] for e in eps)}
+        for which in ("median_s", "quiet_median_s", "min_s"):
+            for impl, row in rows.items():
+                for ref in ("torch", "floor-numpy", "floor-torch"):
+                    if ref in rows and ref != impl and row[which] and rows[ref][which]:
+                        row[f"{which[:-2]}_vs_{ref}"] = row[which] / rows[ref][which]
+        out[shape] = rows
+    return out
+
+
+def format_summary(summary):
+    lines = []
+    for shape, rows in summary.items():
+        B, sizes = SHAPES[shape]
+        lines.append(f"\n{shape}: B={B}, {'-'.join(map(str, sizes))}, epoch of {N_ROWS} rows ({N_ROWS // B} steps)")
+        head = f"  {'implementation':16s} {'median s':>9s} {'quiet s':>9s} {'min s':>8s} {'n/quiet':>8s}" \
+               f" {'÷torch':>7s} {'÷floor-np':>9s} {'÷floor-pt':>9s}   (ratios of medians; quiet in brackets)"
+        lines.append(head)
+        for impl, r in rows.items():
+            def ratio(ref):
+                a, b = r.get(f"median_vs_{ref}"), r.get(f"quiet_median_vs_{ref}")
+                return "" if a is None else f"{a:.2f}" + ("" if b is None else f" ({b:.2f})")
+            qs = "" if r["quiet_median_s"] is None else f"{r['quiet_median_s']:.4f}"
+            lines.append(f"  {impl:16s} {r['median_s']:9.4f} {qs:>9s} {r['min_s']:8.4f} "
+                         f"{r['epochs']:>3d}/{r['quiet_epochs']:<4d} {ratio('torch'):>7s} {ratio('floor-numpy'):>9s}"
+                         f" {ratio('floor-torch'):>9s}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--child", nargs=3, metavar=("IMPL", "SHAPE", "EPOCHS"), help=argparse.SUPPRESS)
+    p.add_argument("--shapes", default="S,M")
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--rounds", type=int, default=5, help="processes per implementation and shape (default 5)")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per process, after one warm-up (default 3)")
+    p.add_argument("--quiet", type=float, default=0.05, help="other load below which an epoch counts as quiet")
+    p.add_argument("--torch-python", default=sys.executable,
+                   help="interpreter for the PyTorch implementations (default: this one)")
+    p.add_argument("--json", help="write every sample and the summary to this file")
+    args = p.parse_args(argv)
+    if args.child:
+        impl, shape, epochs = args.child
+        return child(impl, shape, int(epochs))
+    shapes = [s for s in args.shapes.split(",") if s]
+    impls = [i for i in args.impls.split(",") if i]
+    for bad in [s for s in shapes if s not in SHAPES] + [i for i in impls if i not in IMPLS]:
+        p.error(f"unknown shape or implementation {bad!r}")
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if var in os.environ:
+            print(f"note: {var}={os.environ[var]} is set and affects the BLAS under test", file=sys.stderr)
+    results = []
+    jobs = [(s, i) for s in shapes for i in impls]
+    for r in range(args.rounds):
+        k = r % len(jobs)
+        for shape, impl in jobs[k:] + jobs[:k]:  # rotate: no implementation always runs first
+            env = dict(os.environ)
+            if impl == "gpumlp-fallback":
+                env["GPUMLP_CBLAS"] = "0"
+            python = args.torch_python if impl in TORCH_IMPLS else sys.executable
+            res = _run_child(python, impl, shape, args.epochs, env)
+            results.append(res)
+            med = statistics.median(e["seconds"] for e in res["epochs"])
+            print(f"round {r + 1}/{args.rounds} {shape} {impl:16s} {med:.4f} s/epoch "
+                  f"(other load {max((e['foreign_load'] or 0) for e in res['epochs']):.0%} max)",
+                  file=sys.stderr, flush=True)
+    summary = summarise(results, args.quiet)
+    versions = {}
+    for r in results:
+        versions.update(r["versions"])
+    header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · {_cpu_model()} · {os.cpu_count()} CPUs · "
+              f"Python {platform.python_version()} · " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(header)
+    print(f"{args.rounds} rounds × {args.epochs} epochs per implementation and shape, "
+          f"each round in fresh processes, order rotated")
+    print(format_summary(summary))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "rounds": args.rounds, "epochs": args.epochs, "quiet": args.quiet,
+                       "summary": summary, "samples": results}, f, indent=1)
+    return 0
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""Throughput of gpumlp against PyTorch and against the GEMM floor: ``gpumlp bench``.
+
+What is measured, per shape (batch B, sizes d-h-q; one hidden relu layer, cross-entropy, λ = 1e-4,
+no bias, float32, plain SGD):
+
+    gpumlp (<backend>)   one full training step: forward, loss, backward, update (the step fit runs)
+    torch (<device>)     the same net and loss with torch.optim.SGD(weight_decay=λ): zero_grad,
+                         forward, backward, step (eager, default thread count)
+    floor (<library>)    the five matrix products of the step alone, same library and dtype, into
+                         preallocated outputs: Z = X W1ᵀ, O = H W2ᵀ, dW2 = dOᵀH, dH = dO W2, dW1 = dZᵀX.
+                         No step can be faster than this without faster GEMMs.
+
+and for inference the forward pass alone (two products for the floor). Each timed call runs a fixed
+number of steps and then synchronises the device, so GPU time is counted in full; every case is
+warmed up first (kernel compilation, cuBLAS handles, BLAS thread start-up stay out), the cases of a
+shape are timed in alternation (round-robin, so a slow patch of a shared machine hits them all), and
+the median call is reported. The data are random normal, never zeros.
+
+The table gives samples/s, the speed-up over PyTorch on the same device (> 1: gpumlp is faster) and
+the time relative to the GEMM floor of the same library (1.00 would be the floor itself).
+
+This module is the single source of the benchmark cases: ``benchmarks/`` (pytest-benchmark) and
+``benchmarks/compare_cpu.py`` build theirs from the same functions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LR = 0.01
+WEIGHT_DECAY = 1e-4
+DTYPE = "float32"
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    batch: int
+    sizes: tuple  # (d, h, q)
+    steps_per_call: int  # steps in one timed call (then one synchronisation)
+    devices: tuple = ("cpu", "gpu")
+    note: str = ""
+
+
+SHAPES = {
+    "S": Shape("S", 256, (784, 256, 10), 10, note="launch- and overhead-bound"),
+    "M": Shape("M", 2048, (784, 1024, 10), 2),
+    "L": Shape("L", 16384, (1024, 4096, 1024), 1, devices=("gpu",), note="GEMM-bound"),
+    "L-cpu": Shape("L-cpu", 512, (1024, 4096, 1024), 1, devices=("cpu",), note="L reduced to B=512 for a CPU"),
+}
+SMOKE_SHAPES = {"tiny": Shape("tiny", 32, (16, 32, 4), 2)}
+
+
+# ------------------------------------------------------------------------------ what is available
+def gpu_backend_available() -> bool:
+    from .backend import cupy_status
+
+    return cupy_status()[0]
+
+
+def torch_module():
+    """torch, or None when it is not importable (the PyTorch columns are then left out)."""
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch
+
+
+def torch_cuda_available(torch) -> bool:
+    try:
+        return bool(torch is not None and torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def environment() -> dict:
+    """Machine and versions, recorded beside every figure."""
+    info = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
+            "cpu": cpu_model(), "cpu_count": os.cpu_count()}
+    from . import __version__
+    from ._numpy_ops import default_gemm
+
+    info["gpumlp"] = __version__
+    gemm = default_gemm()
+    info["numpy_folded_gemm"] = "openblas-cblas" if gemm is not None else "matmul-fallback"
+    try:
+        import threadpoolctl
+
+        info["blas"] = [{k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                        for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]
+    except Exception:
+        pass
+    torch = torch_module()
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    if gpu_backend_available():
+        import cupy
+
+        info["cupy"] = cupy.__version__
+        info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        info["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------ the cases
+@dataclass
+class Case:
+    """One thing to time: ``call()`` runs ``steps`` steps (or forward passes) and synchronises."""
+
+    shape: Shape
+    task: str  # "train" | "infer"
+    impl: str  # "gpumlp", "torch", "floor"
+    device: str  # "cpu" | "gpu"
+    library: str  # "numpy", "cupy", "torch"
+    call: object = field(repr=False)
+    steps: int = 1
+
+    @property
+    def label(self):
+        return f"{self.impl} ({self.library}{'' if self.library != 'torch' else ', ' + self.device})"
+
+    @property
+    def samples_per_call(self):
+        return self.shape.batch * self.steps
+
+
+def _data(shape, seed=0):
+    """Random batch (X, y) on the host: X ~ N(0, 1) float32, y uniform labels."""
+    rng = np.random.default_rng(seed)
+    d, _, q = shape.sizes
+    return rng.standard_normal((shape.batch, d), dtype=np.float32), rng.integers(0, q, shape.batch)
+
+
+def gpumlp_train(shape, backend):
+    """The step ``fit`` runs (``MLP._train_step``), on a batch already on the device."""
+    from .mlp import MLP
+
+    m = MLP(shape.sizes, activation="relu", loss="cross_entropy", weight_decay=WEIGHT_DECAY, bias=False,
+            dtype=DTYPE, backend=backend, seed=0)
+    X, y = _data(shape)
+    x, yy = m._device_X(X), m._device_y(y, shape.batch)
+    sync = m._backend.synchronize
+
+    def call():
+        for _ in range(shape.steps_per_call):
+            m._train_step(x, yy, None, LR)
+        sync()
+    return call
+
+
+def gpumlp_infer(shape, backend):
+    from .mlp import MLP
+
+    m = MLP(shape.sizes, weight_decay=WEIGHT_DECAY, dtype=DTYPE, backend=backend, seed=0)
+    x = m._device_X(_data(shape)[0])
+    sync = m._backend.synchronize
+
+    def call():
+        for _ in range(shape.steps_per_call):
+            m._outputs(x)
+        sync()
+    return call
+
+
+def _torch_net(torch, shape, device):
+    d, h, q = shape.sizes
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(d, h, bias=False), torch.nn.ReLU(),
+                              torch.nn.Linear(h, q, bias=False)).to(device)
+    X, y = _data(shape)
+    return net, torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+
+
+def _torch_sync(torch, device):
+    return (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
+
+
+def torch_train(shape, device, torch):
+    net, x, y = _torch_net(torch, shape, device)
+    opt = torch.optim.SGD(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    sync = _torch_sync(torch, device)
+
+    def call():
+        for _ in range(shape.steps_per_call):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x), y)
+            loss.backward()
+            opt.step()
+        sync()
+    return call
+
+
+def torch_infer(shape, device, torch):
+    net, x, _ = _torch_net(torch, shape, device)
+    sync = _torch_sync(torch, device)
+
+    def call():
+        with torch.inference_mode():
+            for _ in range(shape.steps_per_call):
+                net(x)
+        sync()
+    return call
+
+
+def floor(shape, library, task="train", torch=None, device="cpu"):
+    """The step's matrix products alone (train: five; infer: two), into preallocated outputs."""
+    d, h, q = shape.sizes
+    B = shape.batch
+    X, _ = _data(shape)
+    rng = np.random.default_rng(1)
+    host = {"W1": rng.standard_normal((h, d), dtype=np.float32) * 0.05,
+            "W2": rng.standard_normal((q, h), dtype=np.float32) * 0.05}
+    if library == "torch":
+        t = {k: torch.from_numpy(v).to(device) for k, v in host.items()}
+        x = torch.from_numpy(X).to(device)
+        empty = lambda *s: torch.empty(s, dtype=torch.float32, device=device)  # noqa: E731
+
+        def mm(a, b, out):
+            torch.mm(a, b, out=out)
+        sync = _torch_sync(torch, device)
+    else:
+        xp = np if library == "numpy" else __import__("cupy")
+        t = {k: xp.asarray(v) for k, v in host.items()}
+        x = xp.asarray(X)
+        empty = lambda *s: xp.empty(s, np.float32)  # noqa: E731
+
+        def mm(a, b, out):
+            xp.matmul(a, b, out=out)
+        sync = (lambda: None) if library == "numpy" else (lambda: xp.cuda.get_current_stream().synchronize())
+    W1, W2 = t["W1"], t["W2"]
+    Z, O, dW2, dH, dW1 = empty(B, h), empty(B, q), empty(q, h), empty(B, h), empty(h, d)
+
+    def step():
+        mm(x, W1.T, Z)       # Z = X W1ᵀ
+        mm(Z, W2.T, O)       # O = H W2ᵀ      (H stands in for φ(Z): same shape, same cost)
+        if task == "train":
+            mm(O.T, Z, dW2)  # dW2 = dOᵀ H
+            mm(O, W2, dH)    # dH = dO W2
+            mm(dH.T, x, dW1)  # dW1 = dZᵀ X
+
+    step()
+    sync()
+
+    def call():
+        for _ in range(shape.steps_per_call):
+            step()
+        sync()
+    return call
+
+
+# (implementation, library, device) of every case a shape can have, in table order
+VARIANTS = (("gpumlp", "numpy", "cpu"), ("torch", "torch", "cpu"), ("floor", "torch", "cpu"), ("floor", "numpy", "cpu"),
+            ("gpumlp", "cupy", "gpu"), ("torch", "torch", "gpu"), ("floor", "torch", "gpu"), ("floor", "cupy", "gpu"))
+
+
+class Unavailable(Exception):
+    """This case cannot run here (no PyTorch, no GPU, or a GPU-only shape on the CPU); says why."""
+
+
+def make_case(shape, task, impl, library, device, with_torch=True):
+    """One case, or ``Unavailable`` with the reason."""
+    if device not in shape.devices:
+        raise Unavailable(f"shape {shape.name} is timed on {' and '.join(shape.devices)} only")
+    torch = None
+    if library == "torch":
+        torch = torch_module() if with_torch else None
+        if torch is None:
+            raise Unavailable("PyTorch is not importable" if with_torch else "PyTorch left out")
+        if device == "gpu" and not torch_cuda_available(torch):
+            raise Unavailable("PyTorch has no CUDA device")
+    if library == "cupy" and not gpu_backend_available():
+        raise Unavailable("CuPy has no usable CUDA device")
+    tdev = "cuda" if device == "gpu" else "cpu"
+    if impl == "gpumlp":
+        call = (gpumlp_train if task == "train" else gpumlp_infer)(shape, library)
+    elif impl == "torch":
+        call = (torch_train if task == "train" else torch_infer)(shape, tdev, torch)
+    else:
+        call = floor(shape, library, task, torch, tdev)
+    return Case(shape, task, impl, device, library, call, shape.steps_per_call)
+
+
+def make_cases(shapes, task="train", devices=("cpu", "gpu"), with_torch=True):
+    """Every case available here for these shapes: gpumlp per backend, PyTorch per device, the floors."""
+    cases = []
+    for shape in shapes:
+        for impl, library, device in VARIANTS:
+            if device in devices:
+                try:
+                    cases.append(make_case(shape, task, impl, library, device, with_torch))
+                except Unavailable:
+                    pass
+    return cases
+
+
+# ------------------------------------------------------------------------------ timing and the table
+def _pool(case):
+    """Cases that share a thread pool: NumPy's OpenBLAS, PyTorch's CPU threads, or a GPU."""
+    return "gpu" if case.device == "gpu" else case.library
+
+
+def time_cases(cases, rounds=7, warmup=2, settle=0.3):
+    """Median seconds per step of each case.
+
+    Cases that share a thread pool are timed round-robin (a slow patch of a shared machine then hits
+    them all alike). Different CPU pools are timed one after the other with a pause between them:
+    OpenBLAS and PyTorch's OpenMP workers spin for a while after each call, and a pool still spinning
+    on both cores of a small machine slows the other one down by whole factors.
+    """
+    times = {}
+    for pool in dict.fromkeys(_pool(c) for c in cases):
+        group = [c for c in cases if _pool(c) == pool]
+        time.sleep(settle)
+        for c in group:
+            for _ in range(warmup):
+                c.call()
+        samples = {id(c): [] for c in group}
+        for _ in range(rounds):
+            for c in group:
+                t0 = time.perf_counter()
+                c.call()
+                samples[id(c)].append((time.perf_counter() - t0) / c.steps)
+        times.update({k: statistics.median(v) for k, v in samples.items()})
+    return times
+
+
+def table_rows(cases, times):
+    """One row per case, with its ratios to PyTorch and to the floor of the same device/library."""
+    def find(c, impl, library):
+        for o in cases:
+            if (o.shape.name, o.task, o.device, o.impl, o.library) == (c.shape.name, c.task, c.device, impl, library):
+                return times[id(o)]
+        return None
+
+    rows = []
+    for c in cases:
+        t = times[id(c)]
+        torch_t = find(c, "torch", "torch")
+        floor_lib = {"gpumlp": "numpy" if c.device == "cpu" else "cupy"}.get(c.impl, c.library)
+        floor_t = find(c, "floor", floor_lib)
+        rows.append({
+            "shape": c.shape.name, "task": c.task, "implementation": c.label, "device": c.device,
+            "batch": c.shape.batch, "sizes": "-".join(map(str, c.shape.sizes)),
+            "ms_per_step": t * 1e3, "samples_per_s": c.shape.batch / t,
+            "speedup_vs_torch": None if torch_t is None or c.impl == "floor" else torch_t / t,
+            "time_vs_floor": None if floor_t is None or c.impl == "floor" else t / floor_t,
+        })
+    return rows
+
+
+def format_table(rows):
+    head = ["shape", "task", "implementation", "dev", "batch", "sizes", "ms/step", "samples/s", "vs torch",
+            "vs floor"]
+    body = []
+    for r in rows:
+        body.append([r["shape"], r["task"], r["implementation"], r["device"], str(r["batch"]), r["sizes"],
+                     f"{r['ms_per_step']:.3f}", f"{r['samples_per_s']:,.0f}",
+                     "" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x",
+                     "" if r["time_vs_floor"] is None else f"{r['time_vs_floor']:.2f}"])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [line(head), line(["-" * w for w in widths])]
+    out += [line(b) for b in body]
+    out.append("vs torch: PyTorch's time / this time on the same device (>1 = faster than PyTorch). "
+               "vs floor: this time / the GEMM floor's time, same library (1.00 = only the matrix products).")
+    return "\n".join(out)
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="gpumlp bench", description=(
+        "Training (and inference) throughput of gpumlp against PyTorch and the GEMM floor."))
+    p.add_argument("--shapes", default=None,
+                   help="comma-separated shapes among " + ", ".join(SHAPES) + " (default: all that fit the devices)")
+    p.add_argument("--device", choices=("all", "cpu", "gpu"), default="all",
+                   help="which devices to time (default: every one available)")
+    p.add_argument("--task", choices=("train", "infer", "both"), default="train")
+    p.add_argument("--rounds", type=int, default=7, help="timed calls per case (median reported; default 7)")
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it imports")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, 2 rounds: checks that everything runs")
+    p.add_argument("--json", action="store_true", help="print one JSON object (environment and rows) instead")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.rounds < 1:
+        print("gpumlp bench: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    devices = ("cpu", "gpu") if args.device == "all" else (args.device,)
+    if args.smoke:
+        shapes, rounds, warmup = list(SMOKE_SHAPES.values()), 2, 1
+    else:
+        names = list(SHAPES) if args.shapes is None else [s.strip() for s in args.shapes.split(",") if s.strip()]
+        unknown = [s for s in names if s not in SHAPES]
+        if unknown:
+            print(f"gpumlp bench: unknown shape(s) {', '.join(unknown)}; choose among {', '.join(SHAPES)}",
+                  file=sys.stderr)
+            return 2
+        shapes, rounds, warmup = [SHAPES[s] for s in names], args.rounds, 2
+    if "gpu" in devices and args.device == "gpu" and not gpu_backend_available():
+        print("gpumlp bench: --device gpu, but CuPy has no usable CUDA device", file=sys.stderr)
+        return 1
+    tasks = ("train", "infer") if args.task == "both" else (args.task,)
+    rows = []
+    for task in tasks:
+        for shape in shapes:  # one shape at a time: its cases alternate with each other
+            cases = make_cases([shape], task, devices, with_torch=not args.no_torch)
+            if cases:
+                rows += table_rows(cases, time_cases(cases, rounds=rounds, warmup=warmup))
+    env = environment()
+    if args.json:
+        print(json.dumps({"environment": env, "rows": rows}))
+    else:
+        print(f"gpumlp {env['gpumlp']} · numpy {env['numpy']} · torch {env.get('torch', 'absent')} · "
+              f"cupy {env.get('cupy', 'absent')} · {env['cpu']} ({env['cpu_count']} CPUs)"
+              + (f" · {env['gpu']}" if "gpu" in env else ""))
+        print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
