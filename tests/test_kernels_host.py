@@ -6,8 +6,12 @@ small shared library that ctypes drives. Into that library go
   inside a loop shaped like CuPy's (the parameters bound as references to the array elements), for
   float and double: the exact text CuPy compiles, run on the CPU;
 - the per-row loss of kernels/loss.cu (max, log-sum-exp, loss term, ∂L/∂o, weights) and the per-element
-  update of kernels/optim.cu, written as host loops over the same __device__ functions (the warp
-  reductions of the .cu files need a GPU: tests/test_gpu.py covers them).
+  update of kernels/optim.cu, written as host loops over the same __device__ functions;
+- the .cu files themselves (every RawKernel), run by a small host emulation of CUDA: one std::thread per
+  CUDA thread, __syncthreads and the warp shuffles as barriers, blocks one after another in a given
+  order. This executes their indexing, grid-stride loops, warp/block reductions and the last-block grid
+  sum. Its limit: blocks never run concurrently, so races between blocks show only on a GPU
+  (tests/test_gpu.py).
 Each is compared with gpumlp.functions / gpumlp.optim on random inputs and on edge inputs: the kinks,
 ±large values where a naive formula overflows, ±inf and NaN.
 
@@ -332,3 +336,222 @@ def test_harness_detects_a_wrong_formula(lib):
     wrong = run_elementwise(lib, "gpumlp_sigmoid_backward", np.float64, np.ones_like(z), z, z, np.empty_like(z))
     with pytest.raises(AssertionError):
         assert_close(wrong, F.sigmoid_backward(np.ones_like(z), z, h), np.float64, "sigmoid")
+
+
+# =====================================================================================================
+# The RawKernels themselves (kernels/*.cu), run on the host: one std::thread per CUDA thread, blocks one
+# after another (in a given order), __syncthreads and the warp shuffles as barriers over real threads,
+# __shared__ as static storage (one block runs at a time). So CI executes the .cu files' indexing,
+# grid-stride loops, warp/block reductions and the last-block grid sum, not only their scalar math.
+# =====================================================================================================
+EMULATION = r"""
+#include <math.h>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+struct gpumlp_dim3 { unsigned int x, y, z; };
+static thread_local gpumlp_dim3 threadIdx;
+static gpumlp_dim3 blockIdx, blockDim, gridDim;
+
+class Barrier {  // reusable: the generation count tells one round from the next
+  public:
+    explicit Barrier(int n) : n_(n) {}
+    void wait() {
+        std::unique_lock<std::mutex> lock(m_);
+        const long gen = gen_;
+        if (++count_ == n_) { count_ = 0; ++gen_; cv_.notify_all(); }
+        else cv_.wait(lock, [&] { return gen != gen_; });
+    }
+  private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    int n_, count_ = 0;
+    long gen_ = 0;
+};
+static Barrier* block_barrier;
+static std::deque<Barrier>* warp_barriers;
+static double shfl_slots[1024];
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+inline void __syncthreads() { block_barrier->wait(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+template <typename F> F __shfl_xor_sync(unsigned int, F v, int lane_mask) {
+    const int t = threadIdx.x, warp = t >> 5;
+    shfl_slots[t] = (double)v;  // exact for float and double
+    (*warp_barriers)[warp].wait();
+    const F other = (F)shfl_slots[(warp << 5) | ((t & 31) ^ lane_mask)];
+    (*warp_barriers)[warp].wait();
+    return other;
+}
+
+// Run fn as a grid of `grid` blocks of `block` threads; blocks in the order given (a permutation).
+template <typename Fn> static void launch(unsigned int grid, unsigned int block, const int* order, Fn fn) {
+    gridDim = {grid, 1, 1};
+    blockDim = {block, 1, 1};
+    for (unsigned int k = 0; k < grid; ++k) {
+        blockIdx = {(unsigned int)order[k], 0, 0};
+        Barrier barrier((int)block);
+        std::deque<Barrier> warps;
+        for (unsigned int w = 0; w < block / 32; ++w) warps.emplace_back(32);
+        block_barrier = &barrier;
+        warp_barriers = &warps;
+        std::vector<std::thread> threads;
+        for (unsigned int t = 0; t < block; ++t)
+            threads.emplace_back([t, &fn] { threadIdx = {t, 0, 0}; fn(); });
+        for (auto& th : threads) th.join();
+    }
+}
+"""
+
+LAUNCHERS = r"""
+#define LAUNCHERS(F, S)                                                                                       \
+    extern "C" void run_cross_entropy_##S(unsigned g, unsigned b, const int* order, const F* o,                \
+                                          const long long* y, const F* w, const F* wsum, F* d, F* L, F* part,  \
+                                          unsigned* counter, int B, int q) {                                   \
+        launch(g, b, order, [&] { gpumlp_cross_entropy_##S(o, y, w, wsum, d, L, part, counter, B, q); });     \
+    }                                                                                                          \
+    extern "C" void run_squared_##S(unsigned g, unsigned b, const int* order, const F* o, const F* y,           \
+                                    const F* w, const F* wsum, F* d, F* L, F* part, unsigned* counter, int B,  \
+                                    int q) {                                                                   \
+        launch(g, b, order, [&] { gpumlp_squared_##S(o, y, w, wsum, d, L, part, counter, B, q); });           \
+    }                                                                                                          \
+    extern "C" void run_sum_##S(unsigned g, unsigned b, const int* order, const F* a, long long n, int square, \
+                                F* out, F* part, unsigned* counter) {                                          \
+        launch(g, b, order, [&] { gpumlp_sum_##S(a, n, square, out, part, counter); });                       \
+    }                                                                                                          \
+    extern "C" void run_sgd_update_##S(unsigned g, unsigned b, const int* order, F* t, const F* gr, F* v,       \
+                                       long long n, long long nd, F lr, F lam, F mu, int nes) {                \
+        launch(g, b, order, [&] { gpumlp_sgd_update_##S(t, gr, v, n, nd, lr, lam, mu, nes); });              \
+    }                                                                                                          \
+    extern "C" void run_adam_update_##S(unsigned g, unsigned b, const int* order, F* t, const F* gr, F* m,      \
+                                        F* v, long long n, long long nd, F lr, F lam, F b1, F b2, F eps, F c1, \
+                                        F c2, int dec) {                                                       \
+        launch(g, b, order, [&] { gpumlp_adam_update_##S(t, gr, m, v, n, nd, lr, lam, b1, b2, eps, c1, c2, dec); }); \
+    }
+LAUNCHERS(float, f32)
+LAUNCHERS(double, f64)
+"""
+
+
+@pytest.fixture(scope="module")
+def grid_lib(tmp_path_factory):
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        if _in_ci():
+            pytest.fail("CI must run the CUDA kernels on the host, but no C++ compiler was found")
+        pytest.skip("no host C++ compiler (g++, c++, clang++)")
+    assert sorted(_kernels.RAW_KERNELS) == ["loss.cu", "optim.cu", "reduce.cu"], "new .cu file: add launchers"
+    d = tmp_path_factory.mktemp("kernels_grid")
+    # Our .cu files as CuPy gets them (headers inlined; their include guards let them share one unit).
+    src = "\n".join([EMULATION] + [_kernels.module_source(cu) for cu in sorted(_kernels.RAW_KERNELS)] + [LAUNCHERS])
+    (d / "grid.cpp").write_text(src)
+    cmd = [cxx, "-std=c++17", "-O0", "-fPIC", "-shared", "-pthread", "-Wall", str(d / "grid.cpp"),
+           "-o", str(d / "libgpumlp_grid.so")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"host compile of kernels/*.cu failed:\n{res.stderr}"
+    return ctypes.CDLL(str(d / "libgpumlp_grid.so"))
+
+
+class Grid:
+    """Launch a host-emulated kernel: ``Grid(lib, dtype)("sum", grid, block, reverse, *args)``."""
+
+    def __init__(self, lib, dtype):
+        self.lib, self.dtype, self.suffix, self.scalar = lib, dtype, CTYPE[dtype][1], CTYPE[dtype][2]
+
+    def __call__(self, kernel, grid, block, reverse, *args):
+        f = getattr(self.lib, f"run_{kernel}_{self.suffix}")
+        f.restype = None
+        order = np.arange(grid, dtype=np.int32)[::-1 if reverse else 1].copy()
+        conv = []
+        for a in args:
+            if a is None or isinstance(a, np.ndarray):
+                conv.append(ptr(a))
+            elif isinstance(a, (float, np.floating)):
+                conv.append(self.scalar(a))
+            else:
+                conv.append(a)  # ctypes integers, typed by the caller
+        f(ctypes.c_uint(grid), ctypes.c_uint(block), ptr(order), *conv)
+
+
+# (loss, q, weighted, dtype, grid or None for CupyOps' choice, block, blocks in reverse order)
+LOSS_LAUNCHES = [
+    ("cross_entropy", 40, False, np.float32, None, 64, False),  # 40 > 32: lanes loop over the columns
+    ("cross_entropy", 40, True, np.float64, None, 64, True),
+    ("cross_entropy", 3, True, np.float32, 2, 32, True),  # fewer blocks than rows/warps: grid-stride loop
+    ("cross_entropy", 1, False, np.float64, None, 256, False),  # CupyOps' block size; q = 1
+    ("squared", 40, True, np.float32, None, 64, True),
+    ("squared", 3, False, np.float64, 2, 32, False),
+    ("squared", 1, True, np.float64, None, 256, True),
+]
+LAUNCH_SHAPES = [(None, 64, False), (3, 32, True)]  # (grid or natural, block, reverse order)
+
+
+@pytest.mark.parametrize("loss,q,weighted,dtype,grid,block,reverse", LOSS_LAUNCHES)
+def test_loss_kernels_run_on_the_host(grid_lib, loss, q, weighted, dtype, grid, block, reverse):
+    from gpumlp._cupy_ops import MAX_BLOCKS
+
+    run = Grid(grid_lib, dtype)
+    rng = np.random.default_rng(q)
+    B = 9
+    o = (rng.standard_normal((B, q)) * 5).astype(dtype)
+    o[0] += 1e4  # a row of huge logits
+    y = rng.integers(0, q, B).astype(np.int64) if loss == "cross_entropy" else rng.standard_normal((B, q)).astype(dtype)
+    w = rng.uniform(0.1, 2.0, B).astype(dtype) if weighted else None
+    if grid is None:  # as CupyOps launches it: one warp per row
+        grid = max(1, min(-(-B // (block // 32)), MAX_BLOCKS))
+    partial, counter = np.full(max(grid, 4), np.nan, dtype), np.zeros(1, np.uint32)
+    wsum = np.full((), np.nan, dtype)
+    if w is not None:  # Σw first, on the "device", as CupyOps does
+        run("sum", 2, 32, reverse, w, ctypes.c_longlong(B), ctypes.c_int(0), wsum, partial, counter)
+        assert_close(wsum, np.asarray(w.sum(), dtype), dtype, "Σw")
+    do, L = np.full((B, q), np.nan, dtype), np.full((), np.nan, dtype)
+    L_ref, do_ref = F.LOSSES[loss].forward(o, y, w), F.LOSSES[loss].backward(o, y, w)
+    for _ in range(2):  # the second launch must see the counter reset by the first
+        run(loss, grid, block, reverse, o, y, w, None if w is None else wsum, do, L, partial, counter,
+            ctypes.c_int(B), ctypes.c_int(q))
+        assert counter[0] == 0
+        assert_close(L, np.asarray(L_ref, dtype), dtype, f"{loss} L")
+        assert_close(do, do_ref, dtype, f"{loss} dL/do")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("grid,block,reverse", LAUNCH_SHAPES)
+def test_sum_kernel_runs_on_the_host(grid_lib, dtype, grid, block, reverse):
+    run = Grid(grid_lib, dtype)
+    a = np.random.default_rng(5).standard_normal(301).astype(dtype)
+    grid = grid or -(-a.size // block)
+    partial, counter, out = np.full(grid, np.nan, dtype), np.zeros(1, np.uint32), np.full((), np.nan, dtype)
+    for square, want in ((1, np.dot(a, a)), (0, a.sum())):
+        run("sum", grid, block, reverse, a, ctypes.c_longlong(a.size), ctypes.c_int(square), out, partial, counter)
+        assert counter[0] == 0
+        assert_close(out, np.asarray(want, dtype), dtype, f"square={square}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,kw", OPTIMIZERS, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in OPTIMIZERS])
+def test_update_kernels_run_on_the_host(grid_lib, name, kw, dtype):
+    """Two blocks of 32 threads over 100 parameters: the grid-stride loop covers every element once."""
+    run = Grid(grid_lib, dtype)
+    rng = np.random.default_rng(6)
+    n, n_decay, lr, lam = 100, 70, 0.05, 0.1
+    theta = rng.standard_normal(n).astype(dtype)
+    ref, ours = optim.make_optimizer(name, **kw), theta.copy()
+    s1, s2 = np.zeros(n, dtype), np.zeros(n, dtype)
+    for t in range(1, 4):
+        g = rng.standard_normal(n).astype(dtype)
+        ref.update(theta, g.copy(), lr, lam, n_decay)
+        if name == "sgd":
+            run("sgd_update", 2, 32, t % 2 == 0, ours, g, s1 if ref.momentum else None, ctypes.c_longlong(n),
+                ctypes.c_longlong(n_decay), lr, lam, float(ref.momentum), ctypes.c_int(ref.nesterov))
+        else:
+            run("adam_update", 2, 32, t % 2 == 0, ours, g, s1, s2, ctypes.c_longlong(n), ctypes.c_longlong(n_decay),
+                lr, lam, ref.beta1, ref.beta2, ref.eps, 1 - ref.beta1**t, 1 - ref.beta2**t, ctypes.c_int(ref.decoupled))
+        assert_close(ours, theta, dtype, f"{name} {kw} step {t}")
