@@ -539,10 +539,10 @@ def cmd_train(args):
     if args.plot:
         printer.say(f"wrote the curves to {args.plot}")
     if args.json:
+        key = "accuracy" if metric == "accuracy" else "r2"
         print(_json_line({
-            "test_accuracy" if metric == "accuracy" else "test_r2": test_score, "test_score": test_score,
-            "metric": "accuracy" if metric == "accuracy" else "r2", "train_loss": train_loss, "epochs": model.epochs_, "epochs_trained": trained,
-            "stop_reason": stop, "backend": model.backend, "device": _device_name(backend), "seconds": seconds,
+            f"test_{key}": test_score, "test_score": test_score, "metric": key, "train_loss": train_loss,
+            "epochs": model.epochs_, "epochs_trained": trained, "stop_reason": stop, "backend": model.backend, "device": _device_name(backend), "seconds": seconds,
             "samples_per_second": sps, "total_seconds": time.perf_counter() - t0, "n_train": n_train,
             "n_test": n_test, "sizes": list(model.sizes), "model": args.save}), flush=True)
     return 0
@@ -684,8 +684,8 @@ def cmd_evaluate(args):
     metric = "accuracy" if model.loss == "cross_entropy" else "R²"
     printer.result(f"{metric} {score:.4f}, loss {fw_loss:.4f} on {X.shape[0]} samples of {source}")
     if args.json:
-        print(_json_line({"accuracy" if metric == "accuracy" else "r2": score, "score": score, "metric": "accuracy" if metric == "accuracy" else "r2",
-                          "loss": fw_loss, "n_samples": int(X.shape[0]), "backend": model.backend,
+        key = "accuracy" if metric == "accuracy" else "r2"
+        print(_json_line({key: score, "score": score, "metric": key, "loss": fw_loss, "n_samples": int(X.shape[0]), "backend": model.backend,
                           "model": args.model}), flush=True)
     return 0
 

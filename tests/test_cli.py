@@ -20,8 +20,8 @@ FAST = ["--epochs", "3", "--hidden", "16"]
 
 
 def run(*args, cwd=None, env=None, check_rc=None):
-    full_env = dict(os.environ, **(env or {}))
-    full_env.pop("GPUMLP_BACKEND", None) if env is None or "GPUMLP_BACKEND" not in env else None
+    full_env = {k: v for k, v in os.environ.items() if k != "GPUMLP_BACKEND"}  # "auto" means auto here
+    full_env.update(env or {})
     p = subprocess.run([sys.executable, "-m", "gpumlp", *map(str, args)], capture_output=True, text=True,
                        cwd=cwd, env=full_env, timeout=120)
     if check_rc is not None:
