@@ -542,8 +542,8 @@ def cmd_train(args):
         key = "accuracy" if metric == "accuracy" else "r2"
         print(_json_line({
             f"test_{key}": test_score, "test_score": test_score, "metric": key, "train_loss": train_loss,
-            "epochs": model.epochs_, "epochs_trained": trained, "stop_reason": stop, "backend": model.backend, "device": _device_name(backend), "seconds": seconds,
-            "samples_per_second": sps, "total_seconds": time.perf_counter() - t0, "n_train": n_train,
+            "epochs": model.epochs_, "epochs_trained": trained, "stop_reason": stop, "backend": model.backend,
+            "device": _device_name(backend), "seconds": seconds, "samples_per_second": sps, "total_seconds": time.perf_counter() - t0, "n_train": n_train,
             "n_test": n_test, "sizes": list(model.sizes), "model": args.save}), flush=True)
     return 0
 
@@ -685,8 +685,8 @@ def cmd_evaluate(args):
     printer.result(f"{metric} {score:.4f}, loss {fw_loss:.4f} on {X.shape[0]} samples of {source}")
     if args.json:
         key = "accuracy" if metric == "accuracy" else "r2"
-        print(_json_line({key: score, "score": score, "metric": key, "loss": fw_loss, "n_samples": int(X.shape[0]), "backend": model.backend,
-                          "model": args.model}), flush=True)
+        print(_json_line({key: score, "score": score, "metric": key, "loss": fw_loss, "n_samples": int(X.shape[0]),
+                          "backend": model.backend, "model": args.model}), flush=True)
     return 0
 
 
