@@ -543,8 +543,8 @@ def cmd_train(args):
         print(_json_line({
             f"test_{key}": test_score, "test_score": test_score, "metric": key, "train_loss": train_loss,
             "epochs": model.epochs_, "epochs_trained": trained, "stop_reason": stop, "backend": model.backend,
-            "device": _device_name(backend), "seconds": seconds, "samples_per_second": sps, "total_seconds": time.perf_counter() - t0, "n_train": n_train,
-            "n_test": n_test, "sizes": list(model.sizes), "model": args.save}), flush=True)
+            "device": _device_name(backend), "seconds": seconds, "samples_per_second": sps,
+            "total_seconds": time.perf_counter() - t0, "n_train": n_train, "n_test": n_test, "sizes": list(model.sizes), "model": args.save}), flush=True)
     return 0
 
 
