@@ -67,7 +67,9 @@ class _Workspace:
         self.o = xp.empty((B, sizes[-1]), dtype)
         # d[l] = ∂J/∂(pre-activation of layer l): dz for hidden layers, do for the output layer.
         self.d = [xp.empty((B, n), dtype) for n in sizes[1:]]
-        self.dh = [xp.empty((B, n), dtype) for n in hidden]
+        # ∂J/∂h shares d's buffers: act_backward turns it into ∂J/∂z = ∂J/∂h ⊙ φ′(z) in place, one
+        # (B, h) tensor fewer to keep in cache (ops allow dz is dh).
+        self.dh = self.d[:-1]
 
 
 class MLP:
