@@ -7,11 +7,14 @@ small shared library that ctypes drives. Into that library go
   float and double: the exact text CuPy compiles, run on the CPU;
 - the per-row loss of kernels/loss.cu (max, log-sum-exp, loss term, ∂L/∂o, weights) and the per-element
   update of kernels/optim.cu, written as host loops over the same __device__ functions;
-- the .cu files themselves (every RawKernel), run by a small host emulation of CUDA: one std::thread per
-  CUDA thread, __syncthreads and the warp shuffles as barriers, blocks one after another in a given
+- the .cu files themselves (every RawKernel), run by a small host emulation of CUDA: each CUDA thread a
+  fiber (ucontext), __syncthreads and the warp shuffles as barriers, blocks one after another in a given
   order. This executes their indexing, grid-stride loops, warp/block reductions and the last-block grid
   sum. Its limit: blocks never run concurrently, so races between blocks show only on a GPU
   (tests/test_gpu.py).
+- gpumlp/_cupy_ops.py itself, on a host stand-in for CuPy (NumPy arrays, NumPy products for cuBLAS,
+  the two builds above for the kernels): whole training steps against the NumPy backend, every RawKernel
+  launch checked against the kernel's C signature in the .cu source (count and scalar types).
 Each is compared with gpumlp.functions / gpumlp.optim on random inputs and on edge inputs: the kinks,
 ±large values where a naive formula overflows, ±inf and NaN.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 
@@ -339,74 +343,94 @@ def test_harness_detects_a_wrong_formula(lib):
 
 
 # =====================================================================================================
-# The RawKernels themselves (kernels/*.cu), run on the host: one std::thread per CUDA thread, blocks one
-# after another (in a given order), __syncthreads and the warp shuffles as barriers over real threads,
+# The RawKernels themselves (kernels/*.cu), run on the host: each CUDA thread a fiber (ucontext), blocks
+# one after another (in a given order), __syncthreads and the warp shuffles as barriers between fibers,
 # __shared__ as static storage (one block runs at a time). So CI executes the .cu files' indexing,
 # grid-stride loops, warp/block reductions and the last-block grid sum, not only their scalar math.
 # =====================================================================================================
 EMULATION = r"""
 #include <math.h>
-#include <atomic>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <thread>
+#include <ucontext.h>
+#include <functional>
 #include <vector>
 
+// CUDA threads as cooperative fibers (ucontext) on one OS thread: a thread runs until it waits at a
+// barrier, then the next one runs; cheap enough to run a few thousand CUDA threads per test.
 struct gpumlp_dim3 { unsigned int x, y, z; };
-static thread_local gpumlp_dim3 threadIdx;
-static gpumlp_dim3 blockIdx, blockDim, gridDim;
+static gpumlp_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
-class Barrier {  // reusable: the generation count tells one round from the next
-  public:
-    explicit Barrier(int n) : n_(n) {}
+struct Fiber { ucontext_t ctx; std::vector<char> stack; bool done; };
+static ucontext_t scheduler;
+static std::vector<Fiber> fibers;
+static int current;
+static std::function<void()> kernel_body;
+
+static void yield_to_scheduler() { swapcontext(&fibers[current].ctx, &scheduler); }
+
+struct Barrier {  // n fibers meet; the generation count tells one round from the next
+    int n, count = 0;
+    long gen = 0;
+    explicit Barrier(int n_) : n(n_) {}
     void wait() {
-        std::unique_lock<std::mutex> lock(m_);
-        const long gen = gen_;
-        if (++count_ == n_) { count_ = 0; ++gen_; cv_.notify_all(); }
-        else cv_.wait(lock, [&] { return gen != gen_; });
+        const long g = gen;
+        if (++count == n) { count = 0; ++gen; return; }
+        while (gen == g) yield_to_scheduler();
     }
-  private:
-    std::mutex m_;
-    std::condition_variable cv_;
-    int n_, count_ = 0;
-    long gen_ = 0;
 };
-static Barrier* block_barrier;
-static std::deque<Barrier>* warp_barriers;
+static std::vector<Barrier> block_barrier, warp_barriers;
 static double shfl_slots[1024];
 
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
-inline void __syncthreads() { block_barrier->wait(); }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline void __syncthreads() { block_barrier[0].wait(); }
+inline void __threadfence() {}
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { const unsigned int old = *p; *p = old + v; return old; }
 template <typename F> F __shfl_xor_sync(unsigned int, F v, int lane_mask) {
     const int t = threadIdx.x, warp = t >> 5;
     shfl_slots[t] = (double)v;  // exact for float and double
-    (*warp_barriers)[warp].wait();
+    warp_barriers[warp].wait();
     const F other = (F)shfl_slots[(warp << 5) | ((t & 31) ^ lane_mask)];
-    (*warp_barriers)[warp].wait();
+    warp_barriers[warp].wait();
     return other;
+}
+
+static void fiber_main() {
+    kernel_body();
+    fibers[current].done = true;  // then uc_link returns to the scheduler
 }
 
 // Run fn as a grid of `grid` blocks of `block` threads; blocks in the order given (a permutation).
 template <typename Fn> static void launch(unsigned int grid, unsigned int block, const int* order, Fn fn) {
     gridDim = {grid, 1, 1};
     blockDim = {block, 1, 1};
+    kernel_body = fn;
+    fibers.resize(block);
     for (unsigned int k = 0; k < grid; ++k) {
         blockIdx = {(unsigned int)order[k], 0, 0};
-        Barrier barrier((int)block);
-        std::deque<Barrier> warps;
-        for (unsigned int w = 0; w < block / 32; ++w) warps.emplace_back(32);
-        block_barrier = &barrier;
-        warp_barriers = &warps;
-        std::vector<std::thread> threads;
-        for (unsigned int t = 0; t < block; ++t)
-            threads.emplace_back([t, &fn] { threadIdx = {t, 0, 0}; fn(); });
-        for (auto& th : threads) th.join();
+        block_barrier.assign(1, Barrier((int)block));
+        warp_barriers.assign(block / 32, Barrier(32));
+        for (unsigned int t = 0; t < block; ++t) {
+            Fiber& f = fibers[t];
+            f.stack.resize(1 << 16);
+            f.done = false;
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = f.stack.data();
+            f.ctx.uc_stack.ss_size = f.stack.size();
+            f.ctx.uc_link = &scheduler;
+            makecontext(&f.ctx, fiber_main, 0);
+        }
+        for (bool running = true; running;) {  // round-robin until every thread of the block is done
+            running = false;
+            for (unsigned int t = 0; t < block; ++t) {
+                if (fibers[t].done) continue;
+                current = (int)t;
+                threadIdx = {t, 0, 0};
+                swapcontext(&scheduler, &fibers[t].ctx);
+                running = running || !fibers[t].done;
+            }
+        }
     }
 }
 """
@@ -453,7 +477,7 @@ def grid_lib(tmp_path_factory):
     # Our .cu files as CuPy gets them (headers inlined; their include guards let them share one unit).
     src = "\n".join([EMULATION] + [_kernels.module_source(cu) for cu in sorted(_kernels.RAW_KERNELS)] + [LAUNCHERS])
     (d / "grid.cpp").write_text(src)
-    cmd = [cxx, "-std=c++17", "-O0", "-fPIC", "-shared", "-pthread", "-Wall", str(d / "grid.cpp"),
+    cmd = [cxx, "-std=c++17", "-O0", "-fPIC", "-shared", "-Wall", str(d / "grid.cpp"),
            "-o", str(d / "libgpumlp_grid.so")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"host compile of kernels/*.cu failed:\n{res.stderr}"
@@ -490,6 +514,8 @@ LOSS_LAUNCHES = [
     ("squared", 40, True, np.float32, None, 64, True),
     ("squared", 3, False, np.float64, 2, 32, False),
     ("squared", 1, True, np.float64, None, 256, True),
+    ("cross_entropy", 45, True, np.float32, None, 256, False),
+    ("squared", 45, False, np.float32, 3, 64, True),
 ]
 LAUNCH_SHAPES = [(None, 64, False), (3, 32, True)]  # (grid or natural, block, reverse order)
 
@@ -500,7 +526,7 @@ def test_loss_kernels_run_on_the_host(grid_lib, loss, q, weighted, dtype, grid, 
 
     run = Grid(grid_lib, dtype)
     rng = np.random.default_rng(q)
-    B = 9
+    B = 37
     o = (rng.standard_normal((B, q)) * 5).astype(dtype)
     o[0] += 1e4  # a row of huge logits
     y = rng.integers(0, q, B).astype(np.int64) if loss == "cross_entropy" else rng.standard_normal((B, q)).astype(dtype)
@@ -526,7 +552,7 @@ def test_loss_kernels_run_on_the_host(grid_lib, loss, q, weighted, dtype, grid, 
 @pytest.mark.parametrize("grid,block,reverse", LAUNCH_SHAPES)
 def test_sum_kernel_runs_on_the_host(grid_lib, dtype, grid, block, reverse):
     run = Grid(grid_lib, dtype)
-    a = np.random.default_rng(5).standard_normal(301).astype(dtype)
+    a = np.random.default_rng(5).standard_normal(1001).astype(dtype)
     grid = grid or -(-a.size // block)
     partial, counter, out = np.full(grid, np.nan, dtype), np.zeros(1, np.uint32), np.full((), np.nan, dtype)
     for square, want in ((1, np.dot(a, a)), (0, a.sum())):
@@ -538,10 +564,10 @@ def test_sum_kernel_runs_on_the_host(grid_lib, dtype, grid, block, reverse):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name,kw", OPTIMIZERS, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in OPTIMIZERS])
 def test_update_kernels_run_on_the_host(grid_lib, name, kw, dtype):
-    """Two blocks of 32 threads over 100 parameters: the grid-stride loop covers every element once."""
+    """Two blocks of 32 threads over 200 parameters: the grid-stride loop covers every element once."""
     run = Grid(grid_lib, dtype)
     rng = np.random.default_rng(6)
-    n, n_decay, lr, lam = 100, 70, 0.05, 0.1
+    n, n_decay, lr, lam = 200, 150, 0.05, 0.1
     theta = rng.standard_normal(n).astype(dtype)
     ref, ours = optim.make_optimizer(name, **kw), theta.copy()
     s1, s2 = np.zeros(n, dtype), np.zeros(n, dtype)
@@ -555,3 +581,135 @@ def test_update_kernels_run_on_the_host(grid_lib, name, kw, dtype):
             run("adam_update", 2, 32, t % 2 == 0, ours, g, s1, s2, ctypes.c_longlong(n), ctypes.c_longlong(n_decay),
                 lr, lam, ref.beta1, ref.beta2, ref.eps, 1 - ref.beta1**t, 1 - ref.beta2**t, ctypes.c_int(ref.decoupled))
         assert_close(ours, theta, dtype, f"{name} {kw} step {t}")
+
+
+# =====================================================================================================
+# gpumlp/_cupy_ops.py itself, on a host stand-in for CuPy: arrays are NumPy arrays, cuBLAS calls are
+# NumPy products with the same alpha/beta/transpose meaning, ElementwiseKernels run the host build of
+# their operation strings (``lib``) and RawKernels run kernels/*.cu under the emulation above
+# (``grid_lib``), called with exactly the argument tuples CupyOps passes, converted by type as CuPy
+# does (arrays → pointers, None → NULL, NumPy scalars by value in their own C type). So CI executes
+# CupyOps' launch code — argument order and types, grid sizes, buffers — inside real training steps.
+# =====================================================================================================
+class _HostRawKernel:
+    SCALARS = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double,
+               np.dtype(np.int32): ctypes.c_int, np.dtype(np.int64): ctypes.c_longlong}
+
+    def __init__(self, grid_lib, code, name):
+        self.name, self.params = name, self.signature(code, name)
+        self.fn = getattr(grid_lib, "run_" + name[len("gpumlp_"):])
+        self.fn.restype = None
+
+    @staticmethod
+    def signature(code, name):
+        """The C parameter types of extern "C" kernel ``name`` (a GPUMLP_*_KERNELS(F, SUFFIX) macro
+        instance) as written in the .cu source: "ptr", or the ctypes type of a by-value scalar."""
+        base, suffix = name.rsplit("_", 1)
+        m = re.search(re.escape(base) + r"##SUFFIX\((.*?)\)", code.replace("\\\n", " "), re.S)
+        assert m, f"{name} is not declared in the module's code"
+        real = ctypes.c_float if suffix == "f32" else ctypes.c_double
+        types = []
+        for param in m.group(1).split(","):
+            ctype = " ".join(param.split()[:-1])
+            types.append("ptr" if "*" in ctype else {"F": real, "int": ctypes.c_int, "long long": ctypes.c_longlong}[ctype])
+        return types
+
+    def __call__(self, grid, block, args):
+        assert len(grid) == 1 and len(block) == 1 and grid[0] >= 1 and block[0] % 32 == 0 and block[0] <= 1024
+        assert len(args) == len(self.params), f"{self.name}: {len(args)} arguments for {len(self.params)} parameters"
+        conv = []
+        for i, (a, want) in enumerate(zip(args, self.params)):
+            if a is None or isinstance(a, np.ndarray):
+                assert want == "ptr", f"{self.name} argument {i}: an array where the kernel takes a {want}"
+                assert a is None or a.flags.c_contiguous, "RawKernels need contiguous arrays"
+                conv.append(ptr(a))
+            else:  # CuPy passes a NumPy scalar by value in its own C type: it must be the kernel's type
+                assert isinstance(a, np.generic), f"{self.name} argument {i}: pass NumPy scalars, not {type(a).__name__}"
+                assert self.SCALARS[a.dtype] is want, f"{self.name} argument {i}: {a.dtype} for a {want.__name__}"
+                conv.append(want(a))
+        order = np.arange(grid[0], dtype=np.int32)
+        self.fn(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]), ptr(order), *conv)
+
+
+def _host_cupy(lib, grid_lib):
+    """A module object that CupyOps and gpumlp._kernels can use in place of cupy."""
+    import types
+
+    cupy = types.ModuleType("cupy")
+    for name in ("empty", "zeros", "ones", "zeros_like", "ascontiguousarray", "add", "uint32"):
+        setattr(cupy, name, getattr(np, name))
+
+    def gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):  # out = alpha op(a) op(b) + beta out
+        prod = (a.T if transa == "T" else a) @ (b.T if transb == "T" else b)
+        out[...] = alpha * prod + (beta * out if beta else 0)
+        return out
+
+    def gemv(transa, alpha, a, x, beta, y):  # y = alpha op(a) x + beta y
+        y[...] = alpha * ((a.T if transa == "T" else a) @ x) + (beta * y if beta else 0)
+
+    cupy.cublas = types.SimpleNamespace(gemm=gemm, gemv=gemv)
+
+    class ElementwiseKernel:
+        def __init__(self, in_params, out_params, operation, name, preamble=""):
+            assert (in_params, out_params, operation) == _kernels.ELEMENTWISE[name]
+            assert preamble == _kernels.source(_kernels.MATH_HEADER)
+            self.name = name
+
+        def __call__(self, *arrays):
+            assert all(a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays)
+            run_elementwise(lib, self.name, arrays[0].dtype.type, *arrays[:-1], arrays[-1])
+
+    class RawModule:
+        def __init__(self, code, options=()):
+            self.code = code
+
+        def get_function(self, name):
+            return _HostRawKernel(grid_lib, self.code, name)
+
+    cupy.ElementwiseKernel, cupy.RawModule = ElementwiseKernel, RawModule
+    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0))
+    return cupy
+
+
+@pytest.fixture
+def host_cupy_ops(lib, grid_lib, monkeypatch):
+    """CupyOps(dtype) built on the host stand-in (and gpumlp._kernels' caches cleared around it)."""
+    import sys
+
+    cupy = _host_cupy(lib, grid_lib)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cublas", cupy.cublas)
+    _kernels._elementwise.cache_clear()
+    _kernels._module.cache_clear()
+    from gpumlp._cupy_ops import CupyOps
+
+    yield lambda dtype: CupyOps(np.dtype(dtype))
+    _kernels._elementwise.cache_clear()
+    _kernels._module.cache_clear()
+
+
+HOST_STEP_CASES = [
+    dict(activation="gelu", bias=True, weight_decay=0.01),  # plain SGD: the update folded into the GEMM
+    dict(activation="tanh", optimizer="sgd", momentum=0.9, nesterov=True, bias=True, weight_decay=0.01),
+    dict(activation="softplus", optimizer="adam", decoupled=True, bias=True, weight_decay=0.01),
+    dict(activation="leaky_relu", loss="squared", optimizer="adam", weight_decay=0.01),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", HOST_STEP_CASES, ids=lambda kw: kw["activation"])
+def test_cupy_ops_training_steps_on_a_host_stand_in(host_cupy_ops, kw, dtype):
+    import gpumlp
+
+    models = [gpumlp.MLP((6, 9, 4), backend="numpy", dtype=dtype, seed=1, **kw) for _ in range(2)]
+    models[1]._ops = host_cupy_ops(dtype)
+    rng = np.random.default_rng(2)
+    tol = {np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    for step in range(3):
+        X = rng.standard_normal((12, 6))
+        y = rng.standard_normal((12, 4)) if models[0].loss == "squared" else rng.integers(0, 4, 12)
+        w = rng.uniform(0.5, 2.0, 12) if step == 1 else None
+        J = [m.step(X, y, lr=0.05, sample_weight=w) for m in models]
+        np.testing.assert_allclose(J[1], J[0], rtol=tol, err_msg=f"J at step {step}")
+        np.testing.assert_allclose(models[1]._theta, models[0]._theta, rtol=tol, atol=tol,
+                                   err_msg=f"θ after step {step}")
