@@ -37,7 +37,7 @@ def test_wheel_carries_the_cuda_sources_and_the_dataset(tmp_path):
     assert sources, "kernels/ holds no CUDA sources"
     for name in sources:
         assert f"gpumlp/kernels/{name}" in names
-    data = sorted(p.name for p in (ROOT / "gpumlp" / "data").iterdir() if p.is_file())
+    data = sorted(p.name for p in (ROOT / "gpumlp" / "datasets").iterdir() if p.is_file())
     for name in data:
-        assert f"gpumlp/data/{name}" in names
+        assert f"gpumlp/datasets/{name}" in names
     assert not any(n.startswith("tests/") for n in names)
