@@ -41,3 +41,13 @@ def test_wheel_carries_the_cuda_sources_and_the_dataset(tmp_path):
     for name in data:
         assert f"gpumlp/datasets/{name}" in names
     assert not any(n.startswith("tests/") for n in names)
+
+
+def test_readme_api_example_runs(tmp_path, monkeypatch):
+    """The README's first Python example is a complete program: it must run as printed."""
+    text = (ROOT / "README.md").read_text()
+    example = re.findall(r"^```python\n(.*?)\n```", text, flags=re.S | re.M)[0]
+    monkeypatch.chdir(tmp_path)  # it saves model.npz
+    monkeypatch.setenv("GPUMLP_BACKEND", "numpy")
+    exec(compile(example, "README.md", "exec"), {})
+    assert (tmp_path / "model.npz").exists()
