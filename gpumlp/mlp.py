@@ -60,10 +60,13 @@ class Gradients:
 class _Workspace:
     """Buffers of one batch size, made once and reused by every step of that size."""
 
-    def __init__(self, xp, dtype, B, sizes):
+    def __init__(self, xp, dtype, B, sizes, activations=()):
         hidden = sizes[1:-1]
         self.z = [xp.empty((B, n), dtype) for n in hidden]
-        self.h = [xp.empty((B, n), dtype) for n in hidden]
+        # relu runs in place (h is z): relu′ needs only the sign, and h > 0 exactly where z > 0. An
+        # in-place pass moves a third fewer bytes than writing a second (B, h) tensor.
+        self.h = [z if act == "relu" else xp.empty_like(z) for z, act in zip(self.z, activations)] \
+            if activations else [xp.empty((B, n), dtype) for n in hidden]
         self.o = xp.empty((B, sizes[-1]), dtype)
         # d[l] = ∂J/∂(pre-activation of layer l): dz for hidden layers, do for the output layer.
         self.d = [xp.empty((B, n), dtype) for n in sizes[1:]]
@@ -363,7 +366,7 @@ class MLP:
         if ws is None:
             if len(self._workspaces) >= 2:  # full batches and one remainder size
                 self._workspaces.pop(next(iter(self._workspaces)))
-            ws = self._workspaces[B] = _Workspace(self._xp, self.dtype, B, self.sizes)
+            ws = self._workspaces[B] = _Workspace(self._xp, self.dtype, B, self.sizes, self.activations)
         return ws
 
     def _train_step(self, x, y, w, lr):
