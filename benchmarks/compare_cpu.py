@@ -91,7 +91,7 @@ def _make_epoch(impl, shape):
                        dtype="float32", backend="numpy", seed=0)
         x, yy = m._device_X(X), m._device_y(y, N_ROWS)
         versions["gpumlp"] = gpumlp.__version__
-        versions["folded_gemm"] = "openblas-cblas" if default_gemm() is not None else "matmul-fallback"
+        versions["folded_update"] = "openblas-cblas" if default_gemm() is not None else "matmul-fallback"
         try:
             import threadpoolctl
 
@@ -252,16 +252,18 @@ def main(argv=None):
     summary = summarise(results, args.quiet)
     versions = {}
     for r in results:
-        versions.update(r["versions"])
+        versions.update({k: v for k, v in r["versions"].items() if k != "folded_update"})
+    paths = {r["impl"]: r["versions"]["folded_update"] for r in results if "folded_update" in r["versions"]}
     header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · {_cpu_model()} · {os.cpu_count()} CPUs · "
               f"Python {platform.python_version()} · " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print(header)
     print(f"{args.rounds} rounds × {args.epochs} epochs per implementation and shape, "
-          f"each round in fresh processes, order rotated")
+          f"each round in fresh processes, order rotated; folded update: "
+          + ", ".join(f"{k} {v}" for k, v in paths.items()))
     print(format_summary(summary))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"header": header, "rounds": args.rounds, "epochs": args.epochs, "quiet": args.quiet,
+            json.dump({"header": header, "folded_update": paths, "rounds": args.rounds, "epochs": args.epochs, "quiet": args.quiet,
                        "summary": summary, "samples": results}, f, indent=1)
     return 0
 
