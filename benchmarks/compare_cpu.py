@@ -184,6 +184,18 @@ def summarise(results, quiet):
             q = [e["seconds"] for e in eps if e["foreign_load"] is not None and e["foreign_load"] < quiet]
             rows[impl] = {"median_s": _median([e["seconds"] for e in eps]), "quiet_median_s": _median(q),
                           "epochs": len(eps), "quiet_epochs": len(q), "min_s": min(e["seconds"] for e in eps)}
+        for impl, row in rows.items():  # paired: this implementation ÷ the reference run in the same round
+            for ref in ("torch", "floor-numpy", "floor-torch"):
+                per_round = []
+                for rnd in sorted({r.get("round") for r in results if r["shape"] == shape}):
+                    a = [e["seconds"] for r in results if (r["shape"], r["impl"], r.get("round")) == (shape, impl, rnd)
+                         for e in r["epochs"]]
+                    b = [e["seconds"] for r in results if (r["shape"], r["impl"], r.get("round")) == (shape, ref, rnd)
+                         for e in r["epochs"]]
+                    if a and b and ref != impl:
+                        per_round.append(statistics.median(a) / statistics.median(b))
+                if per_round:
+                    row[f"paired_vs_{ref}"] = statistics.median(per_round)
         for which in ("median_s", "quiet_median_s", "min_s"):
             for impl, row in rows.items():
                 for ref in ("torch", "floor-numpy", "floor-torch"):
@@ -199,16 +211,18 @@ def format_summary(summary):
         B, sizes = SHAPES[shape]
         lines.append(f"\n{shape}: B={B}, {'-'.join(map(str, sizes))}, epoch of {N_ROWS} rows ({N_ROWS // B} steps)")
         head = f"  {'implementation':16s} {'median s':>9s} {'quiet s':>9s} {'min s':>8s} {'n/quiet':>8s}" \
-               f" {'÷torch':>7s} {'÷floor-np':>9s} {'÷floor-pt':>9s}   (ratios of medians; quiet in brackets)"
+               f" {'÷torch':>12s} {'÷floor-np':>12s} {'÷floor-pt':>12s}"
         lines.append(head)
         for impl, r in rows.items():
             def ratio(ref):
-                a, b = r.get(f"median_vs_{ref}"), r.get(f"quiet_median_vs_{ref}")
-                return "" if a is None else f"{a:.2f}" + ("" if b is None else f" ({b:.2f})")
+                a, p = r.get(f"median_vs_{ref}"), r.get(f"paired_vs_{ref}")
+                return "" if a is None else f"{a:.2f}" + ("" if p is None else f" [{p:.2f}]")
             qs = "" if r["quiet_median_s"] is None else f"{r['quiet_median_s']:.4f}"
             lines.append(f"  {impl:16s} {r['median_s']:9.4f} {qs:>9s} {r['min_s']:8.4f} "
-                         f"{r['epochs']:>3d}/{r['quiet_epochs']:<4d} {ratio('torch'):>7s} {ratio('floor-numpy'):>9s}"
-                         f" {ratio('floor-torch'):>9s}")
+                         f"{r['epochs']:>3d}/{r['quiet_epochs']:<4d} {ratio('torch'):>12s} {ratio('floor-numpy'):>12s}"
+                         f" {ratio('floor-torch'):>12s}")
+    lines.append("\nratios: median epoch ÷ the reference's median epoch; in brackets the median over rounds of the "
+                 "same ratio within one round (adjacent processes, paired)")
     return "\n".join(lines)
 
 
@@ -244,6 +258,7 @@ def main(argv=None):
                 env["GPUMLP_CBLAS"] = "0"
             python = args.torch_python if impl in TORCH_IMPLS else sys.executable
             res = _run_child(python, impl, shape, args.epochs, env)
+            res["round"] = r
             results.append(res)
             med = statistics.median(e["seconds"] for e in res["epochs"])
             print(f"round {r + 1}/{args.rounds} {shape} {impl:16s} {med:.4f} s/epoch "

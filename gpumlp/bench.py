@@ -99,10 +99,14 @@ def environment() -> dict:
                         for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]
     except Exception:
         pass
+    # TF32 changes float32 GEMMs at the 1e-3 level and their speed several-fold: each library's own
+    # switch is recorded (gpumlp: GPUMLP_TF32; CuPy's matmul, used by the cupy floor: CUPY_TF32).
+    info["tf32"] = {"GPUMLP_TF32": os.environ.get("GPUMLP_TF32", "0"), "CUPY_TF32": os.environ.get("CUPY_TF32", "0")}
     torch = torch_module()
     if torch is not None:
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        info["tf32"]["torch_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     if gpu_backend_available():
         import cupy
 
