@@ -529,8 +529,11 @@ class MLP:
         return callbacks
 
     def _device_data(self, X, y, sample_weight, class_weight):
-        """Validated device copies of X, y and the combined per-example weights (or None)."""
-        x = self._device_X(X)
+        """Validated device copies of X, y and the combined per-example weights (or None).
+
+        On the GPU, host data too large for the device (``_stream.fits_on_device``) stay on the host
+        as one contiguous array of the model's dtype, and ``_run_epoch`` streams their batches."""
+        x = self._training_X(X)
         n = x.shape[0]
         yy = self._device_y(y, n)
         w = check_sample_weight(sample_weight, n)
@@ -541,6 +544,16 @@ class MLP:
                 raise ValueError("sample_weight times class_weight must have a positive sum")
         w = None if w is None else self._backend.asarray(w, dtype=self.dtype)
         return x, yy, w
+
+    def _training_X(self, X):
+        if not self._backend.is_gpu or type(X).__module__.startswith("cupy"):
+            return self._device_X(X)
+        from ._stream import fits_on_device
+
+        X = check_X(X, "X", self.sizes[0])
+        if fits_on_device(self._xp, X.shape[0] * X.shape[1] * self.dtype.itemsize):
+            return self._backend.asarray(X, dtype=self.dtype)
+        return np.ascontiguousarray(X, dtype=self.dtype)
 
     def _class_weights(self, class_weight, y):
         """Per-example weights from class_weight ("balanced" or {label: weight}), as scikit-learn."""
@@ -596,9 +609,13 @@ class MLP:
             val_idx = perm[:n_val]
         is_val = np.zeros(n, bool)
         is_val[val_idx] = True
-        xp = self._xp
-        tr, va = (self._backend.asarray(np.flatnonzero(m)) for m in (~is_val, is_val))
-        pick = lambda a, i: None if a is None else xp.take(a, i, axis=0)  # noqa: E731
+        tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+        def pick(a, rows):  # x may be on the host (streamed training data), y and w are on the device
+            if a is None or isinstance(a, np.ndarray):
+                return None if a is None else np.take(a, rows, axis=0)
+            return self._xp.take(a, self._backend.asarray(rows), axis=0)
+
         return pick(x, tr), pick(y, tr), pick(w, tr), (pick(x, va), pick(y, va), pick(w, va))
 
     @staticmethod
@@ -705,35 +722,56 @@ class MLP:
         return m["best"] if m is not None and m["mode"] == "loss" else None
 
     def _run_epoch(self, x, y, w, lr, batch_size, shuffle):
-        """One pass over (x, y); returns the mean J over the epoch's steps, weighted by batch size."""
+        """One pass over (x, y); returns the mean J over the epoch's steps, weighted by batch size.
+
+        Where the batches come from: on the CPU each is gathered just before its step into a buffer
+        that stays in cache; on the GPU one gather kernel shuffles the resident data for the whole
+        epoch and the batches are contiguous slices; for data left on the host because it does not
+        fit on the device (``x`` a NumPy array on the GPU backend) they stream through pinned memory.
+        Each step's J goes into a preallocated vector, read back once at the end of the epoch.
+        """
         xp, n = self._xp, x.shape[0]
-        perm = self._backend.asarray(self._rng.permutation(n)) if shuffle else None
-        gather = perm is not None and not self._backend.is_gpu
-        if gather:  # CPU: each batch is gathered just before its step, into a buffer that stays in cache
+        order = self._rng.permutation(n) if shuffle else None
+        streamed = self._backend.is_gpu and isinstance(x, np.ndarray)
+        gather = order is not None and not self._backend.is_gpu
+        if streamed:  # GPU, data on the host: y and w are on the device, so shuffle them there once
+            if order is not None:
+                dev_order = self._backend.asarray(order)
+                y, w = xp.take(y, dev_order, axis=0), None if w is None else xp.take(w, dev_order)
+            from ._stream import PinnedBatches
+
+            batches = PinnedBatches(xp, x, batch_size).epoch(np.arange(n) if order is None else order, batch_size)
+        elif gather:
             x_batch = xp.empty((min(batch_size, n),) + x.shape[1:], x.dtype)
-        elif perm is not None:  # GPU: one gather kernel for the whole epoch, then contiguous slices
+        elif order is not None:
+            perm = self._backend.asarray(order)
             x, y = xp.take(x, perm, axis=0), xp.take(y, perm, axis=0)
             w = None if w is None else xp.take(w, perm)
         # The state at the start of the epoch, restored if it diverges: weights and optimizer state
         # (a non-finite momentum/Adam buffer would poison any later training with a smaller rate).
         opt = self.optimizer
         snapshot = (self._theta.copy(), opt.t, {k: v.copy() for k, v in opt.state_arrays().items()})
-        total = xp.zeros((), self.dtype if self.dtype == np.float64 else np.float64)
-        for step, i in enumerate(range(0, n, batch_size)):
+        starts = range(0, n, batch_size)
+        Js = xp.empty(len(starts), self.dtype)
+        for step, i in enumerate(starts):
             j = min(i + batch_size, n)
-            if gather:
-                rows = perm[i:j]
+            if streamed:
+                J = self._train_step(next(batches), y[i:j], None if w is None else w[i:j], lr)
+            elif gather:
+                rows = order[i:j]
                 J = self._train_step(xp.take(x, rows, axis=0, out=x_batch[:j - i], mode="clip"), y[rows],
                                      None if w is None else w[rows], lr)
             else:
                 J = self._train_step(x[i:j], y[i:j], None if w is None else w[i:j], lr)
-            if not self._backend.is_gpu and not math.isfinite(float(J)):
+            Js[step] = J
+            if not self._backend.is_gpu and not math.isfinite(Js[step]):
                 self._diverged(snapshot, step, float(J))
-            total += J * (j - i)
-        mean = float(total) / n
-        if not math.isfinite(mean):
-            self._diverged(snapshot, None, mean)
-        return mean
+        Js = self._backend.to_host(Js).astype(np.float64)  # the epoch's one read-back
+        bad = np.flatnonzero(~np.isfinite(Js))
+        if bad.size:
+            self._diverged(snapshot, int(bad[0]), float(Js[bad[0]]))
+        sizes = np.minimum(batch_size, n - np.arange(0, n, batch_size))
+        return float(Js @ sizes) / n
 
     def _diverged(self, snapshot, step, J):
         theta, t, state = snapshot
@@ -751,11 +789,11 @@ class MLP:
 
     # ------------------------------------------------------------------ inference
     def _outputs(self, x, chunk=8192):
-        """O for device rows x, in chunks to bound memory."""
+        """O for the rows of x, in chunks to bound memory (host rows are moved chunk by chunk)."""
         xp = self._xp
         outs = []
         for i in range(0, x.shape[0], chunk):
-            a = x[i:i + chunk]
+            a = self._backend.asarray(x[i:i + chunk])
             for l in range(self.n_layers - 1):
                 a = F.ACTIVATIONS[self.activations[l]].forward(
                     F.linear_forward(a, self._W[l], self._b[l] if self.bias else None))

@@ -380,3 +380,24 @@ def test_cupy_generates_the_code_the_nvrtc_test_compiles(cp):
     ours = cupy_style_source([kernel], "float", ndim=1, c_contiguous=True, index_32_bits=True)
     ours = "\n".join(line for line in ours.splitlines() if not line.startswith("#include <cupy/"))
     assert " ".join(kernel.cached_code.split()) == " ".join(ours.split())
+
+
+@pytest.mark.parametrize("shuffle,early_stopping", [(True, False), (False, False), (True, True)])
+def test_streamed_training_data_give_the_same_run_as_resident_data(cp, monkeypatch, shuffle, early_stopping):
+    """Data that do not fit on the device stream through pinned memory (gpumlp._stream): forced here
+    by a zero device share, the run must be the resident run bit for bit (same batches, same kernels;
+    only where the rows come from differs), including a remainder batch and the early-stopping split."""
+    from gpumlp import _stream
+
+    X, y, w = _data(gpumlp.MLP((12, 16, 4), backend="numpy"), 203, np.random.default_rng(11), weighted=True)
+    kw = dict(epochs=3, batch_size=32, lr=0.1, shuffle=shuffle, sample_weight=w, early_stopping=early_stopping)
+    runs = []
+    for share in (_stream.DEVICE_SHARE, 0.0):
+        monkeypatch.setattr(_stream, "DEVICE_SHARE", share)
+        m = gpumlp.MLP((12, 16, 4), backend="cupy", dtype="float32", seed=5, weight_decay=1e-3, momentum=0.9)
+        m.fit(X, y, **kw)
+        runs.append(m)
+    resident, streamed = runs
+    assert streamed.loss_curve_ == resident.loss_curve_
+    for a, b in zip(resident.get_weights(), streamed.get_weights()):
+        np.testing.assert_array_equal(b, a)
