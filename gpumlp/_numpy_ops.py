@@ -1,5 +1,6 @@
 """The training step's building blocks on NumPy: the same math as ``functions.py``, written into
-preallocated buffers (``out=``) so that a step allocates nothing of the batch's size.
+preallocated buffers (``out=``) so that a step allocates no temporary of the hidden layers' size
+(only a few vectors of B elements in the loss).
 
 The CuPy backend has a class with the same methods (``_cupy_ops.CupyOps``) built on our kernels;
 ``MLP._train_step`` is written once against this interface:
@@ -172,11 +173,13 @@ class NumpyOps:
             return np.matmul(d.T, x, out=out)
         if self.gemm is not None and self.gemm(d.T, x, out, alpha, beta):
             return out
+        if beta == 0.0:
+            np.matmul(d.T, x, out=out)
+            out *= alpha
+            return out
         # Fallback: dᵀx into scratch, then out = beta·out + alpha·dᵀx in place.
         g = self._buffer("weight_grad", out.shape, out.dtype)
         np.matmul(d.T, x, out=g)
-        if beta == 0.0:
-            return np.multiply(g, alpha, out=out)
         if beta != 1.0:
             out *= beta
         if alpha != 1.0:
