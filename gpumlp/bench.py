@@ -25,10 +25,12 @@ This module is the single source of the benchmark cases: ``benchmarks/`` (pytest
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -322,56 +324,78 @@ def make_cases(shapes, task="train", devices=("cpu", "gpu"), with_torch=True):
 
 
 # ------------------------------------------------------------------------------ timing and the table
-def _pool(case):
-    """Cases that share a thread pool: NumPy's OpenBLAS, PyTorch's CPU threads, or a GPU."""
-    return "gpu" if case.device == "gpu" else case.library
+# Cases that share a thread pool. Each pool is timed in its own process: NumPy's OpenBLAS workers and
+# PyTorch's OpenMP workers spin for a while after every call, and in one process on a small machine a
+# pool still spinning slows the other by whole factors (seen here: PyTorch 1.5x slower at M).
+POOLS = {
+    "numpy": (("gpumlp", "numpy", "cpu"), ("floor", "numpy", "cpu")),
+    "torch-cpu": (("torch", "torch", "cpu"), ("floor", "torch", "cpu")),
+    "gpu": tuple(v for v in VARIANTS if v[2] == "gpu"),
+}
 
 
-def time_cases(cases, rounds=7, warmup=2, settle=0.3):
-    """Median seconds per step of each case.
-
-    Cases that share a thread pool are timed round-robin (a slow patch of a shared machine then hits
-    them all alike). Different CPU pools are timed one after the other with a pause between them:
-    OpenBLAS and PyTorch's OpenMP workers spin for a while after each call, and a pool still spinning
-    on both cores of a small machine slows the other one down by whole factors.
-    """
-    times = {}
-    for pool in dict.fromkeys(_pool(c) for c in cases):
-        group = [c for c in cases if _pool(c) == pool]
-        time.sleep(settle)
-        for c in group:
-            for _ in range(warmup):
-                c.call()
-        samples = {id(c): [] for c in group}
-        for _ in range(rounds):
-            for c in group:
-                t0 = time.perf_counter()
-                c.call()
-                samples[id(c)].append((time.perf_counter() - t0) / c.steps)
-        times.update({k: statistics.median(v) for k, v in samples.items()})
-    return times
+def time_cases(cases, rounds=7, warmup=2):
+    """Median seconds per step of each case: all warmed up, then timed round-robin (a slow patch of
+    a shared machine then hits them all alike)."""
+    for c in cases:
+        for _ in range(warmup):
+            c.call()
+    samples = {id(c): [] for c in cases}
+    for _ in range(rounds):
+        for c in cases:
+            t0 = time.perf_counter()
+            c.call()
+            samples[id(c)].append((time.perf_counter() - t0) / c.steps)
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def table_rows(cases, times):
-    """One row per case, with its ratios to PyTorch and to the floor of the same device/library."""
-    def find(c, impl, library):
-        for o in cases:
-            if (o.shape.name, o.task, o.device, o.impl, o.library) == (c.shape.name, c.task, c.device, impl, library):
-                return times[id(o)]
+def measure_pool(pool, shapes, tasks, with_torch=True, rounds=7, warmup=2):
+    """Records (dicts) of every case of one pool that can run here, shape by shape."""
+    records = []
+    for task in tasks:
+        for shape in shapes:
+            cases = []
+            for variant in POOLS[pool]:
+                try:
+                    cases.append(make_case(shape, task, *variant, with_torch=with_torch))
+                except Unavailable:
+                    pass
+            times = time_cases(cases, rounds, warmup)
+            records += [{"shape": c.shape.name, "task": task, "impl": c.impl, "library": c.library,
+                         "device": c.device, "batch": c.shape.batch, "sizes": list(c.shape.sizes),
+                         "seconds_per_step": times[id(c)]} for c in cases]
+    return records
+
+
+def _measure_in_subprocess(pool, argv):
+    r = subprocess.run([sys.executable, "-m", "gpumlp.bench", "--pool", pool, *argv], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"timing the {pool} cases failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def table_rows(records):
+    """One row per record, with its ratios to PyTorch and to the floor of the same device/library."""
+    def find(r, impl, library):
+        for o in records:
+            if (o["shape"], o["task"], o["device"], o["impl"], o["library"]) == (r["shape"], r["task"], r["device"],
+                                                                                   impl, library):
+                return o["seconds_per_step"]
         return None
 
     rows = []
-    for c in cases:
-        t = times[id(c)]
-        torch_t = find(c, "torch", "torch")
-        floor_lib = {"gpumlp": "numpy" if c.device == "cpu" else "cupy"}.get(c.impl, c.library)
-        floor_t = find(c, "floor", floor_lib)
+    for r in records:
+        t = r["seconds_per_step"]
+        torch_t = find(r, "torch", "torch")
+        floor_lib = {"gpumlp": "numpy" if r["device"] == "cpu" else "cupy"}.get(r["impl"], r["library"])
+        floor_t = find(r, "floor", floor_lib)
+        label = f"{r['impl']} ({r['library']}{', ' + r['device'] if r['library'] == 'torch' else ''})"
         rows.append({
-            "shape": c.shape.name, "task": c.task, "implementation": c.label, "device": c.device,
-            "batch": c.shape.batch, "sizes": "-".join(map(str, c.shape.sizes)),
-            "ms_per_step": t * 1e3, "samples_per_s": c.shape.batch / t,
-            "speedup_vs_torch": None if torch_t is None or c.impl == "floor" else torch_t / t,
-            "time_vs_floor": None if floor_t is None or c.impl == "floor" else t / floor_t,
+            "shape": r["shape"], "task": r["task"], "implementation": label, "device": r["device"],
+            "batch": r["batch"], "sizes": "-".join(map(str, r["sizes"])),
+            "ms_per_step": t * 1e3, "samples_per_s": r["batch"] / t,
+            "speedup_vs_torch": None if torch_t is None or r["impl"] == "floor" else torch_t / t,
+            "time_vs_floor": None if floor_t is None or r["impl"] == "floor" else t / floor_t,
         })
     return rows
 
@@ -406,6 +430,7 @@ def _parser():
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it imports")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 2 rounds: checks that everything runs")
     p.add_argument("--json", action="store_true", help="print one JSON object (environment and rows) instead")
+    p.add_argument("--pool", choices=tuple(POOLS), help=argparse.SUPPRESS)  # child process: one thread pool
     return p
 
 
@@ -429,12 +454,27 @@ def main(argv=None) -> int:
         print("gpumlp bench: --device gpu, but CuPy has no usable CUDA device", file=sys.stderr)
         return 1
     tasks = ("train", "infer") if args.task == "both" else (args.task,)
-    rows = []
-    for task in tasks:
-        for shape in shapes:  # one shape at a time: its cases alternate with each other
-            cases = make_cases([shape], task, devices, with_torch=not args.no_torch)
-            if cases:
-                rows += table_rows(cases, time_cases(cases, rounds=rounds, warmup=warmup))
+    if args.pool:  # child: time one pool, print its records
+        print(json.dumps(measure_pool(args.pool, shapes, tasks, not args.no_torch, rounds, warmup)))
+        return 0
+    pools = (["numpy", "torch-cpu"] if "cpu" in devices else []) + (["gpu"] if "gpu" in devices else [])
+    if args.no_torch or importlib.util.find_spec("torch") is None:
+        pools = [p for p in pools if p != "torch-cpu"]
+    if "gpu" in pools and not gpu_backend_available() and not (not args.no_torch and torch_cuda_available(torch_module())):
+        pools.remove("gpu")
+    child_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+    records = []
+    try:
+        for pool in pools:
+            records += _measure_in_subprocess(pool, child_argv)
+    except RuntimeError as exc:
+        print(f"gpumlp bench: {exc}", file=sys.stderr)
+        return 1
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    shape_order = {s.name: i for i, s in enumerate(shapes)}
+    records.sort(key=lambda r: (tasks.index(r["task"]), shape_order[r["shape"]],
+                                order[(r["impl"], r["library"], r["device"])]))
+    rows = table_rows(records)
     env = environment()
     if args.json:
         print(json.dumps({"environment": env, "rows": rows}))
