@@ -68,13 +68,26 @@ class Backend:
             self.xp.cuda.get_current_stream().synchronize()
 
     def device_name(self) -> str:
+        """The GPU's name as CUDA reports it, or the CPU's model name."""
         if not self.is_gpu:
-            import platform
-
-            return platform.processor() or platform.machine() or "cpu"
+            return cpu_name()
         props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
         name = props["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def resolve(name: str | None = "auto") -> Backend:

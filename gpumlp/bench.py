@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .backend import cpu_name
+
 LR = 0.01
 WEIGHT_DECAY = 1e-4
 DTYPE = "float32"
@@ -87,7 +89,7 @@ def torch_cuda_available(torch) -> bool:
 def environment() -> dict:
     """Machine and versions, recorded beside every figure."""
     info = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
-            "cpu": cpu_model(), "cpu_count": os.cpu_count()}
+            "cpu": cpu_name(), "cpu_count": os.cpu_count()}
     from . import __version__
     from ._numpy_ops import default_gemm
 
@@ -120,15 +122,6 @@ def environment() -> dict:
     return info
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------------------ the cases

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from . import data as D
+from .backend import cpu_name
 
 # The defaults of `gpumlp train`: the lecture's one-hidden-layer net, tuned on the embedded digits
 # (seeds 0..7 of the split: 96.7 % to 98.6 % test accuracy, about 0.3 s of training on 2 CPU cores).
@@ -779,7 +780,7 @@ def cmd_info(args):
         info["device_memory_free_gib"] = round(free / 2**30, 2)
         info["compute_capability"] = dev.compute_capability
     else:
-        info["device"] = _cpu_name()
+        info["device"] = cpu_name()
         info["device_memory_gib"] = _host_memory_gib()
         info["cpu_count"] = os.cpu_count()
     if args.json:
@@ -805,18 +806,7 @@ def _cuda_version(v):
 
 
 def _device_name(backend):
-    return backend.device_name() if backend.is_gpu else _cpu_name()
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    return backend.device_name()
 
 
 def _host_memory_gib():
