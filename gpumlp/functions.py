@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-
 from .backend import array_module
 
 # ---------------------------------------------------------------------------------------------
