@@ -72,6 +72,7 @@ def environment():
         env.setdefault("cupy", f"unavailable: {exc}")
         env["device"] = None
         env["device_error"] = f"{type(exc).__name__}: {exc}"
+        env.setdefault("cuda", None)  # every key the result promises is present, None when unknown
     env["driver"] = _nvidia_smi_driver() or env.get("driver_cuda")
     try:
         import torch
