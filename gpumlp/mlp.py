@@ -752,7 +752,7 @@ class MLP:
         opt = self.optimizer
         snapshot = (self._theta.copy(), opt.t, {k: v.copy() for k, v in opt.state_arrays().items()})
         starts = range(0, n, batch_size)
-        Js = xp.empty(len(starts), self.dtype)
+        Js = xp.empty(len(starts) + 1, self.dtype)  # each step's J, then whether θ ended finite
         for step, i in enumerate(starts):
             j = min(i + batch_size, n)
             if streamed:
@@ -765,15 +765,21 @@ class MLP:
                 J = self._train_step(x[i:j], y[i:j], None if w is None else w[i:j], lr)
             Js[step] = J
             if not self._backend.is_gpu and not math.isfinite(Js[step]):
-                self._diverged(snapshot, step, float(J))
+                self._diverged(snapshot, step, f"the objective J became {float(J)}")
+        # J is taken before each update, so an update that overflows shows in no J of this epoch
+        # (it would only in the next one, whose snapshot would then hold the non-finite weights).
+        Js[-1] = xp.isfinite(self._theta).all()
         Js = self._backend.to_host(Js).astype(np.float64)  # the epoch's one read-back
+        theta_finite, Js = Js[-1] == 1, Js[:-1]
         bad = np.flatnonzero(~np.isfinite(Js))
         if bad.size:
-            self._diverged(snapshot, int(bad[0]), float(Js[bad[0]]))
+            self._diverged(snapshot, int(bad[0]), f"the objective J became {float(Js[bad[0]])}")
+        if not theta_finite:
+            self._diverged(snapshot, len(starts) - 1, "the weights became NaN or infinite in the update")
         sizes = np.minimum(batch_size, n - np.arange(0, n, batch_size))
         return float(Js @ sizes) / n
 
-    def _diverged(self, snapshot, step, J):
+    def _diverged(self, snapshot, step, what):
         theta, t, state = snapshot
         self._theta[...] = theta
         self.optimizer.t = t
@@ -784,7 +790,7 @@ class MLP:
                 setattr(self.optimizer, k, None)
         where = f"epoch {self.epochs_ + 1}" + ("" if step is None else f", step {step + 1}")
         raise DivergenceError(
-            f"training diverged: the objective J became {J} in {where}. The weights were restored to "
+            f"training diverged: {what} in {where}. The weights were restored to "
             f"those at the start of that epoch. Try a smaller learning rate.")
 
     # ------------------------------------------------------------------ inference

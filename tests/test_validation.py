@@ -225,6 +225,24 @@ def test_divergence_stops_at_once_and_keeps_the_last_finite_state(settings):
     assert np.isfinite(m._theta).all() and math.isfinite(m.loss_curve_[-1])
 
 
+@pytest.mark.parametrize("settings", [{}, {"momentum": 0.9}, {"optimizer": "adam"}])
+def test_an_update_that_overflows_on_the_last_step_of_an_epoch_is_divergence(settings):
+    """J is measured before each update, so when the epoch's last update sends the weights to
+    inf/NaN, no J of that epoch shows it: fit must still stop, with the epoch's starting weights."""
+    rng = np.random.default_rng(0)
+    Xr = rng.normal(size=(64, 5)) * 100
+    yr = (Xr[:, 0] > 0).astype(int)
+    m = MLP((5, 8, 2), seed=0, backend="numpy", **settings)
+    before = snapshot(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(DivergenceError, match=r"weights became NaN or infinite.*epoch 1, step 1\b"):
+            m.fit(Xr, yr, epochs=3, batch_size=64, lr=3e38)  # one step per epoch, its J is finite
+    assert np.isfinite(m._theta).all()
+    assert snapshot(m)["_theta"] == before["_theta"] and snapshot(m)["optimizer"] == before["optimizer"]
+    assert m.epochs_ == 0 and m.loss_curve_ == []
+
+
 def test_the_snapshot_sees_every_kind_of_change():
     """The unchanged-model check above would catch a change in weights, optimizer state, RNG or curves."""
     changes = [lambda m: m.fit(X, Y, epochs=1), lambda m: m._rng.random(),
