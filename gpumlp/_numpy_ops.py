@@ -231,7 +231,10 @@ class NumpyOps:
     # -- loss and its gradient in one pass ----------------------------------------------------
     def loss_grad(self, name, o, y, w, do):
         B = o.shape[0]
-        wn = None if w is None else np.divide(w, w.sum(), dtype=o.dtype)  # weights summing to one
+        wn = None
+        if w is not None:  # weights summing to one; all zero for a batch of zero weights (L = 0, do = 0)
+            total = w.sum()
+            wn = np.divide(w, total if total > 0 else 1, dtype=o.dtype)
         if name == "cross_entropy":
             return self._cross_entropy_grad(o, y, wn, do)
         if name == "squared":

@@ -150,16 +150,20 @@ ACTIVATIONS = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Losses: L = mean over the batch of l(o_i, y_i), optionally a weighted mean Σ w_i l_i / Σ w_i.
+# Losses: L = mean over the batch of l(o_i, y_i), optionally a weighted mean Σ w_i l_i / Σ w_i
+# (a batch whose weights are all zero has L = 0 and ∂L/∂o = 0: it holds nothing to learn from).
 # forward returns L (a 0-d array); backward returns ∂L/∂o (B, q).
 # ---------------------------------------------------------------------------------------------
 
 
 def _batch_weights(w, B, dtype):
-    """Per-example weights normalised to sum to one (the plain mean when w is None)."""
+    """Per-example weights normalised to sum to one (the plain mean when w is None); all zero when
+    every weight of the batch is zero (a shuffled batch of zero-weight examples), not 0/0 = NaN."""
     if w is None:
         return None
-    return (w / w.sum()).astype(dtype, copy=False)
+    xp = array_module(w)
+    total = w.sum()
+    return (w / xp.where(total > 0, total, 1)).astype(dtype, copy=False)
 
 
 def squared_forward(o, y, w=None):

@@ -431,7 +431,8 @@ class MLP:
         at the end of the epoch, only with ``train_score=True``: it costs a forward pass over X),
         ``val_loss`` and ``val_score`` (with validation data); NaN where not measured.
 
-        sample_weight : per-example weights; L becomes the weighted mean Σ wᵢ lᵢ / Σ wᵢ of each batch.
+        sample_weight : per-example weights; L becomes the weighted mean Σ wᵢ lᵢ / Σ wᵢ of each batch
+            (L = 0, no gradient, for a batch whose weights are all zero).
         class_weight : "balanced" (n / (n_classes · count of the class), over the classes in y) or
             a dict {label: weight} (missing labels weigh 1); multiplies sample_weight. Cross-entropy only.
         validation_data : (X_val, y_val) or (X_val, y_val, w_val); records ``validation_loss_curve_``

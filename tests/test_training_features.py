@@ -185,6 +185,34 @@ def test_integer_weights_equal_repeated_rows():
     np.testing.assert_allclose(a._theta, b._theta, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
+def test_a_batch_whose_weights_are_all_zero_contributes_nothing(loss):
+    """Zero weights are valid (the sum over the data is positive), but a batch may hold only zero-weight
+    examples: its weighted mean is L = 0 with no gradient, not 0/0 = NaN reported as divergence."""
+    from gpumlp import functions as F
+    from gpumlp._numpy_ops import NumpyOps
+
+    X, y = blobs(64)
+    t = y if loss == "cross_entropy" else X[:, :3] - X[:, 1:]
+    q = 3
+    o = np.random.default_rng(1).normal(size=(16, q)).astype(np.float32)
+    tb = t[:16] if loss == "cross_entropy" else t[:16].astype(np.float32)
+    w0 = np.zeros(16, np.float32)
+    assert float(F.LOSSES[loss].forward(o, tb, w0)) == 0.0
+    assert not F.LOSSES[loss].backward(o, tb, w0).any()
+    do = np.full_like(o, np.nan)
+    for gemm in ("auto", None):
+        assert float(NumpyOps(gemm).loss_grad(loss, o, tb, w0, do)) == 0.0 and not do.any()
+
+    w = np.r_[np.zeros(32), np.ones(32)]  # shuffle=False: the first two batches weigh nothing
+    a = gpumlp.MLP((4, 6, q), loss=loss, seed=0, bias=True, **KW)
+    b = gpumlp.MLP((4, 6, q), loss=loss, seed=0, bias=True, **KW)
+    a.fit(X, t, epochs=2, batch_size=16, lr=0.1, shuffle=False, sample_weight=w)
+    b.fit(X[32:], t[32:], epochs=2, batch_size=16, lr=0.1, shuffle=False)
+    np.testing.assert_allclose(a._theta, b._theta, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(a.loss_curve_, np.array(b.loss_curve_) / 2)  # the empty batches add J = 0
+
+
 def test_class_weight_balanced_and_dict():
     X, y = blobs(60)
     y[:40] = 0  # imbalanced
