@@ -4,14 +4,18 @@
 //
 // scale_i = 1/B (the mean), or w_i / Σw with per-example weights w (functions._batch_weights);
 // Σw is computed on the device beforehand (gpumlp_sum_*) and passed by pointer, so nothing is read
-// back to the host. Launch: blocks of 256 threads (8 warps), one warp per row, lanes over the q
-// columns, a grid-stride loop over rows; partial holds gridDim.x values, counter starts at zero.
+// back to the host. A batch whose weights are all zero (Σw = 0) divides by 1 instead, as NumPy does:
+// scale 0, so L = 0 and ∂L/∂o = 0, not 0/0 = NaN. Launch: blocks of 256 threads (8 warps), one
+// warp per row, lanes over the q columns, a grid-stride loop over rows; partial holds gridDim.x
+// values, counter starts at zero.
 #include "gpumlp_math.cuh"
 #include "gpumlp_reduce.cuh"
 
 template <typename F>
 __device__ __forceinline__ F gpumlp_row_scale(const F* w, const F* wsum, long long row, int B) {
-    return w ? w[row] / *wsum : F(1) / F(B);
+    if (!w) return F(1) / F(B);
+    const F total = *wsum;
+    return w[row] / (total > F(0) ? total : F(1));
 }
 
 // Cross-entropy with integer labels y (int64): per row the max m, s = Σ exp(o − m), then

@@ -549,6 +549,25 @@ def test_loss_kernels_run_on_the_host(grid_lib, loss, q, weighted, dtype, grid, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
+def test_loss_kernels_give_zero_for_a_batch_of_zero_weights(grid_lib, loss, dtype):
+    """Σw = 0 (a shuffled batch of zero-weight examples): L = 0 and ∂L/∂o = 0 as NumPy's loss_grad,
+    not w/Σw = 0/0 = NaN, which fit would report as divergence on the GPU only."""
+    run = Grid(grid_lib, dtype)
+    rng = np.random.default_rng(8)
+    B, q, block = 19, 5, 64
+    o = rng.standard_normal((B, q)).astype(dtype)
+    y = rng.integers(0, q, B).astype(np.int64) if loss == "cross_entropy" else rng.standard_normal((B, q)).astype(dtype)
+    w = np.zeros(B, dtype)
+    grid = -(-B // (block // 32))
+    partial, counter = np.full(grid, np.nan, dtype), np.zeros(1, np.uint32)
+    wsum, do, L = np.full((), np.nan, dtype), np.full((B, q), np.nan, dtype), np.full((), np.nan, dtype)
+    run("sum", 1, 32, False, w, ctypes.c_longlong(B), ctypes.c_int(0), wsum, partial, counter)
+    run(loss, grid, block, False, o, y, w, wsum, do, L, partial, counter, ctypes.c_int(B), ctypes.c_int(q))
+    assert L == 0 and (do == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("grid,block,reverse", LAUNCH_SHAPES)
 def test_sum_kernel_runs_on_the_host(grid_lib, dtype, grid, block, reverse):
     run = Grid(grid_lib, dtype)
