@@ -197,8 +197,8 @@ def build_parser():
                    help="patience in epochs for early stopping / the convergence rule (default 10)")
     o.add_argument("--tol", type=_positive(float, allow_zero=True), default=None,
                    help="smallest improvement that counts (default 1e-4)")
-    o.add_argument("--seed", type=int, default=None, help="seeds the split, the initial weights and the "
-                   "shuffling (default 0)")
+    o.add_argument("--seed", type=_positive(int, allow_zero=True), default=None,
+                   help="seeds the split, the initial weights and the shuffling (default 0)")
     r = t.add_argument_group("output")
     r.add_argument("--save", default=None, metavar="MODEL", help="write the trained model here (.npz)")
     r.add_argument("--checkpoint-every", type=_positive(int), default=None, metavar="K",

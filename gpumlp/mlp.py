@@ -122,6 +122,8 @@ class MLP:
             raise ValueError(f"loss must be one of {sorted(F.LOSSES)}, got {loss!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed must be >= 0 (a NumPy random seed), got {seed!r}")
         self.sizes = sizes
         self.activations = activations
         self.activation = activation if isinstance(activation, str) else list(activation)
@@ -129,7 +131,7 @@ class MLP:
         self.weight_decay = check_positive_number(weight_decay, "weight_decay", allow_zero=True)
         self.bias = bool(bias)
         self.dtype = check_dtype(dtype)
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)  # a NumPy integer would not go into a JSON checkpoint
         self.optimizer = optim.make_optimizer(optimizer, momentum=momentum, nesterov=nesterov, beta1=beta1,
                                               beta2=beta2, eps=eps, decoupled=decoupled)
         self.lr_schedule = schedules.make_schedule(lr_schedule)

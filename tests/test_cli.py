@@ -242,6 +242,7 @@ def test_plot_without_matplotlib_fails_before_training(tmp_path):
     (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["train", "--activation", "swish"], "activation must be one of"),
     (["train", "--nesterov", "--momentum", "0"], "--nesterov needs --momentum > 0"),
+    (["train", "--seed", "-1"], "--seed: must be >= 0"),
     (["nonsense"], "invalid choice"),
     ([], "required"),
 ])

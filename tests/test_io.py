@@ -37,6 +37,15 @@ def read_raw(path):
 
 
 # ---------------------------------------------------------------------------------- round trip
+def test_a_numpy_integer_seed_saves_and_loads(tmp_path):
+    """The seed goes into the JSON meta: a NumPy integer (e.g. drawn from an RNG) must not break save."""
+    m = gpumlp.MLP((4, 3, 2), seed=np.int64(7), backend="numpy")
+    m.save(tmp_path / "m.npz")
+    m2 = gpumlp.load(tmp_path / "m.npz", backend="numpy")
+    assert m2.seed == 7 and type(m2.seed) is int
+    np.testing.assert_array_equal(m2._theta, gpumlp.MLP((4, 3, 2), seed=7, backend="numpy")._theta)
+
+
 @pytest.mark.parametrize("kw", [{}, {"optimizer": "adam", "momentum": 0.0, "bias": True, "dtype": "float64",
                                      "activation": "tanh", "lr_schedule": "adaptive"}])
 def test_round_trip_keeps_everything(tmp_path, digits, kw):

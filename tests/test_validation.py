@@ -175,6 +175,7 @@ def test_regressor_bad_input_is_rejected_and_unchanged(case):
     ({"dtype": "float16"}, ValueError, r"dtype must be 'float32' or 'float64'"),
     ({"dtype": "nonsense"}, TypeError, r"dtype must be"),
     ({"seed": 1.5}, TypeError, r"seed must be an integer or None"),
+    ({"seed": -1}, ValueError, r"seed must be >= 0"),
     ({"backend": "tpu"}, ValueError, r"backend must be one of"),
     ({"optimizer": "rmsprop"}, ValueError, r"optimizer must be one of"),
     ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\)"),
