@@ -919,14 +919,20 @@ class MLP:
 
     def __reduce__(self):
         """Pickling and deepcopy (used by scikit-learn's joblib parallelism) go through the checkpoint
-        state, so they carry exactly what a saved file does; the copy lives on the same backend."""
+        state, so they carry exactly what a saved file does (with the ``scaler_``, ``classes_`` and
+        ``training_config_`` that ``gpumlp.load`` sets); the copy lives on the same backend."""
         meta, arrays = self._checkpoint_state()
-        return _unpickle, (meta, arrays, self.backend)
+        extra = {k: getattr(self, k) for k in _SAVED_EXTRAS if hasattr(self, k)}
+        return _unpickle, (meta, arrays, self.backend), extra or None
 
     def __repr__(self):
         return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"weight_decay={self.weight_decay}, bias={self.bias}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend!r}, optimizer={self.optimizer.name!r})")
+
+
+# Attributes a model file carries besides the checkpoint state (``gpumlp.io.load`` sets them).
+_SAVED_EXTRAS = ("scaler_", "classes_", "training_config_")
 
 
 def _unpickle(meta, arrays, backend):

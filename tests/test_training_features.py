@@ -323,6 +323,25 @@ def test_pickle_and_deepcopy_carry_the_training_state():
         assert not np.array_equal(c._theta, m._theta)  # independent copies
 
 
+def test_pickle_and_deepcopy_carry_what_a_model_file_carries(tmp_path):
+    """A loaded model's scaler_, classes_ and training_config_ are part of the file: copies keep them."""
+    import copy
+
+    from gpumlp import io
+    from gpumlp.data import Scaler
+
+    X, y = blobs()
+    m = gpumlp.MLP((4, 5, 3), seed=0, **KW).fit(X, y, epochs=1)
+    io.save(m, tmp_path / "m.npz", scaler=Scaler("standard").fit(X), classes=np.array([2, 4, 8]),
+                   training={"lr": 0.1})
+    loaded = gpumlp.load(tmp_path / "m.npz", backend="numpy")
+    for c in (pickle.loads(pickle.dumps(loaded)), copy.deepcopy(loaded)):
+        assert c.classes_.tolist() == [2, 4, 8] and c.training_config_ == {"lr": 0.1}
+        np.testing.assert_array_equal(c.scaler_.transform(X), loaded.scaler_.transform(X))
+        assert c.scaler_ is not loaded.scaler_
+        np.testing.assert_array_equal(c.predict(c.scaler_.transform(X)), loaded.predict(loaded.scaler_.transform(X)))
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
 def test_divergence_closes_the_run():
     X, y = blobs()
