@@ -2,7 +2,7 @@
 
     gpumlp train                          the lecture's net on the embedded digits (>= 96 % test accuracy)
     gpumlp train --data mnist/train-images-idx3-ubyte.gz --test-data mnist/t10k-images-idx3-ubyte.gz
-    gpumlp train --resume model.npz --epochs 80     continue a saved run up to 80 epochs in all
+    gpumlp train --resume model.npz --epochs 80 --save model.npz     continue a saved run up to 80 epochs
     gpumlp evaluate model.npz [--data FILE]          test accuracy (the run's own test split by default)
     gpumlp predict model.npz --data FILE [--output predictions.csv]
     gpumlp info                           versions, the backend "auto" picks and why, the device
@@ -260,7 +260,7 @@ def main(argv=None):
             raise
         hint = ""
         if getattr(args, "checkpoint_every", None) and os.path.exists(args.save):
-            hint = f"; continue from the last checkpoint with: gpumlp train --resume {args.save}"
+            hint = f"; continue from the last checkpoint with: gpumlp train --resume {args.save} --save {args.save}"
         print(f"gpumlp {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # one line, no traceback: every failure a user can cause lands here

@@ -349,7 +349,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_bit_identically(tmp_path, monke
     monkeypatch.setattr(io, "save", save_then_die)
     ck = tmp_path / "ck.npz"
     assert cli.main(["train", *common, "--save", str(ck), "--checkpoint-every", "2"]) == 130
-    assert f"gpumlp train --resume {ck}" in capsys.readouterr().err
+    assert f"gpumlp train --resume {ck} --save {ck}" in capsys.readouterr().err  # without --save, lost
     monkeypatch.setattr(io, "save", real_save)
     assert gpumlp.load(ck).epochs_ == 4
 

@@ -51,3 +51,23 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUMLP_BACKEND", "numpy")
     exec(compile(example, "README.md", "exec"), {})
     assert (tmp_path / "model.npz").exists()
+
+
+def test_readme_command_line_examples_keep_the_resumed_run(tmp_path):
+    """The README's command-line block: its saving run (cut to 3 epochs) and the --resume after it, as
+    printed; model.npz must then hold the resumed 60 epochs that 'gpumlp evaluate model.npz' scores
+    (a --resume without --save trains and then drops the result)."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"^```console\ngpumlp train .*?\n```", text, flags=re.S | re.M).group(0)
+    commands = [c.split("#")[0].split() for c in block.replace("\\\n", " ").splitlines()[1:-1]]
+    ran = 0
+    for argv in commands:
+        if argv[:2] == ["gpumlp", "train"] and "--save" in argv:
+            argv = argv + ["--epochs", "3"] if "--resume" not in argv else argv
+            subprocess.run([sys.executable, "-m", "gpumlp", *argv[1:], "--quiet", "--backend", "numpy"],
+                           cwd=tmp_path, check=True, capture_output=True, timeout=120)
+            ran += 1
+    assert ran == 2, "the README shows a training run with --save and its --resume"
+    import gpumlp
+
+    assert gpumlp.load(tmp_path / "model.npz").epochs_ == 60
