@@ -270,8 +270,37 @@ def _check_training_state(meta, path):
             isinstance(v, list) and all(x is None or _is_real(x) for x in v) for v in history.values())):
         _fail(path, "history", "an object of lists of numbers (or null)", history)
     monitor = meta.get("monitor")
-    if monitor is not None and not isinstance(monitor, dict):
-        _fail(path, "monitor", "an object or null", monitor)
+    if monitor is not None:
+        _check_monitor(monitor, path)
+
+
+def _is_opt(check):
+    return lambda v: v is None or check(v)
+
+
+# The plateau monitor of early stopping / the convergence rule (MLP._open_monitor): every key, its type.
+_MONITOR = {
+    "mode": lambda v: v in ("val_score", "loss"),
+    "patience": lambda v: _is_int(v) and v >= 1,
+    "tol": lambda v: _is_real(v) and math.isfinite(v) and v >= 0,
+    "incremental": lambda v: isinstance(v, bool),
+    "split": lambda v: isinstance(v, bool),
+    "validation_fraction": _is_opt(lambda v: _is_real(v) and 0 < v < 1),
+    "open": lambda v: isinstance(v, bool),
+    "best": _is_opt(lambda v: _is_real(v) and math.isfinite(v)),
+    "best_epoch": _is_opt(lambda v: _is_int(v) and v >= 0),
+    "count": lambda v: _is_int(v) and v >= 0,
+    "split_seed": _is_opt(lambda v: _is_int(v) and v >= 0),
+}
+
+
+def _check_monitor(monitor, path):
+    expected = f"null or an object with the keys {sorted(_MONITOR)} (the early-stopping state)"
+    if not isinstance(monitor, dict) or set(monitor) != set(_MONITOR):
+        _fail(path, "monitor", expected, monitor)
+    for key, ok in _MONITOR.items():
+        if not ok(monitor[key]):
+            _fail(path, "monitor", f"{expected}; its {key!r} is wrong", monitor)
 
 
 def _n_params(meta):
