@@ -11,8 +11,10 @@ pytest-benchmark; nothing is installed):
 and writes ``<out>/gpu_check_<UTC time>_<device>.json`` with the device name CUDA reports, the driver,
 CUDA, CuPy and NumPy versions, the date, the git commit, the test counts (``tests_passed``,
 ``tests_failed``, ``tests_skipped``), a summary of every benchmark and pytest-benchmark's full JSON.
-Each stage has a time limit (``--tests-timeout``, ``--bench-timeout``; together under 6 minutes), so
-the whole check ends in time even if a stage hangs; a stage that ran out of time is marked so.
+Each stage has a time limit (``--tests-timeout``, ``--bench-timeout``), and both are cut to what is
+left of ``--total-timeout`` (default 330 s, under 6 minutes with start-up and the JSON), so the whole
+check ends in time even if the environment probe or a stage is slow or hangs; a stage that ran out
+of time is marked so, and the test counts are then taken from pytest's progress output.
 Exit status 0 only when a device was found, no test failed and both stages completed.
 """
 from __future__ import annotations
@@ -100,9 +102,15 @@ def _nvidia_smi_driver():
         return None
 
 
-def run_stage(cmd, timeout, tail_lines=60):
+# A line of pytest -q progress: one character per test, then the percentage (missing on the last,
+# unfinished line of a stopped run).
+_PROGRESS = re.compile(r"^([.FEsxX]+)(\s*\[\s*\d+%\])?\s*$")
+
+
+def run_stage(cmd, timeout, tail_lines=60, progress=None):
     """Run ``cmd`` from the repository root, echoing its output live; stop it after ``timeout`` s.
-    Returns (exit code or None when it timed out, seconds, last lines of output)."""
+    Returns (exit code or None when it timed out, seconds, last lines of output). With a Counter as
+    ``progress``, the characters of pytest's -q progress lines are counted into it as they come."""
     print("$", " ".join(cmd), flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -115,6 +123,9 @@ def run_stage(cmd, timeout, tail_lines=60):
         for line in proc.stdout:
             sys.stdout.write(line)
             tail.append(line.rstrip("\n"))
+            m = _PROGRESS.match(line) if progress is not None else None
+            if m:
+                progress.update(m.group(1))
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -131,8 +142,11 @@ def run_stage(cmd, timeout, tail_lines=60):
 
 
 def junit_counts(path):
-    """(passed, failed, skipped, errors) from pytest's JUnit XML."""
-    root = ET.parse(path).getroot()
+    """(passed, failed, skipped, errors) from pytest's JUnit XML; None when it is missing or cut short."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
     tests = failures = errors = skipped = 0
     for s in suites:
@@ -165,10 +179,16 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="folder for the JSON result (created if needed)")
     p.add_argument("--tests-timeout", type=int, default=150, help="seconds for the GPU tests (default 150)")
     p.add_argument("--bench-timeout", type=int, default=180, help="seconds for the benchmarks (default 180)")
+    p.add_argument("--total-timeout", type=int, default=330,
+                   help="seconds for the whole check; each stage is cut to what is left (default 330)")
     p.add_argument("--skip-benchmarks", action="store_true", help="run the GPU tests only")
     args = p.parse_args(argv)
 
     started = dt.datetime.now(dt.timezone.utc)
+    deadline = time.monotonic() + args.total_timeout - 5  # 5 s to write the result
+
+    def budget(stage_timeout):
+        return max(1, min(stage_timeout, int(deadline - time.monotonic())))
     result = {"date": started.isoformat(timespec="seconds"), **environment()}
     print(f"[gpu_check] device: {result.get('device')}, driver {result.get('driver')}, CUDA {result.get('cuda')}, "
           f"CuPy {result.get('cupy')}", flush=True)
@@ -176,11 +196,14 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         junit = Path(tmp) / "tests.xml"
+        progress = collections.Counter()
         rc, secs, tail = run_stage([py, "-m", "pytest", "-m", "gpu", "tests", "-q", "-rfEs", "-p", "no:cacheprovider",
-                                    f"--junitxml={junit}"], args.tests_timeout)
-        passed = failed = skipped = errors = None
-        if junit.exists():
-            passed, failed, skipped, errors = junit_counts(junit)
+                                    f"--junitxml={junit}"], budget(args.tests_timeout), progress=progress)
+        counts = junit_counts(junit)
+        if counts is None and progress:  # stopped before pytest wrote its report: what ran so far
+            counts = (progress["."] + progress["X"], progress["F"], progress["s"] + progress["x"], progress["E"])
+            result["tests_counts_from"] = "progress output (pytest was stopped before its report)"
+        passed, failed, skipped, errors = counts if counts is not None else (None,) * 4
         result.update(tests_passed=passed, tests_failed=None if failed is None else failed + errors,
                       tests_skipped=skipped, tests_exit_code=rc, tests_seconds=secs,
                       tests_timed_out=rc is None, tests_output_tail=tail[-25:])
@@ -190,8 +213,11 @@ def main(argv=None):
         else:
             bench_json = Path(tmp) / "benchmarks.json"
             rc_b, secs_b, tail_b = run_stage([py, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",
-                                              f"--benchmark-json={bench_json}"], args.bench_timeout)
-            data = json.loads(bench_json.read_text()) if bench_json.exists() else {}
+                                              f"--benchmark-json={bench_json}"], budget(args.bench_timeout))
+            try:
+                data = json.loads(bench_json.read_text()) if bench_json.exists() else {}
+            except (OSError, ValueError):  # cut short while writing
+                data = {}
             result.update(benchmarks=benchmark_summary(data), benchmarks_exit_code=rc_b, benchmarks_seconds=secs_b,
                           benchmarks_timed_out=rc_b is None, benchmarks_output_tail=tail_b[-25:],
                           benchmark_json=data or None)
