@@ -40,6 +40,12 @@ class PinnedBatches:
         self._pinned = [np.frombuffer(m, x_host.dtype, size).reshape(shape) for m in self._memory]
         self._device = [cupy.empty(shape, x_host.dtype) for _ in range(2)]
         self._copy_stream = cupy.cuda.Stream(non_blocking=True)
+        # CuPy's pool hands out memory freed on the current stream as soon as it is freed, relying on
+        # that stream's order: work queued there may still use these blocks. The copy stream writes
+        # them, so it first waits for everything queued on the current stream so far.
+        allocated = cupy.cuda.Event(disable_timing=True)
+        allocated.record(cupy.cuda.get_current_stream())
+        self._copy_stream.wait_event(allocated)
         self._copied = [cupy.cuda.Event(disable_timing=True) for _ in range(2)]
         self._consumed = [cupy.cuda.Event(disable_timing=True) for _ in range(2)]
         self._busy = [False, False]  # whether a copy/step has used slot j since the last epoch

@@ -94,8 +94,22 @@ def test_buffers_are_refilled_only_after_their_last_reader():
         assert ("record", copied[slot].name, "copy") in log[at:]
     compute_waits = [e for e in log if e[0] == "wait" and e[1] == "compute"]
     assert [e[2] for e in compute_waits] == [copied[k % 2].name for k in range(4)]
-    consumed_records = [e for e in log if e[0] == "record" and e[2] == "compute"]
+    consumed_names = {e.name for e in consumed}
+    consumed_records = [e for e in log if e[0] == "record" and e[2] == "compute" and e[1] in consumed_names]
     assert [e[1] for e in consumed_records] == [consumed[k % 2].name for k in range(4)]
+
+
+def test_the_copy_stream_waits_for_the_allocation_of_its_device_buffers():
+    """The device buffers come from CuPy's pool on the compute stream, possibly blocks that work still
+    queued there uses: before the first copy writes them, the copy stream waits for that work."""
+    cp = FakeCupy()
+    stream = _stream.PinnedBatches(cp, np.zeros((6, 2), np.float32), 3)
+    init_log = list(cp.log)
+    recorded = [e[1] for e in init_log if e[0] == "record" and e[2] == "compute"]
+    assert len(recorded) == 1
+    assert init_log.index(("wait", "copy", recorded[0])) > init_log.index(("record", recorded[0], "compute"))
+    next(stream.epoch(np.arange(6), 3))
+    assert cp.log.index(("copy",)) > cp.log.index(("wait", "copy", recorded[0]))
 
 
 def test_fits_on_device_uses_free_memory_and_the_pool():
