@@ -132,8 +132,9 @@ def _add_data(p, train):
                    help="IDX labels file (found automatically for MNIST's names)")
     g.add_argument("--label-column", default=None, metavar="COL",
                    help="CSV column holding the label: index (negative counts from the end) or header name "
-                        "(default: -1, the last)")
-    g.add_argument("--delimiter", default=None, help="CSV field delimiter (default ',')")
+                        + ("(default: -1, the last)" if train else "(default: the training run's, else -1, the last)"))
+    g.add_argument("--delimiter", default=None,
+                   help="CSV field delimiter (default " + ("','" if train else "the training run's, else ','") + ")")
     if train:
         g.add_argument("--test-data", default=None, metavar="PATH",
                        help="a separate test file (e.g. MNIST's t10k); otherwise a seeded stratified split")
@@ -335,6 +336,12 @@ def _data_settings(args, saved=None):
         v = getattr(args, key, None)
         out[key] = v if v is not None else saved.get(key, DEFAULTS[key])
     return out
+
+
+def _csv_layout(saved):
+    """The training run's CSV layout (label column, delimiter): the defaults for another file given
+    to evaluate or predict, which has the training file's columns. Not its path, format or labels file."""
+    return {k: v for k, v in (saved or {}).items() if k in ("label_column", "delimiter")}
 
 
 def _label_column(text):
@@ -673,7 +680,7 @@ def cmd_evaluate(args):
         d = _prepare_data(s, model.classes_, model.scaler_, model.dtype)
         X, y, source = d["Xte"], d["yte"], f"the test split of {s['data']}"
     else:
-        settings = _data_settings(args, saved if args.data is None else None)
+        settings = _data_settings(args, saved if args.data is None else _csv_layout(saved))
         if args.data is None:
             raise UsageError("this model holds no training settings; give --data")
         X, y = _load_xy(settings)
@@ -695,7 +702,7 @@ def cmd_predict(args):
     model = _load_model(args)
     if args.data is None:
         raise UsageError("predict needs --data FILE (or --data digits)")
-    settings = _data_settings(args)
+    settings = _data_settings(args, _csv_layout(model.training_config_))
     X = _predict_features(settings, args.label_column, model.sizes[0])
     if args.proba:
         out = model.predict_proba(_features(model, X))
@@ -731,8 +738,8 @@ def _predict_features(settings, label_column, d):
     if label_column is not None:
         return _load_xy(settings)[0]
     X, _ = _load_xy(settings, require_labels=False, label_column=False)
-    if X.shape[1] == d + 1:
-        return np.delete(X, _label_column(settings["label_column"]), axis=1)
+    if X.shape[1] == d + 1:  # the label column (by index or header name) goes, as in training
+        return _load_xy(settings)[0]
     if X.shape[1] != d:
         raise ValueError(f"{path} has {X.shape[1]} columns; the model expects {d} features "
                          f"(or {d + 1} columns with a label column)")

@@ -190,6 +190,12 @@ def test_csv_labels_are_mapped_back_and_predict_and_evaluate(tmp_path):
     proba = np.load(tmp_path / "p.npy")
     assert proba.shape == (5, 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
 
+    # a file laid out as the training file: its label column is the run's ("digit", first), not the last
+    p = run("predict", model, "--data", tmp_path / "d.csv", check_rc=0)
+    np.testing.assert_array_equal(np.array(p.stdout.split(), float), pred)
+    e = last_json(run("evaluate", model, "--data", tmp_path / "d.csv", "--json", check_rc=0).stdout)
+    assert e["n_samples"] == len(pred) and e["accuracy"] == pytest.approx(np.mean(pred == y[keep] * 10))
+
     # a label the model never saw
     bad = table[:4].copy()
     bad[0, 0] = 70
