@@ -312,7 +312,8 @@ class Scaler:
             std = X.std(axis=0, dtype=np.float64)
             self.scale = np.where(std > 0, std, 1.0)
         elif self.kind == "max":
-            m = float(np.abs(X).max()) if X.size else 0.0
+            # largest |x| from the extremes: np.abs would wrap a signed integer minimum (int8 −128 -> −128)
+            m = max(abs(float(X.max())), abs(float(X.min()))) if X.size else 0.0
             self.offset, self.scale = np.zeros(d), np.full(d, m if m > 0 else 1.0)
         return self
 

@@ -224,6 +224,14 @@ def test_max_scaling_divides_by_the_largest_training_value():
     np.testing.assert_allclose(out, X[:100] / 16.0)
 
 
+def test_max_scaling_of_signed_integers_uses_the_largest_magnitude():
+    """IDX type 0x09 is signed bytes: |−128| is 128, not the −128 that np.abs gives back for int8."""
+    X = np.array([[-128, 5], [3, 100]], np.int8)
+    s = D.Scaler("max").fit(X)
+    np.testing.assert_array_equal(s.scale, [128.0, 128.0])
+    assert np.abs(s.transform(X, np.float64)).max() == 1.0
+
+
 def test_scaler_errors():
     with pytest.raises(ValueError, match="scaling must be one of"):
         D.Scaler("minmax")
