@@ -140,6 +140,19 @@ def test_loss_kernel_matches_functions(cp, loss, B, q, weighted, dtype):
     assert float(ops.loss_grad(loss, *args, do)) == L_first
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
+def test_loss_kernel_of_a_batch_of_zero_weights_is_zero(cp, loss):
+    # Σw = 0: L = 0 and ∂L/∂o = 0 as NumPy's loss_grad, not 0/0 = NaN.
+    ops = make_ops("float32")
+    rng = np.random.default_rng(12)
+    B, q = 50, 3
+    o = rng.standard_normal((B, q)).astype(np.float32)
+    y = rng.integers(0, q, B) if loss == "cross_entropy" else rng.standard_normal((B, q)).astype(np.float32)
+    do = poisoned(cp, (B, q), "float32")
+    L = ops.loss_grad(loss, cp.asarray(o), cp.asarray(y), cp.zeros(B, np.float32), do)
+    assert float(L) == 0 and bool((do == 0).all())
+
+
 def test_loss_after_a_larger_grid_is_still_right(cp):
     # The last-block counter is shared by every reducing launch; a small launch after a large one
     # must start from zero again.
