@@ -469,6 +469,15 @@ def _short(a, n=12):
     return str(a if len(a) <= n else a[:n] + ["..."])
 
 
+def _check_output_directory(option, path):
+    """A file the run will write goes into an existing directory: checked before training, not after it."""
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{option} {path}: no such directory {directory}")
+
+
 def _check_plot_available():
     try:
         import matplotlib  # noqa: F401
@@ -485,6 +494,8 @@ def cmd_train(args):
         raise UsageError("--checkpoint-every needs --save MODEL")
     if args.plot:
         _check_plot_available()  # before training, not after a long run
+    for option, path in (("--save", args.save), ("--plot", args.plot)):
+        _check_output_directory(option, path)
     t0 = time.perf_counter()
     model, s, d, backend = _setup_training(args)
     metric = "accuracy" if model.loss == "cross_entropy" else "R²"

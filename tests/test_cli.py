@@ -249,6 +249,8 @@ def test_plot_without_matplotlib_fails_before_training(tmp_path):
     (["train", "--activation", "swish"], "activation must be one of"),
     (["train", "--nesterov", "--momentum", "0"], "--nesterov needs --momentum > 0"),
     (["train", "--seed", "-1"], "--seed: must be >= 0"),
+    (["train", "--save", "/nonexistent/m.npz"], "--save /nonexistent/m.npz: no such directory /nonexistent"),
+    (["train", "--plot", "/nonexistent/c.png"], "--plot /nonexistent/c.png: no such directory /nonexistent"),
     (["nonsense"], "invalid choice"),
     ([], "required"),
 ])
