@@ -421,8 +421,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _targets(self, y, first, incremental, classes):
         if self.loss != "squared_error":
             raise ValueError(f"loss must be 'squared_error' (gpumlp has no {self.loss!r}), got {self.loss!r}")
-        if first:
-            self._y_ndim = y.ndim
         return y.reshape(-1, 1) if y.ndim == 1 else y
 
     def fit(self, X, y, sample_weight=None):
@@ -438,7 +436,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def predict(self, X):
         X = self._device_input(X)
         o = self.model_.decision_function(X)
-        return o[:, 0] if self._y_ndim == 1 and o.shape[1] == 1 else o
+        return o[:, 0] if o.shape[1] == 1 else o  # one output: 1-D, as scikit-learn (even for y of shape (n, 1))
 
     @property
     def out_activation_(self):

@@ -229,3 +229,15 @@ def test_regressor_loss_and_multioutput():
         warnings.simplefilter("ignore", ConvergenceWarning)
         reg.fit(X, Y)
     assert reg.predict(X).shape == (len(X), 2) and reg.n_outputs_ == 2
+
+
+def test_regressor_predicts_one_output_as_1d_like_sklearn():
+    """scikit-learn's MLPRegressor returns (n,) for a single output even when fitted on y of shape
+    (n, 1); code written against it (metrics, np.c_, pandas columns) relies on that."""
+    X, _, yr = _data()
+    for y in (yr, yr[:, None]):
+        ours = MLPRegressor(max_iter=3, backend="numpy").fit(X, y).predict(X)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-learn warns that it ravels y of shape (n, 1)
+            theirs = SkRegressor(max_iter=3).fit(X, y).predict(X)
+        assert ours.shape == theirs.shape == (len(X),)
