@@ -732,3 +732,175 @@ def test_cupy_ops_training_steps_on_a_host_stand_in(host_cupy_ops, kw, dtype):
         np.testing.assert_allclose(J[1], J[0], rtol=tol, err_msg=f"J at step {step}")
         np.testing.assert_allclose(models[1]._theta, models[0]._theta, rtol=tol, atol=tol,
                                    err_msg=f"θ after step {step}")
+
+
+# =====================================================================================================
+# CupyOps' GEMMs through CuPy's own cuBLAS wrapper (cupy/cublas.py of the installed CuPy, run as
+# source), with cuBLAS replaced by a column-major BLAS that reads and writes the raw pointers with the
+# leading dimensions it is handed and rejects ld < rows as cuBLAS does. This checks on the CPU the
+# row-major/column-major translation of every gemm/gemv call, including the shapes where a (1, n) or
+# (n, 1) array is both C- and F-contiguous (B = 1, q = 1, n_in = 1) and the views into the flat
+# parameter buffer, and that the folded SGD update lands in W itself.
+# =====================================================================================================
+class _ColumnMajorBlas:
+    """The pieces of cupy_backends.cuda.libs.cublas that gemm/gemv use, computing on raw pointers."""
+    CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_OP_C = 0, 1, 2
+    CUBLAS_POINTER_MODE_HOST, CUBLAS_POINTER_MODE_DEVICE = 0, 1
+
+    def __init__(self):
+        self.mode, self.calls, self.buffers = 0, [], []  # buffers: (start, end) of every array handed over
+        for char, dtype in (("s", np.float32), ("d", np.float64)):
+            setattr(self, f"{char}gemm", lambda *a, _dt=np.dtype(dtype): self._gemm(_dt, *a))
+            setattr(self, f"{char}gemv", lambda *a, _dt=np.dtype(dtype): self._gemv(_dt, *a))
+
+    def getPointerMode(self, handle):
+        return self.mode
+
+    def setPointerMode(self, handle, mode):
+        self.mode = mode
+
+    def _matrix(self, dtype, p, rows, cols, ld):
+        """The column-major rows × cols matrix at address p with leading dimension ld (a writable view)."""
+        assert rows >= 1 and cols >= 1 and ld >= max(1, rows), f"cuBLAS rejects ld = {ld} for {rows} rows"
+        n = ld * (cols - 1) + rows
+        end = p + n * dtype.itemsize
+        assert any(lo <= p and end <= hi for lo, hi in self.buffers), "cuBLAS would address memory outside the arrays"
+        flat = np.frombuffer((ctypes.c_char * (n * dtype.itemsize)).from_address(p), dtype, n)
+        return np.lib.stride_tricks.as_strided(flat, (rows, cols), (dtype.itemsize, ld * dtype.itemsize))
+
+    def _scalar(self, dtype, p):
+        assert self.mode == self.CUBLAS_POINTER_MODE_HOST
+        return float(np.frombuffer((ctypes.c_char * dtype.itemsize).from_address(p), dtype, 1)[0])
+
+    def _op(self, dtype, trans, p, rows, cols, ld):  # op(A) of shape rows × cols
+        assert trans in (self.CUBLAS_OP_N, self.CUBLAS_OP_T)
+        a = self._matrix(dtype, p, rows, cols, ld) if trans == self.CUBLAS_OP_N else \
+            self._matrix(dtype, p, cols, rows, ld).T
+        return a.astype(np.float64)
+
+    def _gemm(self, dtype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        self.calls.append("gemm")
+        prod = self._op(dtype, transa, A, m, k, lda) @ self._op(dtype, transb, B, k, n, ldb)
+        c = self._matrix(dtype, C, m, n, ldc)
+        al, be = self._scalar(dtype, alpha), self._scalar(dtype, beta)
+        c[...] = al * prod + (be * c if be != 0 else 0)  # beta = 0: C is not read (it may be poison)
+
+    def _gemv(self, dtype, handle, trans, m, n, alpha, A, lda, x, incx, beta, y, incy):
+        self.calls.append("gemv")
+        assert incx == incy == 1
+        a = self._op(dtype, trans, A, m, n, lda) if trans == self.CUBLAS_OP_N else self._op(dtype, trans, A, n, m, lda)
+        xv = self._matrix(dtype, x, a.shape[1], 1, a.shape[1])
+        yv = self._matrix(dtype, y, a.shape[0], 1, a.shape[0])
+        al, be = self._scalar(dtype, alpha), self._scalar(dtype, beta)
+        yv[...] = al * (a @ xv) + (be * yv if be != 0 else 0)
+
+
+class _Dev:
+    """A NumPy array seen through the attributes of cupy.ndarray that cupy/cublas.py reads (NumPy's
+    contiguity flags follow the same rule as CuPy's: a (1, n) array is both C- and F-contiguous).
+    The whole allocation behind it is registered with the BLAS, which refuses to address outside."""
+    blas = None
+
+    def __init__(self, a):
+        self.a, self.shape, self.ndim, self.dtype, self.size = a, a.shape, a.ndim, a.dtype, a.size
+        root = a
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        start = root.__array_interface__["data"][0]
+        _Dev.blas.buffers.append((start, start + root.nbytes))
+
+    _c_contiguous = property(lambda self: self.a.flags.c_contiguous)
+    _f_contiguous = property(lambda self: self.a.flags.f_contiguous)
+    data = property(lambda self: types.SimpleNamespace(ptr=self.a.ctypes.data))
+
+    def copy(self, order="C"):
+        return _Dev(np.array(self.a, order=order))
+
+
+import types  # noqa: E402
+
+
+def _cupy_cublas_wrapper():
+    """gemm and gemv of the installed CuPy's cupy/cublas.py, bound to _ColumnMajorBlas and _Dev."""
+    import importlib.machinery
+
+    spec = importlib.machinery.PathFinder.find_spec("cupy")  # on sys.path: sys.modules may hold a stand-in
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("CuPy is not installed: its cuBLAS wrapper cannot be read")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "cublas.py")
+    src = open(path, encoding="utf-8").read()
+    imports = re.compile(r"^(import cupy|from cupy import _core|from cupy_backends\.cuda\.libs import cublas|"
+                         r"from cupy\.cuda import device|from cupy\.linalg import _util)[ \t]*$", re.M)
+    if len(imports.findall(src)) != 5 or "def gemm(" not in src or "def gemv(" not in src:
+        pytest.skip("this CuPy's cupy/cublas.py is laid out differently")
+    blas = _Dev.blas = _ColumnMajorBlas()
+    fake_cupy = types.SimpleNamespace(ndarray=_Dev, empty=lambda shape, dtype, order="C": _Dev(np.empty(shape, dtype, order=order)))
+    fake_core = types.SimpleNamespace(elementwise_copy=lambda src_, dst: dst.a.__setitem__(..., src_.a))
+    ns = {"__name__": "cupy_cublas_on_the_host", "cupy": fake_cupy, "_core": fake_core, "cublas": blas,
+          "device": types.SimpleNamespace(get_cublas_handle=lambda: 0), "_util": None}
+    exec(compile(imports.sub("", src), path, "exec"), ns)
+
+    def gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
+        return ns["gemm"](transa, transb, _Dev(a), _Dev(b), out=_Dev(out), alpha=alpha, beta=beta).a
+
+    def gemv(transa, alpha, a, x, beta, y):
+        ns["gemv"](transa, alpha, _Dev(a), _Dev(x), beta, _Dev(y))
+
+    return types.SimpleNamespace(gemm=gemm, gemv=gemv), blas
+
+
+def test_the_column_major_blas_catches_a_wrong_leading_dimension():
+    blas = _Dev.blas = _ColumnMajorBlas()
+    a = np.zeros((3, 4), np.float32)
+    _Dev(a[1:])
+    with pytest.raises(AssertionError, match="rejects ld"):
+        blas._matrix(np.dtype(np.float32), a.ctypes.data, 3, 4, 2)
+    with pytest.raises(AssertionError, match="outside"):
+        blas._matrix(np.dtype(np.float32), a.ctypes.data, 3, 5, 3)
+    assert blas._matrix(np.dtype(np.float32), a.ctypes.data, 4, 3, 4).shape == (4, 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,n_in,n_out", [(7, 5, 3), (1, 5, 3), (7, 5, 1), (1, 5, 1), (7, 1, 3), (1, 1, 1)])
+def test_cupy_ops_gemms_through_cupys_cublas_wrapper(host_cupy_ops, dtype, B, n_in, n_out):
+    ops = host_cupy_ops(dtype)
+    ops._cublas, blas = _cupy_cublas_wrapper()
+    rng = np.random.default_rng(B * 100 + n_in * 10 + n_out)
+    x, d = rng.standard_normal((B, n_in)).astype(dtype), rng.standard_normal((B, n_out)).astype(dtype)
+    theta = rng.standard_normal(3 + n_out * n_in + n_out + 2).astype(dtype)  # W and b views into a flat buffer
+    W, b = theta[3:3 + n_out * n_in].reshape(n_out, n_in), theta[3 + n_out * n_in:3 + n_out * n_in + n_out]
+    W0, b0, x64, d64 = (a.astype(np.float64) for a in (W, b, x, d))
+    tol = {np.float32: 1e-5, np.float64: 1e-12}[dtype]
+
+    def close(got, want, what):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=f"{what}, B={B}, n_in={n_in}, n_out={n_out}")
+
+    poison = lambda *s: np.full(s, 1.2345e20, dtype)  # noqa: E731
+    close(ops.linear(x, W, b, poison(B, n_out)), x64 @ W0.T + b0, "linear")
+    close(ops.input_grad(d, W, poison(B, n_in)), d64 @ W0, "input_grad")
+    close(ops.weight_grad(d, x, poison(n_out, n_in)), d64.T @ x64, "weight_grad")
+    close(ops.bias_grad(d, poison(n_out)), d64.sum(axis=0), "bias_grad")
+    before = theta.copy()
+    assert ops.weight_grad(d, x, W, alpha=-0.1, beta=0.99) is W
+    close(W, 0.99 * W0 - 0.1 * d64.T @ x64, "folded update in W")
+    np.testing.assert_array_equal(theta[:3], before[:3])  # nothing outside W moved
+    np.testing.assert_array_equal(theta[3 + n_out * n_in:], before[3 + n_out * n_in:])
+    assert blas.calls.count("gemm") == 4 and blas.calls.count("gemv") == 1  # no NumPy fallback in between
+
+
+@pytest.mark.parametrize("kw,B", [(dict(activation="relu", bias=True, weight_decay=0.01), 1),
+                                  (dict(activation="tanh", loss="squared", bias=True, momentum=0.9), 5)])
+def test_cupy_ops_training_steps_through_cupys_cublas_wrapper(host_cupy_ops, kw, B):
+    """Whole steps of a (6, 9, 1) net through CuPy's cuBLAS wrapper: q = 1 (and B = 1 for plain SGD)."""
+    import gpumlp
+
+    models = [gpumlp.MLP((6, 9, 1), backend="numpy", dtype="float64", seed=1, **kw) for _ in range(2)]
+    models[1]._ops = host_cupy_ops("float64")
+    models[1]._ops._cublas, _ = _cupy_cublas_wrapper()
+    rng = np.random.default_rng(3)
+    for step in range(3):
+        X = rng.standard_normal((B, 6))
+        y = rng.standard_normal((B, 1)) if models[0].loss == "squared" else np.zeros(B, int)
+        J = [m.step(X, y, lr=0.05) for m in models]
+        np.testing.assert_allclose(J[1], J[0], rtol=1e-12, err_msg=f"J at step {step}")
+        np.testing.assert_allclose(models[1]._theta, models[0]._theta, rtol=1e-12, atol=1e-12)
