@@ -50,6 +50,7 @@ optimizer in every fit). ``partial_fit`` always continues, optimizer state inclu
 """
 from __future__ import annotations
 
+import copy
 import numbers
 import warnings
 
@@ -140,10 +141,12 @@ class _BaseMLP(BaseEstimator):
         return "float32" if X.dtype == np.float32 else "float64"
 
     def _seed(self, rs):
-        """An integer seed for gpumlp.MLP's shuffling: random_state itself, or drawn from its stream."""
+        """An integer seed for gpumlp.MLP's shuffling: random_state itself, or drawn from a copy of its
+        stream, which is left where it is for the initial weights and the early-stopping split (so
+        that a RandomState instance gives scikit-learn's weights and split, as an integer does)."""
         if isinstance(self.random_state, numbers.Integral) and not isinstance(self.random_state, bool):
             return int(self.random_state)
-        return int(rs.randint(np.iinfo(np.int32).max))
+        return int(copy.deepcopy(rs).randint(np.iinfo(np.int32).max))
 
     def _init_weights(self, model, rs):
         """scikit-learn's _init_coef, layer by layer from the same random stream: coef (fan_in, fan_out)

@@ -99,6 +99,17 @@ def test_initial_weights_are_sklearns():
         np.testing.assert_allclose(a, b, rtol=1e-14)
 
 
+def test_initial_weights_are_sklearns_for_a_random_state_instance():
+    """random_state may be a RandomState: the weights come from its stream exactly as scikit-learn
+    draws them (drawing the shuffling seed from it first would shift every weight)."""
+    X, yc, _ = _data()
+    params = dict(hidden_layer_sizes=(7, 5), solver="sgd", learning_rate_init=1e-300, max_iter=1)
+    ours = MLPClassifier(**params, random_state=np.random.RandomState(5), backend="numpy").fit(X, yc)
+    theirs = SkClassifier(**params, random_state=np.random.RandomState(5)).fit(X, yc)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-14)
+
+
 def test_parameters_reach_the_model():
     X, yc, _ = _data()
     clf = MLPClassifier(hidden_layer_sizes=(6,), activation="logistic", solver="sgd", alpha=0.3, batch_size=20,
