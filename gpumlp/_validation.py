@@ -45,8 +45,26 @@ def _as_host_array(a, name):
         raise TypeError(f"{name} could not be read as an array: {exc}") from exc
 
 
-def check_X(X, name="X", n_features=None):
-    """A 2-D, non-empty, finite, real array. Returns a NumPy view or copy (dtype untouched)."""
+def _finite_as(arr, xp, dtype, name):
+    """``arr`` checked to be finite as it will be used: cast to ``dtype`` first when that narrows the
+    range (float64 data for a float32 model), where a value beyond float32's range becomes inf."""
+    if dtype is not None and arr.dtype.kind == "f" and np.finfo(arr.dtype).max > np.finfo(dtype).max:
+        with np.errstate(over="ignore"):  # an overflow is what is checked for, and reported, here
+            cast = arr.astype(dtype)
+        if not bool(xp.isfinite(cast).all()):
+            if bool(xp.isfinite(arr).all()):
+                raise ValueError(f"{name} has values beyond the range of {np.dtype(dtype).name} (largest "
+                                 f"{np.finfo(dtype).max:.4g}); scale the data or use dtype='float64'")
+            raise ValueError(f"{name} contains NaN or infinity")
+        return cast
+    if arr.dtype.kind == "f" and not bool(xp.isfinite(arr).all()):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+def check_X(X, name="X", n_features=None, dtype=None):
+    """A 2-D, non-empty, finite, real array. Returns a NumPy view or copy (dtype untouched, except that
+    with ``dtype`` given, data of a wider float type come back cast to it, checked finite after the cast)."""
     if type(X).__module__.startswith("cupy"):
         arr = X  # validated on the device, without a copy to the host
         xp = __import__("cupy")
@@ -60,13 +78,12 @@ def check_X(X, name="X", n_features=None):
         raise ValueError(f"{name} is empty (0 samples)")
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features, the model expects {n_features}")
-    if arr.dtype.kind == "f" and not bool(xp.isfinite(arr).all()):
-        raise ValueError(f"{name} contains NaN or infinity")
-    return arr
+    return _finite_as(arr, xp, dtype, name)
 
 
-def check_y(y, loss, n_samples, n_outputs, name="y"):
-    """Targets for ``loss``: integer labels in [0, q) for cross-entropy, (n, q) floats for squared."""
+def check_y(y, loss, n_samples, n_outputs, name="y", dtype=None):
+    """Targets for ``loss``: integer labels in [0, q) for cross-entropy, (n, q) floats for squared
+    (checked finite as ``dtype``, like ``check_X``)."""
     if type(y).__module__.startswith("cupy"):
         arr, xp = y, __import__("cupy")
     else:
@@ -89,9 +106,7 @@ def check_y(y, loss, n_samples, n_outputs, name="y"):
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2 or arr.shape[1] != n_outputs:
         raise ValueError(f"{name} must have shape (n_samples, {n_outputs}) for the squared loss, got {arr.shape}")
-    if not bool(xp.isfinite(arr).all()):
-        raise ValueError(f"{name} contains NaN or infinity")
-    return arr
+    return _finite_as(arr, xp, dtype, name)
 
 
 def check_sample_weight(w, n_samples, name="sample_weight"):

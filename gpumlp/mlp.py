@@ -315,11 +315,11 @@ class MLP:
 
     # ------------------------------------------------------------------ reference forward/backward
     def _device_X(self, X, name="X"):
-        X = check_X(X, name, self.sizes[0])
+        X = check_X(X, name, self.sizes[0], self.dtype)
         return self._backend.asarray(X, dtype=self.dtype)
 
     def _device_y(self, y, n, name="y"):
-        y = check_y(y, self.loss, n, self.sizes[-1], name)
+        y = check_y(y, self.loss, n, self.sizes[-1], name, self.dtype)
         dtype = np.int64 if self.loss == "cross_entropy" else self.dtype
         return self._backend.asarray(y, dtype=dtype)
 
@@ -553,7 +553,7 @@ class MLP:
             return self._device_X(X)
         from ._stream import fits_on_device
 
-        X = check_X(X, "X", self.sizes[0])
+        X = check_X(X, "X", self.sizes[0], self.dtype)
         if fits_on_device(self._xp, X.shape[0] * X.shape[1] * self.dtype.itemsize):
             return self._backend.asarray(X, dtype=self.dtype)
         return np.ascontiguousarray(X, dtype=self.dtype)

@@ -111,6 +111,13 @@ CLASSIFIER_CASES = {
     "backward without y": (lambda m: m.backward(m.forward(X)), ValueError, r"called with targets y"),
     "predict features": (lambda m: m.predict(X[:, :4]), ValueError, r"X has 4 features"),
     "predict NaN": (lambda m: m.predict(nan_at(X)), ValueError, r"X contains NaN"),
+    # float64 data for a float32 model: finite as given, inf once cast (predict would argmax NaN rows)
+    "fit X beyond float32": (lambda m: m.fit(np.where(X > 2, 1e39, X), Y), ValueError,
+                             r"X has values beyond the range of float32"),
+    "predict X beyond float32": (lambda m: m.predict(np.where(X > 2, -1e39, X)), ValueError,
+                                 r"X has values beyond the range of float32"),
+    "validation X beyond float32": (lambda m: m.fit(X, Y, validation_data=(np.where(X > 2, 1e39, X), Y)),
+                                    ValueError, r"validation_data\[0\] has values beyond the range of float32"),
     "predict_proba": (lambda m: m.predict_proba(X[0]), ValueError, r"X must be 2-D"),
     "decision_function": (lambda m: m.decision_function(np.empty((0, D_IN))), ValueError, r"X is empty"),
     "score": (lambda m: m.score(X, Y[:3]), ValueError, r"y has 3 rows"),
@@ -147,6 +154,8 @@ def test_bad_input_is_rejected_and_the_model_is_unchanged(case):
 REGRESSOR_CASES = {
     "fit y shape": (lambda m: m.fit(X, YR[:, :1]), ValueError, r"y must have shape \(n_samples, 2\)"),
     "fit y NaN": (lambda m: m.fit(X, nan_at(YR)), ValueError, r"y contains NaN"),
+    "fit y beyond float32": (lambda m: m.fit(X, np.where(YR > 1, 1e39, YR)), ValueError,
+                             r"y has values beyond the range of float32"),
     "score y rows": (lambda m: m.score(X, YR[:7]), ValueError, r"y has 7 rows"),
     "predict_proba": (lambda m: m.predict_proba(X), ValueError, r"predict_proba needs loss='cross_entropy'"),
     "class_weight": (lambda m: m.fit(X, YR, class_weight="balanced"), ValueError, r"class_weight needs"),
