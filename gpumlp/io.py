@@ -309,7 +309,8 @@ def _n_params(meta):
     return n + (sum(sizes[1:]) if meta["bias"] else 0)
 
 
-def _check_flat(arrays, name, n, path):
+def _check_flat(arrays, name, n, path, dtype):
+    """A flat float array of n entries, finite in the model's ``dtype`` (as it will be loaded)."""
     a = arrays.get(name)
     if a is None:
         raise ModelFileError(f"{os.fspath(path)}: no {name!r} entry")
@@ -320,6 +321,10 @@ def _check_flat(arrays, name, n, path):
                              f"got {a.shape}")
     if not np.isfinite(a).all():
         raise ModelFileError(f"{os.fspath(path)}: {name!r} contains NaN or infinity")
+    with np.errstate(over="ignore"):
+        if not np.isfinite(a.astype(dtype, copy=False)).all():
+            raise ModelFileError(f"{os.fspath(path)}: {name!r} has values beyond the range of the model's "
+                                 f"dtype {dtype} (meta['dtype'])")
 
 
 def _check_arrays(meta, arrays, path):
@@ -328,7 +333,7 @@ def _check_arrays(meta, arrays, path):
 
     p = os.fspath(path)
     n = _n_params(meta)
-    _check_flat(arrays, "theta", n, path)
+    _check_flat(arrays, "theta", n, path, meta["dtype"])
     opt = dict(meta["optimizer"])
     name, t = opt.pop("name"), opt.pop("t")
     try:
@@ -340,7 +345,7 @@ def _check_arrays(meta, arrays, path):
         if k not in slots:
             raise ModelFileError(f"{p}: unexpected entry 'optimizer.{k}' for the {name} optimizer "
                                  f"(it keeps {sorted(slots) or 'no arrays'})")
-        _check_flat(arrays, f"optimizer.{k}", n, path)
+        _check_flat(arrays, f"optimizer.{k}", n, path, meta["dtype"])
     if t > 0 and present != slots and not (name == "sgd" and not opt.get("momentum")):
         missing = sorted(slots - present)
         raise ModelFileError(f"{p}: the {name} optimizer has taken {t} steps but its state "
@@ -357,7 +362,7 @@ def _check_arrays(meta, arrays, path):
     elif "classes" in arrays:
         raise ModelFileError(f"{p}: 'classes' entry present but meta['preprocessing']['classes'] is false")
     if "best_theta" in arrays:  # early stopping's best weights so far
-        _check_flat(arrays, "best_theta", n, path)
+        _check_flat(arrays, "best_theta", n, path, meta["dtype"])
     known = {"theta", "best_theta", "scaling.offset", "scaling.scale", "classes"} | {f"optimizer.{k}" for k in present}
     extra = sorted(set(arrays) - known)
     if extra:

@@ -231,6 +231,8 @@ BAD_FILES = [
     (_array("theta", lambda a: a["theta"].astype(np.int32)), r"'theta' must hold floats"),
     (_array("theta", lambda a: np.where(np.arange(a["theta"].size) == 7, np.nan, a["theta"])),
      r"'theta' contains NaN or infinity"),
+    (_array("theta", lambda a: np.where(np.arange(a["theta"].size) == 7, 1e39, a["theta"].astype(np.float64))),
+     r"'theta' has values beyond the range of the model's dtype float32"),
     (_array("optimizer.velocity", None), r"taken 56 steps but its state optimizer.velocity is missing"),
     (_array("optimizer.velocity", lambda a: a["theta"][:10]), r"'optimizer.velocity' must have shape"),
     (_array("optimizer.m", lambda a: a["theta"]), r"unexpected entry 'optimizer.m' for the sgd optimizer"),
