@@ -29,6 +29,7 @@ Set ``GPUMLP_CBLAS=0`` to force the fallback.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from pathlib import Path
 
@@ -283,3 +284,38 @@ class NumpyOps:
         if r is None:
             r = self._scratch[("arange", n)] = np.arange(n)
         return r
+
+    # -- the optimizers' updates, in place (called by gpumlp.optim in place of its reference) --------
+    # The same operations in the same order as optim.SGD.update / optim.Adam.update, so the results
+    # are identical to the bit; the parameter-sized temporaries of the reference go into scratch.
+    def sgd_update(self, theta, grad, velocity, lr, lam, n_decay, momentum, nesterov):
+        tmp = self._buffer("update", theta.shape, theta.dtype)
+        if lam:  # g = ∂L/∂θ + λθ on the weights
+            grad[:n_decay] += np.multiply(theta[:n_decay], lam, out=tmp[:n_decay])
+        d = grad
+        if momentum:  # v ← μv + g (v starts at 0, so the first v is g)
+            velocity *= momentum
+            velocity += grad
+            if nesterov:
+                grad += np.multiply(velocity, momentum, out=tmp)
+            else:
+                d = velocity
+        theta -= np.multiply(d, lr, out=tmp)
+
+    def adam_update(self, theta, grad, m, v, lr, lam, n_decay, beta1, beta2, eps, c1, c2, decoupled):
+        tmp = self._buffer("update", theta.shape, theta.dtype)
+        denom = self._buffer("adam_denom", theta.shape, theta.dtype)
+        if lam and decoupled:
+            theta[:n_decay] *= 1 - lr * lam
+        elif lam:
+            grad[:n_decay] += np.multiply(theta[:n_decay], lam, out=tmp[:n_decay])
+        m *= beta1
+        m += np.multiply(grad, 1 - beta1, out=tmp)
+        v *= beta2
+        np.multiply(grad, 1 - beta2, out=tmp)
+        v += np.multiply(tmp, grad, out=tmp)
+        np.sqrt(v, out=denom)
+        denom /= math.sqrt(c2)
+        denom += eps
+        np.multiply(m, lr / c1, out=tmp)
+        theta -= np.divide(tmp, denom, out=tmp)

@@ -215,3 +215,51 @@ def test_epoch_gathers_batches_exactly_as_a_shuffled_copy():
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
     assert J == pytest.approx(total / 70, rel=1e-6)
+
+
+# -- the in-place optimizer updates NumpyOps gives gpumlp.optim --------------------------------------
+
+OPTIMIZER_CASES = [("sgd", dict(momentum=0.9)), ("sgd", dict(momentum=0.8, nesterov=True)),
+                   ("adam", dict()), ("adam", dict(decoupled=True))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lam", [0.0, 0.01])
+@pytest.mark.parametrize("name,kw", OPTIMIZER_CASES)
+def test_in_place_optimizer_updates_equal_the_reference_to_the_bit(name, kw, lam, dtype):
+    from gpumlp import optim
+    from gpumlp._numpy_ops import NumpyOps
+
+    rng = np.random.default_rng(3)
+    theta0 = rng.normal(size=300).astype(dtype)
+    ref_opt, ops_opt = optim.make_optimizer(name, **kw), optim.make_optimizer(name, **kw)
+    ref_theta, ops_theta = theta0.copy(), theta0.copy()
+    ops = NumpyOps()
+    for step, lr in enumerate([0.1, 0.05, 0.05, 0.2]):  # a changing rate, as schedules give
+        g = rng.normal(size=300).astype(dtype)
+        ref_opt.update(ref_theta, g.copy(), lr, lam, 200)
+        ops_opt.update(ops_theta, g.copy(), lr, lam, 200, ops)
+        np.testing.assert_array_equal(ops_theta, ref_theta, err_msg=f"step {step}")
+        for k, v in ref_opt.state_arrays().items():
+            np.testing.assert_array_equal(ops_opt.state_arrays()[k], v, err_msg=f"{k} at step {step}")
+    assert ops_theta.dtype == dtype
+
+
+@pytest.mark.parametrize("name,kw", OPTIMIZER_CASES)
+def test_in_place_optimizer_updates_allocate_nothing_of_parameter_size(name, kw):
+    import tracemalloc
+
+    from gpumlp import optim
+    from gpumlp._numpy_ops import NumpyOps
+
+    n = 200_000  # 800 kB of float32 parameters: any parameter-sized temporary shows
+    theta, grad = np.ones(n, np.float32), np.full(n, 0.5, np.float32)
+    opt, ops = optim.make_optimizer(name, **kw), NumpyOps()
+    opt.update(theta, grad, 0.1, 0.01, n // 2, ops)  # first call makes the state and scratch
+    tracemalloc.start()
+    try:
+        opt.update(theta, grad, 0.1, 0.01, n // 2, ops)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < theta.nbytes // 4, f"{peak} bytes allocated during an update of {theta.nbytes} bytes"
