@@ -589,6 +589,9 @@ def _setup_training(args):
         model.scaler_, model.classes_ = d["scaler"], d["classes"]
     elif d["Xtr"].shape[1] != model.sizes[0]:
         raise ValueError(f"the data have {d['Xtr'].shape[1]} features, the resumed model expects {model.sizes[0]}")
+    if saved is not None and getattr(model.lr_schedule, "name", None) == "cosine" and s["epochs"] > model.lr_schedule.T_max:
+        print(f"gpumlp train: warning: the saved run's cosine schedule ends at epoch {model.lr_schedule.T_max}; "
+              f"epochs after it train at its final rate eta_min = {model.lr_schedule.eta_min:g}", file=sys.stderr)
     # What the file records of this run: the settings (for --resume and evaluate) and the per-epoch
     # test scores (for --plot after a resume).
     model.training_config_ = dict(s, history=(saved or {}).get("history", {"test_score": []}))

@@ -122,6 +122,14 @@ def test_resume_gives_bit_identical_weights(tmp_path):
     assert ma["loss_curve"] == mb["loss_curve"] and ma["rng_state"] == mb["rng_state"]
 
 
+def test_extending_a_finished_cosine_run_warns_that_its_rate_stays_at_the_end(tmp_path):
+    run("train", *FAST, "--lr-schedule", "cosine", "--save", tmp_path / "m.npz", "--quiet", check_rc=0)
+    p = run("train", "--resume", tmp_path / "m.npz", "--epochs", "4", "--quiet", check_rc=0)
+    assert "cosine schedule ends at epoch 3" in p.stderr
+    p = run("train", "--resume", tmp_path / "m.npz", "--epochs", "3", "--quiet", check_rc=0)
+    assert "cosine" not in p.stderr
+
+
 def test_resume_refuses_to_change_the_architecture(tmp_path):
     run("train", *FAST, "--save", tmp_path / "m.npz", "--quiet", check_rc=0)
     p = run("train", "--resume", tmp_path / "m.npz", "--hidden", "32", check_rc=2)
