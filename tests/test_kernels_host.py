@@ -58,6 +58,16 @@ PRELUDE = """
 def _in_ci():
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
+def _host_compiler(what):
+    """The host C++ compiler; CI must have one (failing, not skipping), elsewhere the test skips."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        if _in_ci():
+            pytest.fail(f"CI must run {what} on the host, but no C++ compiler was found")
+        pytest.skip("no host C++ compiler (g++, c++, clang++)")
+    return cxx
+
+
 
 def _params(spec):
     """'T dh, T z' -> ['dh', 'z'] (ElementwiseKernel parameter lists of T-typed arrays)."""
@@ -155,11 +165,7 @@ HOST_LOOPS(double, f64)
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
-        if _in_ci():
-            pytest.fail("CI must run the CUDA device math on the host, but no C++ compiler was found")
-        pytest.skip("no host C++ compiler (g++, c++, clang++)")
+    cxx = _host_compiler("the CUDA device math")
     d = tmp_path_factory.mktemp("kernels_host")
     (d / _kernels.MATH_HEADER).write_text(_kernels.source(_kernels.MATH_HEADER))
     parts = [PRELUDE]
@@ -467,11 +473,7 @@ LAUNCHERS(double, f64)
 
 @pytest.fixture(scope="module")
 def grid_lib(tmp_path_factory):
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
-        if _in_ci():
-            pytest.fail("CI must run the CUDA kernels on the host, but no C++ compiler was found")
-        pytest.skip("no host C++ compiler (g++, c++, clang++)")
+    cxx = _host_compiler("the CUDA kernels")
     assert sorted(_kernels.RAW_KERNELS) == ["loss.cu", "optim.cu", "reduce.cu"], "new .cu file: add launchers"
     d = tmp_path_factory.mktemp("kernels_grid")
     # Our .cu files as CuPy gets them (headers inlined; their include guards let them share one unit).
