@@ -6,13 +6,15 @@
 The setting of issue 5: one hidden relu layer, cross-entropy, λ = 1e-4, no bias, float32, plain SGD
 (η = 0.01), an epoch of n = 51200 random rows (200 steps at S, 25 at M), reshuffled every epoch.
 
-    gpumlp          MLP._run_epoch: the epoch loop that fit runs (fit's once-per-call validation
-                    and host-to-device copy are not in it), NumPy backend
+    gpumlp          gpumlp.Trainer.run_epoch: the epoch loop that fit runs (fit's once-per-call
+                    validation and host-to-device copy are not in it), NumPy backend
     gpumlp-fallback the same with GPUMLP_CBLAS=0: the folded update without NumPy's OpenBLAS cblas
     torch           torch.randperm, then per batch X[idx], zero_grad, CrossEntropyLoss, backward,
                     SGD(weight_decay=λ).step(); the loss summed on the device as gpumlp does
     floor-numpy     per batch, the step's five matrix products alone with np.matmul(out=)
     floor-torch     the same with torch.mm(out=)
+
+Every case comes from ``gpumlp.bench.epoch_case`` (the single source of benchmark cases).
 
 Why separate processes: NumPy's OpenBLAS threads and PyTorch's OpenMP threads both spin for a
 while after each call, and on a two-core machine one pool spinning slows the other by whole factors.
@@ -35,9 +37,8 @@ import subprocess
 import sys
 import time
 
-SHAPES = {"S": (256, (784, 256, 10)), "M": (2048, (784, 1024, 10))}
+SHAPES = ("S", "M")  # gpumlp.bench.SHAPES: S is B=256, 784-256-10; M is B=2048, 784-1024-10
 N_ROWS = 51200
-LR, LAM = 0.01, 1e-4
 IMPLS = ("gpumlp", "gpumlp-fallback", "torch", "floor-numpy", "floor-torch")
 TORCH_IMPLS = ("torch", "floor-torch")
 
@@ -75,83 +76,10 @@ def _timed(epoch, epochs):
 
 
 def _make_epoch(impl, shape):
-    import numpy as np
+    """The epoch of one implementation, from gpumlp.bench (the single source of benchmark cases)."""
+    from gpumlp import bench
 
-    B, sizes = SHAPES[shape]
-    d, h, q = sizes
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((N_ROWS, d), dtype=np.float32)
-    y = rng.integers(0, q, N_ROWS)
-    versions = {"numpy": np.__version__}
-    if impl in ("gpumlp", "gpumlp-fallback"):
-        import gpumlp
-        from gpumlp._numpy_ops import default_gemm
-
-        m = gpumlp.MLP(sizes, activation="relu", loss="cross_entropy", weight_decay=LAM, bias=False,
-                       dtype="float32", backend="numpy", seed=0)
-        x, yy = m._device_X(X), m._device_y(y, N_ROWS)
-        versions["gpumlp"] = gpumlp.__version__
-        versions["folded_update"] = "openblas-cblas" if default_gemm() is not None else "matmul-fallback"
-        try:
-            import threadpoolctl
-
-            versions["blas"] = [{k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-                                for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]
-        except ImportError:
-            pass
-        return (lambda: m._run_epoch(x, yy, None, LR, B, True)), versions
-    if impl == "floor-numpy":
-        W1 = (rng.standard_normal((h, d), dtype=np.float32) * 0.05)
-        W2 = (rng.standard_normal((q, h), dtype=np.float32) * 0.05)
-        Z, O, dH = np.empty((B, h), np.float32), np.empty((B, q), np.float32), np.empty((B, h), np.float32)
-        dW1, dW2 = np.empty_like(W1), np.empty_like(W2)
-
-        def epoch():
-            for i in range(0, N_ROWS, B):
-                xb = X[i:i + B]
-                np.matmul(xb, W1.T, out=Z)
-                np.matmul(Z, W2.T, out=O)
-                np.matmul(O.T, Z, out=dW2)
-                np.matmul(O, W2, out=dH)
-                np.matmul(dH.T, xb, out=dW1)
-        return epoch, versions
-    import torch
-
-    versions.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    if impl == "floor-torch":
-        g = torch.Generator().manual_seed(0)
-        W1, W2 = torch.randn(h, d, generator=g) * 0.05, torch.randn(q, h, generator=g) * 0.05
-        Z, O, dH = torch.empty(B, h), torch.empty(B, q), torch.empty(B, h)
-        dW1, dW2 = torch.empty_like(W1), torch.empty_like(W2)
-
-        def epoch():
-            for i in range(0, N_ROWS, B):
-                xb = Xt[i:i + B]
-                torch.mm(xb, W1.T, out=Z)
-                torch.mm(Z, W2.T, out=O)
-                torch.mm(O.T, Z, out=dW2)
-                torch.mm(O, W2, out=dH)
-                torch.mm(dH.T, xb, out=dW1)
-        return epoch, versions
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(d, h, bias=False), torch.nn.ReLU(), torch.nn.Linear(h, q, bias=False))
-    opt = torch.optim.SGD(net.parameters(), lr=LR, weight_decay=LAM)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def epoch():
-        perm = torch.randperm(N_ROWS)
-        total = torch.zeros((), dtype=torch.float64)
-        for i in range(0, N_ROWS, B):
-            idx = perm[i:i + B]
-            xb, yb = Xt[idx], yt[idx]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xb), yb)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(idx)
-        return float(total) / N_ROWS
-    return epoch, versions
+    return bench.epoch_case("gpumlp" if impl == "gpumlp-fallback" else impl, bench.SHAPES[shape], N_ROWS)
 
 
 def child(impl, shape, epochs):
@@ -208,7 +136,9 @@ def summarise(results, quiet):
 def format_summary(summary):
     lines = []
     for shape, rows in summary.items():
-        B, sizes = SHAPES[shape]
+        from gpumlp.bench import SHAPES as BENCH_SHAPES
+
+        B, sizes = BENCH_SHAPES[shape].batch, BENCH_SHAPES[shape].sizes
         lines.append(f"\n{shape}: B={B}, {'-'.join(map(str, sizes))}, epoch of {N_ROWS} rows ({N_ROWS // B} steps)")
         head = f"  {'implementation':16s} {'median s':>9s} {'quiet s':>9s} {'min s':>8s} {'n/quiet':>8s}" \
                f" {'÷torch':>12s} {'÷floor-np':>12s} {'÷floor-pt':>12s}"

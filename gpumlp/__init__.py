@@ -6,14 +6,28 @@ on the GPU through CuPy and on the CPU through NumPy.
     >>> m.fit(X, y, epochs=20, lr=0.1)            # doctest: +SKIP
     >>> m.score(X_test, y_test)                    # doctest: +SKIP
 
-Importing needs no GPU and prints nothing; CuPy is imported only when a backend asks for it.
+How the code is organised (each module one job; the arrows are imports):
+
+    functions.py   the lecture's equations, one named function each (NumPy reference)
+    ops.py         the step's building blocks as one interface; its base class is the reference,
+                   _numpy_ops.py and _cupy_ops.py (+ kernels/, via _kernels.py) the fast backends
+    backend.py     NumPy or CuPy: the only place that decides, and that asks "is this a CuPy array"
+    mlp.py         the model: flat parameters, forward/backward, inference, state_dict   -> step, trainer, io
+    step.py        one training step in two phases: gradients (∂L/∂θ into model.grad), then the update
+    trainer.py     the epoch loop: batches (batches.py, _stream.py), divergence, monitor.py, callbacks
+    optim.py       the update rules; schedules.py the learning rate per epoch
+    io.py          model files (ModelState <-> .npz), no model class; data.py data files, splits, labels
+    cli/, sklearn.py, bench.py   clients: they use public names only
+
+Importing needs no GPU and prints nothing; CuPy is imported only when a backend asks for it, and
+"auto" asks only where a CUDA driver is installed.
 """
+from ._version import __version__
 from .backend import resolve as get_backend
 from .functions import ACTIVATIONS, LOSSES
-from .io import load
-from .mlp import MLP, DivergenceError, Forward, Gradients
+from .mlp import MLP, DivergenceError, Forward, Gradients, load
+from .step import Step
+from .trainer import Trainer
 
-__version__ = "0.1.0"
-
-__all__ = ["MLP", "Forward", "Gradients", "DivergenceError", "load", "get_backend", "ACTIVATIONS", "LOSSES",
-           "__version__"]
+__all__ = ["MLP", "Forward", "Gradients", "Step", "Trainer", "DivergenceError", "load", "get_backend", "ACTIVATIONS",
+           "LOSSES", "__version__"]

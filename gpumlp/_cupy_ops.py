@@ -1,7 +1,8 @@
-"""The training step's building blocks on CuPy: the interface of ``_numpy_ops.NumpyOps``, built on
-cuBLAS and on our kernels (``gpumlp/_kernels.py``, sources in ``kernels/``).
+"""The training step's building blocks on CuPy (``CupyOps``, a ``gpumlp.ops.Ops``): the interface
+documented in ``gpumlp/ops.py``, built on cuBLAS and on our kernels (``gpumlp/_kernels.py``, sources
+in ``kernels/``).
 
-    NumpyOps (reference)                  CupyOps (here)
+    Ops / NumpyOps                        CupyOps (here)
     linear         x @ W.T (+ b)          cuBLAS gemm into out (+ b in place)
     weight_grad    alpha dᵀx + beta out   one cuBLAS gemm with alpha, beta: the plain-SGD update
                                           W ← (1 − ηλ)W − η dᵀa lands in W, ∂J/∂W never exists
@@ -13,7 +14,8 @@ cuBLAS and on our kernels (``gpumlp/_kernels.py``, sources in ``kernels/``).
                                           ∂L/∂o and the batch sum, one launch
     sq_norm        Σa²                    RawKernel gpumlp_sum (square = 1), one launch
     sgd_update     optim.SGD.update       RawKernel gpumlp_sgd_update: all of θ in one launch
-    adam_update    optim.Adam.update      RawKernel gpumlp_adam_update: all of θ in one launch
+    adam_update    optim.Adam.update      RawKernel gpumlp_adam_update: all of θ in one launch; the
+                                          step counter and the bias corrections live on the device
 
 Nothing here allocates after the first call for a batch size, and nothing waits for the GPU: every
 result goes into an ``out`` buffer, and the scalars that the step returns (the loss, Σa²) are 0-d
@@ -34,6 +36,7 @@ import os
 import numpy as np
 
 from . import _kernels
+from .ops import Ops
 
 BLOCK = 256  # threads per block of our RawKernels (8 warps)
 MAX_BLOCKS = 1024  # grid cap of the reducing kernels: the size of the partial-sums buffer
@@ -46,12 +49,12 @@ def tf32_from_env():
     return os.environ.get("GPUMLP_TF32", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
-class CupyOps:
+class CupyOps(Ops):
     def __init__(self, dtype, tf32=None):
         import cupy
         import cupy.cublas
 
-        self.xp = cupy
+        super().__init__(cupy)
         self._cublas = cupy.cublas
         self.dtype = np.dtype(dtype)
         if self.dtype.name not in _kernels.DTYPE_SUFFIX:
@@ -61,6 +64,7 @@ class CupyOps:
         # Made once, on the current device: the reductions' scratch and the 0-d results.
         self._partial = cupy.empty(MAX_BLOCKS, self.dtype)
         self._counter = cupy.zeros(1, cupy.uint32)  # reset to 0 by each reducing launch
+        self._update_counter = cupy.zeros(1, cupy.uint32)  # the Adam update's blocks, reset by its last one
         self._loss = cupy.empty((), self.dtype)
         self._sq = cupy.empty((), self.dtype)
         self._wsum = cupy.empty((), self.dtype)
@@ -100,8 +104,10 @@ class CupyOps:
         finally:
             cublas.setMathMode(handle, mode)
 
-    def linear(self, x, W, b, out):
+    def linear(self, x, W, b, out=None):
         """out = x Wᵀ (+ b).   x (B, in), W (out, in), out (B, out)."""
+        if out is None:
+            return super().linear(x, W, b)
         self._gemm("N", "T", x, W, out)
         if b is not None:
             self.xp.add(out, b, out=out)
@@ -141,8 +147,10 @@ class CupyOps:
         return out
 
     # -- activations ------------------------------------------------------------------------------
-    def act_forward(self, name, z, h):
+    def act_forward(self, name, z, h=None):
         """h = φ(z), one ElementwiseKernel."""
+        if h is None:
+            return super().act_forward(name, z)
         self._elementwise(f"gpumlp_{name}_forward")(z, h)
         return h
 
@@ -178,7 +186,7 @@ class CupyOps:
                            self._counter, np.int32(B), np.int32(q)))
         return self._loss
 
-    # -- the optimizers' fused updates (called by gpumlp.optim when present) -----------------------
+    # -- the optimizers' fused updates ------------------------------------------------------------------
     def _update_grid(self, n):
         return (max(1, min(-(-n // BLOCK), 65535)),), (BLOCK,)
 
@@ -190,10 +198,12 @@ class CupyOps:
             theta, grad, velocity if momentum else None, np.int64(theta.size), np.int64(n_decay), s(lr), s(lam),
             s(momentum), np.int32(bool(nesterov))))
 
-    def adam_update(self, theta, grad, m, v, lr, lam, n_decay, beta1, beta2, eps, c1, c2, decoupled):
-        """optim.Adam.update over all of θ in one launch."""
+    def adam_update(self, theta, grad, m, v, step, lr, lam, n_decay, beta1, beta2, eps, decoupled):
+        """optim.Adam.update over all of θ in one launch. ``step`` (int64, on the device) holds the
+        steps taken so far: the kernel computes the bias corrections of step t = step + 1 and its last
+        block stores t (β1, β2 go in as doubles, for the corrections; the moments use them in F)."""
         s = self._scalar
         grid, block = self._update_grid(theta.size)
         self._raw("gpumlp_adam_update")(grid, block, (
-            theta, grad, m, v, np.int64(theta.size), np.int64(n_decay), s(lr), s(lam), s(beta1), s(beta2),
-            s(eps), s(c1), s(c2), np.int32(bool(decoupled))))
+            theta, grad, m, v, step, np.int64(theta.size), np.int64(n_decay), s(lr), s(lam), np.float64(beta1),
+            np.float64(beta2), s(eps), np.int32(bool(decoupled)), self._update_counter))

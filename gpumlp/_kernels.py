@@ -5,7 +5,8 @@ The CUDA lives in ``kernels/`` (installed as the data package ``gpumlp.kernels``
     gpumlp_math.cuh     __device__ math: φ and φ′ of every activation, the loss terms, the update rules
     gpumlp_reduce.cuh   warp/block/grid sums for the RawKernels (deterministic, one launch)
     loss.cu             gpumlp_cross_entropy_*, gpumlp_squared_*   loss and ∂L/∂o in one pass
-    optim.cu            gpumlp_sgd_update_*, gpumlp_adam_update_*  one launch over the flat θ
+    optim.cu            gpumlp_sgd_update_*, gpumlp_adam_update_*  one launch over the flat θ (Adam's
+                        step counter on the device)
     reduce.cu           gpumlp_sum_*                                Σa or Σa² into a 0-d array
 
 ``*`` is ``f32`` or ``f64``. The activations are ``cupy.ElementwiseKernel`` objects whose preamble is
@@ -20,8 +21,9 @@ import importlib.resources
 import re
 from pathlib import Path
 
+from .functions import ACTIVATIONS
+
 MATH_HEADER = "gpumlp_math.cuh"
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "softplus", "identity")
 DTYPE_SUFFIX = {"float32": "_f32", "float64": "_f64"}
 # Options for our RawModules (CuPy adds -ftz=true and its include paths itself, for every kernel).
 RAW_OPTIONS = ("--std=c++17",)

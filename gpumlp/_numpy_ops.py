@@ -1,19 +1,8 @@
-"""The training step's building blocks on NumPy: the same math as ``functions.py``, written into
-preallocated buffers (``out=``) so that a step allocates no temporary of the hidden layers' size
-(only a few vectors of B elements in the loss).
-
-The CuPy backend has a class with the same methods (``_cupy_ops.CupyOps``) built on our kernels;
-``MLP._train_step`` is written once against this interface:
-
-    linear(x, W, b, out)                      out = x Wᵀ (+ b)
-    act_forward(name, z, h)                   h = φ(z)
-    act_backward(name, dh, z, h, dz)          dz = dh ⊙ φ′(z)      (dz may be dh)
-    loss_grad(name, o, y, w, do) -> L         L (0-d array) and do = ∂L/∂o in one pass
-    weight_grad(d, x, out, alpha, beta)       out = alpha·dᵀx + beta·out
-    input_grad(d, W, out)                     out = d W
-    bias_grad(d, out)                         out = Σ_rows d
-    sq_norm(a) -> 0-d array                   Σ a²
-    sgd_update(...), adam_update(...)         optim's update rules in place (see gpumlp.optim)
+"""The training step's building blocks on NumPy (``NumpyOps``, a ``gpumlp.ops.Ops``): the same
+math as the reference, written into preallocated buffers (``out=``) so that a step allocates no
+temporary of the hidden layers' size (only a few vectors of B elements in the loss). The interface
+is documented in ``gpumlp/ops.py``; the CuPy backend implements it too (``_cupy_ops.CupyOps``), and
+``gpumlp.step.Step`` is written once against it.
 
 Where the time goes on a CPU (one hidden layer, B=2048, 784-1024-10, float32): the five matrix
 products are ~95% of a step and run in OpenBLAS; what is left is a few memory-bound passes over the
@@ -37,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import functions as F
+from .ops import Ops, adam_corrections
 
 # ---------------------------------------------------------------------------------------------
 # out ← alpha·a·b + beta·out through NumPy's bundled OpenBLAS
@@ -143,13 +133,12 @@ def default_gemm():
 # ---------------------------------------------------------------------------------------------
 
 
-class NumpyOps:
+class NumpyOps(Ops):
     """``gemm="auto"`` uses NumPy's OpenBLAS for the folded update when it is there; ``gemm=None``
     forces the pure-NumPy fallback (the tests run both)."""
 
-    xp = np
-
     def __init__(self, gemm="auto"):
+        super().__init__(np)
         self.gemm = default_gemm() if gemm == "auto" else gemm
         self._scratch = {}
 
@@ -164,7 +153,9 @@ class NumpyOps:
         return buf
 
     # -- linear layer ---------------------------------------------------------------------
-    def linear(self, x, W, b, out):
+    def linear(self, x, W, b, out=None):
+        if out is None:
+            return super().linear(x, W, b)
         np.matmul(x, W.T, out=out)
         if b is not None:
             out += b
@@ -199,7 +190,9 @@ class NumpyOps:
         return np.vdot(a, a)  # BLAS dot: one pass, no temporary
 
     # -- activations: in place where it is cheap, else the reference formula ----------------
-    def act_forward(self, name, z, h):
+    def act_forward(self, name, z, h=None):
+        if h is None:
+            return super().act_forward(name, z)
         if name == "relu":
             return np.maximum(z, 0, out=h)
         if name == "tanh":
@@ -286,9 +279,9 @@ class NumpyOps:
             r = self._scratch[("arange", n)] = np.arange(n)
         return r
 
-    # -- the optimizers' updates, in place (called by gpumlp.optim in place of its reference) --------
-    # The same operations in the same order as optim.SGD.update / optim.Adam.update, so the results
-    # are identical to the bit; the parameter-sized temporaries of the reference go into scratch.
+    # -- the optimizers' updates, in place ------------------------------------------------------------
+    # The same operations in the same order as the reference (Ops.sgd_update / Ops.adam_update), so
+    # the results are identical to the bit; the parameter-sized temporaries go into scratch.
     def sgd_update(self, theta, grad, velocity, lr, lam, n_decay, momentum, nesterov):
         tmp = self._buffer("update", theta.shape, theta.dtype)
         if lam:  # g = ∂L/∂θ + λθ on the weights
@@ -303,7 +296,8 @@ class NumpyOps:
                 d = velocity
         theta -= np.multiply(d, lr, out=tmp)
 
-    def adam_update(self, theta, grad, m, v, lr, lam, n_decay, beta1, beta2, eps, c1, c2, decoupled):
+    def adam_update(self, theta, grad, m, v, step, lr, lam, n_decay, beta1, beta2, eps, decoupled):
+        c1, c2 = adam_corrections(step, beta1, beta2)
         tmp = self._buffer("update", theta.shape, theta.dtype)
         denom = self._buffer("adam_denom", theta.shape, theta.dtype)
         if lam and decoupled:

@@ -19,8 +19,9 @@ the median call is reported. The data are random normal, never zeros.
 The table gives samples/s, the speed-up over PyTorch on the same device (> 1: gpumlp is faster) and
 the time relative to the GEMM floor of the same library (1.00 would be the floor itself).
 
-This module is the single source of the benchmark cases: ``benchmarks/`` (pytest-benchmark) and
-``benchmarks/compare_cpu.py`` build theirs from the same functions.
+This module is the single source of the benchmark cases: ``benchmarks/`` (pytest-benchmark) builds
+its steps with ``make_case``, and ``benchmarks/compare_cpu.py`` its whole epochs with ``epoch_case``,
+from the same model, net and GEMM-floor builders. It uses gpumlp's public API only.
 """
 from __future__ import annotations
 
@@ -90,19 +91,10 @@ def environment() -> dict:
     """Machine and versions, recorded beside every figure."""
     info = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
             "cpu": cpu_name(), "cpu_count": os.cpu_count()}
-    from . import __version__
-    from ._numpy_ops import default_gemm
-
+    from ._version import __version__
     info["gpumlp"] = __version__
-    gemm = default_gemm()
-    info["numpy_folded_gemm"] = "openblas-cblas" if gemm is not None else "matmul-fallback"
-    try:
-        import threadpoolctl
-
-        info["blas"] = [{k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-                        for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]
-    except Exception:
-        pass
+    info["numpy_folded_gemm"] = folded_update_path()
+    info.update(environment_blas())
     # TF32 changes float32 GEMMs at the 1e-3 level and their speed several-fold: each library's own
     # switch is recorded (gpumlp: GPUMLP_TF32; CuPy's matmul, used by the cupy floor: CUPY_TF32).
     info["tf32"] = {"GPUMLP_TF32": os.environ.get("GPUMLP_TF32", "0"), "CUPY_TF32": os.environ.get("CUPY_TF32", "0")}
@@ -153,33 +145,34 @@ def _data(shape, seed=0):
     return rng.standard_normal((shape.batch, d), dtype=np.float32), rng.integers(0, q, shape.batch)
 
 
-def gpumlp_train(shape, backend):
-    """The step ``fit`` runs (``MLP._train_step``), on a batch already on the device."""
+def _gpumlp_model(shape, backend):
     from .mlp import MLP
 
-    m = MLP(shape.sizes, activation="relu", loss="cross_entropy", weight_decay=WEIGHT_DECAY, bias=False,
-            dtype=DTYPE, backend=backend, seed=0)
-    X, y = _data(shape)
-    x, yy = m._device_X(X), m._device_y(y, shape.batch)
-    sync = m._backend.synchronize
+    return MLP(shape.sizes, activation="relu", loss="cross_entropy", weight_decay=WEIGHT_DECAY, bias=False,
+               dtype=DTYPE, backend=backend, seed=0)
+
+
+def gpumlp_train(shape, backend):
+    """The step ``fit`` runs (``Step.train``: plain SGD, fused), on a batch already on the device."""
+    m = _gpumlp_model(shape, backend)
+    x, yy, _ = m.to_device(*_data(shape))
+    step, sync = m.training_step(shape.batch), m.array_backend.synchronize
 
     def call():
         for _ in range(shape.steps_per_call):
-            m._train_step(x, yy, None, LR)
+            step.train(x, yy, None, m.optimizer, LR)
         sync()
     return call
 
 
 def gpumlp_infer(shape, backend):
-    from .mlp import MLP
-
-    m = MLP(shape.sizes, weight_decay=WEIGHT_DECAY, dtype=DTYPE, backend=backend, seed=0)
-    x = m._device_X(_data(shape)[0])
-    sync = m._backend.synchronize
+    m = _gpumlp_model(shape, backend)
+    x = m.to_device(_data(shape)[0])[0]
+    sync = m.array_backend.synchronize
 
     def call():
         for _ in range(shape.steps_per_call):
-            m._outputs(x)
+            m.outputs(x)
         sync()
     return call
 
@@ -225,17 +218,17 @@ def torch_infer(shape, device, torch):
     return call
 
 
-def floor(shape, library, task="train", torch=None, device="cpu"):
-    """The step's matrix products alone (train: five; infer: two), into preallocated outputs."""
+def _floor_products(shape, library, task="train", torch=None, device="cpu"):
+    """The step's matrix products alone on one batch xb (train: five; infer: two), into preallocated
+    outputs, and the device synchronisation: (products(xb), sync, the library's array of a host array)."""
     d, h, q = shape.sizes
     B = shape.batch
-    X, _ = _data(shape)
     rng = np.random.default_rng(1)
     host = {"W1": rng.standard_normal((h, d), dtype=np.float32) * 0.05,
             "W2": rng.standard_normal((q, h), dtype=np.float32) * 0.05}
     if library == "torch":
         t = {k: torch.from_numpy(v).to(device) for k, v in host.items()}
-        x = torch.from_numpy(X).to(device)
+        to_lib = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
         empty = lambda *s: torch.empty(s, dtype=torch.float32, device=device)  # noqa: E731
 
         def mm(a, b, out):
@@ -244,7 +237,7 @@ def floor(shape, library, task="train", torch=None, device="cpu"):
     else:
         xp = np if library == "numpy" else __import__("cupy")
         t = {k: xp.asarray(v) for k, v in host.items()}
-        x = xp.asarray(X)
+        to_lib = xp.asarray
         empty = lambda *s: xp.empty(s, np.float32)  # noqa: E731
 
         def mm(a, b, out):
@@ -253,22 +246,110 @@ def floor(shape, library, task="train", torch=None, device="cpu"):
     W1, W2 = t["W1"], t["W2"]
     Z, O, dW2, dH, dW1 = empty(B, h), empty(B, q), empty(q, h), empty(B, h), empty(h, d)
 
-    def step():
+    def products(x):
         mm(x, W1.T, Z)       # Z = X W1ᵀ
         mm(Z, W2.T, O)       # O = H W2ᵀ      (H stands in for φ(Z): same shape, same cost)
         if task == "train":
             mm(O.T, Z, dW2)  # dW2 = dOᵀ H
             mm(O, W2, dH)    # dH = dO W2
             mm(dH.T, x, dW1)  # dW1 = dZᵀ X
+    return products, sync, to_lib
 
-    step()
+
+def floor(shape, library, task="train", torch=None, device="cpu"):
+    """The step's matrix products alone (train: five; infer: two), into preallocated outputs."""
+    products, sync, to_lib = _floor_products(shape, library, task, torch, device)
+    x = to_lib(_data(shape)[0])
+    products(x)
     sync()
 
     def call():
         for _ in range(shape.steps_per_call):
-            step()
+            products(x)
         sync()
     return call
+
+
+# ------------------------------------------------------------------------------ whole epochs (CPU)
+EPOCH_IMPLS = ("gpumlp", "torch", "floor-numpy", "floor-torch")
+
+
+def epoch_case(impl, shape, n_rows=51200):
+    """One training epoch on the CPU over ``n_rows`` random rows in batches of ``shape.batch``, for
+    ``benchmarks/compare_cpu.py``: returns (epoch(), versions of what ran).
+
+        gpumlp        ``Trainer.run_epoch``: the loop ``fit`` runs, reshuffled every epoch (NumPy backend;
+                      GPUMLP_CBLAS=0 in the environment selects the folded update's pure-NumPy fallback)
+        torch         torch.randperm, then per batch X[idx], zero_grad, CrossEntropyLoss, backward,
+                      SGD(weight_decay=λ).step(); the loss summed on the device, as gpumlp does
+        floor-numpy   per contiguous batch, the step's five matrix products alone (np.matmul(out=))
+        floor-torch   the same with torch.mm(out=)
+    """
+    rng = np.random.default_rng(0)
+    d, h, q = shape.sizes
+    B = shape.batch
+    X = rng.standard_normal((n_rows, d), dtype=np.float32)
+    y = rng.integers(0, q, n_rows)
+    versions = {"numpy": np.__version__}
+    if impl == "gpumlp":
+        from .trainer import Trainer
+
+        m = _gpumlp_model(shape, "numpy")
+        trainer = Trainer(m, batch_size=B, lr=LR, shuffle=True)
+        data = trainer.prepare(X, y)
+        versions.update(environment_blas())
+        versions["folded_update"] = folded_update_path()
+        return (lambda: trainer.run_epoch(data, LR)), versions
+    torch = None
+    if impl in ("torch", "floor-torch"):
+        torch = torch_module()
+        versions.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    if impl in ("floor-numpy", "floor-torch"):
+        products, _, to_lib = _floor_products(shape, "numpy" if impl == "floor-numpy" else "torch", "train", torch)
+        Xl = to_lib(X)
+
+        def epoch():
+            for i in range(0, n_rows, B):
+                products(Xl[i:i + B])
+        return epoch, versions
+    if impl != "torch":
+        raise ValueError(f"unknown epoch implementation {impl!r}; choose from {EPOCH_IMPLS}")
+    net, _, _ = _torch_net(torch, shape, "cpu")
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    opt = torch.optim.SGD(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def epoch():
+        perm = torch.randperm(n_rows)
+        total = torch.zeros((), dtype=torch.float64)
+        for i in range(0, n_rows, B):
+            idx = perm[i:i + B]
+            xb, yb = Xt[idx], yt[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)
+        return float(total) / n_rows
+    return epoch, versions
+
+
+def folded_update_path():
+    """How the NumPy backend folds plain SGD into the weight-gradient GEMM here: OpenBLAS's alpha/beta
+    cblas call, or the pure-NumPy fallback (GPUMLP_CBLAS=0, or no usable OpenBLAS)."""
+    from .backend import resolve
+
+    return "openblas-cblas" if resolve("numpy").ops(DTYPE).gemm is not None else "matmul-fallback"
+
+
+def environment_blas():
+    """The BLAS libraries threadpoolctl sees ({} without threadpoolctl)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return {}
+    return {"blas": [{k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                     for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]}
 
 
 # (implementation, library, device) of every case a shape can have, in table order

@@ -4,7 +4,8 @@
     X, y = load("train-images-idx3-ubyte.gz")           # MNIST IDX; labels file found by its name
     X, y = load("data.csv", label_column="label")       # CSV, label column by name or index
     X, y = load("data.npz")                             # NPZ with arrays X and y
-    train, test = split_indices(y, test_size=0.2, seed=0)
+    train, test = split_indices(y, 0.2, seed=0)         # the one hold-out rule (stratified, seeded)
+    codes = LabelEncoder().fit(y).transform(y)          # class labels -> output indices
     scaler = Scaler("standard").fit(X[train])           # fitted on the training split only
 
 Every loader returns host NumPy arrays (X 2-D, y 1-D or None) and raises ValueError with the file's
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import gzip
 import math
+import numbers
 import os
 import struct
 import warnings
 import zipfile
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -238,21 +241,46 @@ def load(path, format="auto", labels=None, label_column=-1, delimiter=",", requi
 
 
 # ---------------------------------------------------------------------------------- split
-def split_indices(y, test_size=0.2, seed=0, stratify=True):
-    """Seeded train/test indices (each sorted). Stratified: every class contributes
-    round(test_size · its count) samples to the test set, so class proportions match."""
-    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
-        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+def split_indices(y, fraction, seed=0, stratify=True):
+    """Seeded (kept, held_out) indices, each sorted: ``ceil(fraction · n)`` examples held out.
+
+    The one hold-out rule of gpumlp: the command line's test and validation splits and ``fit``'s
+    early-stopping split. Stratified (for class labels), each class contributes in proportion to its
+    count, the rounding settled by largest remainders so that the total is exact; the members of each
+    class are taken in the order of one seeded permutation of all n examples.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must lie in (0, 1), got {fraction!r}")
+    y = np.asarray(y)
+    n = y.shape[0]
+    n_out = math.ceil(fraction * n)
+    if n_out < 1 or n - n_out < 1:
+        raise ValueError(f"holding out a fraction {fraction} of {n} examples leaves {n - n_out} to keep and "
+                         f"{n_out} to hold out; both must be at least 1")
+    perm = np.random.default_rng(seed).permutation(n)
+    if stratify:
+        classes, idx = np.unique(y[perm], return_inverse=True)
+        quota = np.bincount(idx) * n_out / n
+        take = np.floor(quota).astype(int)
+        take[np.argsort(-(quota - take), kind="stable")[:n_out - take.sum()]] += 1
+        held_out = np.concatenate([perm[idx == c][:take[c]] for c in range(len(classes))])
+    else:
+        held_out = perm[:n_out]
+    is_out = np.zeros(n, bool)
+    is_out[held_out] = True
+    return np.flatnonzero(~is_out), np.flatnonzero(is_out)
+
+
+def split_indices_v1(y, test_size, seed=0, stratify=True):
+    """The command line's split before gpumlp 0.2 (round(test_size · count) per class, each class drawn
+    in turn from one generator), kept only so that model files trained with it evaluate and resume on
+    the same test split. New runs use ``split_indices``."""
     y = np.asarray(y)
     n = y.shape[0]
     rng = np.random.default_rng(seed)
     if stratify:
-        test = []
-        for c in np.unique(y):
-            members = np.flatnonzero(y == c)
-            k = int(round(test_size * members.size))
-            test.append(rng.permutation(members)[:k])
-        test = np.sort(np.concatenate(test))
+        test = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:int(round(test_size * np.sum(y == c)))]
+                                       for c in np.unique(y)]))
     else:
         test = np.sort(rng.permutation(n)[:int(round(test_size * n))])
     mask = np.ones(n, bool)
@@ -265,19 +293,136 @@ def split_indices(y, test_size=0.2, seed=0, stratify=True):
 
 
 # ---------------------------------------------------------------------------------- labels
-def encode_labels(y):
-    """Class values -> codes 0..q−1. Returns (classes sorted, codes int64). Labels must be finite."""
+class LabelEncoder:
+    """Class labels ↔ output indices 0..q−1, the classes sorted (as ``np.unique`` and scikit-learn's
+    ``unique_labels`` order them). The one label encoder of the command line and the estimators.
+
+    ``fit(y)`` learns the classes (``whole_floats_as_int``: labels read from a CSV as 3.0 become 3);
+    ``transform(y, what)`` maps labels to indices and refuses labels it does not know, naming them and
+    ``what`` held them; ``inverse_transform(indices)`` maps back.
+    """
+
+    def __init__(self, classes=None):
+        self.classes_ = None if classes is None else np.asarray(classes)
+
+    def fit(self, y, whole_floats_as_int=False):
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise ValueError("labels contain NaN or infinity")
+        if y.dtype.kind not in "biufUS":
+            raise TypeError(f"labels must be numbers or strings, got dtype {y.dtype}")
+        classes = np.unique(y)
+        if whole_floats_as_int and classes.dtype.kind == "f" and np.all(classes == np.round(classes)) \
+                and np.abs(classes).max() < 2**53:
+            classes = classes.astype(np.int64)
+        self.classes_ = classes
+        return self
+
+    def transform(self, y, what="the data"):
+        classes = self.classes_
+        y = np.asarray(y)
+        idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+        bad = classes[idx] != y
+        if bad.any():
+            unknown = sorted(set(np.asarray(y)[bad].tolist()))
+            unknown = [int(v) if isinstance(v, float) and v.is_integer() else v for v in unknown]
+            raise ValueError(f"{what} holds label(s) {_short(unknown)} not among the model's classes "
+                             f"{_short(classes.tolist())}")
+        return idx.astype(np.int64)
+
+    def inverse_transform(self, indices):
+        return self.classes_[np.asarray(indices)]
+
+
+def _short(values, n=12):
+    values = list(values)
+    return str(values if len(values) <= n else values[:n] + ["..."])
+
+
+def class_sample_weights(class_weight, y, n_classes):
+    """Per-example weights from ``class_weight`` for labels ``y`` in [0, n_classes), as scikit-learn:
+    "balanced" gives n / (n_present_classes · count of the class); a dict {label: weight} gives those
+    weights (missing labels weigh 1)."""
+    from .validation import check_positive_number
+
     y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
-    if y.dtype.kind not in "biuf":
-        raise TypeError(f"labels must be numbers, got dtype {y.dtype}")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise ValueError("labels contain NaN or infinity")
-    classes, codes = np.unique(y, return_inverse=True)
-    if classes.dtype.kind == "f" and np.all(classes == np.round(classes)) and np.abs(classes).max() < 2**53:
-        classes = classes.astype(np.int64)  # labels read from a CSV as floats: 3.0 -> 3
-    return classes, codes.astype(np.int64)
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be 'balanced' or a dict, got {class_weight!r}")
+        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+        present = counts > 0
+        per_class = np.ones(n_classes)
+        per_class[present] = y.shape[0] / (present.sum() * counts[present])
+    elif isinstance(class_weight, dict):
+        per_class = np.ones(n_classes)
+        for label, weight in class_weight.items():
+            if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < n_classes:
+                raise ValueError(f"class_weight keys must be labels in [0, {n_classes}), got {label!r}")
+            per_class[int(label)] = check_positive_number(weight, f"class_weight[{label}]", allow_zero=True)
+    else:
+        raise TypeError(f"class_weight must be 'balanced' or a dict, got {type(class_weight).__name__}")
+    return per_class[y]
+
+
+# ---------------------------------------------------------------------------------- a run's data
+@dataclass
+class Prepared:
+    """The data of one run: split, labels encoded (output indices), features scaled; host arrays."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    X_val: np.ndarray | None
+    y_val: np.ndarray | None
+    classes: np.ndarray | None  # the label of each output (classification), else None
+    scaler: "Scaler"
+
+
+def prepare(data, *, format="auto", labels=None, label_column=-1, delimiter=",", test_data=None,
+            test_labels=None, test_size=0.2, validation_split=0.0, seed=0, classify=True, scaling="standard",
+            dtype=np.float32, classes=None, scaler=None, split_rule=2):
+    """Load ``data`` (``load``'s arguments), hold out a test split (or load ``test_data``) and a
+    validation split of the training part, encode class labels and scale the features (the scaler
+    fitted on the training part only). ``classes`` and ``scaler`` given (a resumed or evaluated run)
+    are used instead of learned. ``split_rule``: 2 = ``split_indices`` (seed for the test split,
+    seed + 1 for the validation split); 1 = ``split_indices_v1``, for runs saved before it."""
+    split = split_indices if split_rule >= 2 else split_indices_v1
+    X, y = load(data, format=format, labels=labels, label_column=label_column, delimiter=delimiter)
+    if classify and y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        raise ValueError(f"the labels of {data} are not whole numbers, so they are not class labels; "
+                         f"for regression use --loss squared")
+    if test_data is not None:
+        Xte, yte = load(test_data, format=format, labels=test_labels, label_column=label_column,
+                        delimiter=delimiter)
+        if Xte.shape[1:] != X.shape[1:]:
+            raise ValueError(f"{test_data} has {Xte.shape[1]} features, {data} has {X.shape[1]}")
+        Xtr, ytr = X, y
+    else:
+        if X.shape[0] < 2:
+            raise ValueError(f"{data} holds {X.shape[0]} sample; a train/test split needs at least 2")
+        tr, te = split(y, test_size, seed, stratify=classify)
+        Xtr, ytr, Xte, yte = X[tr], y[tr], X[te], y[te]
+    Xva = yva = None
+    if validation_split:
+        tr, va = split(ytr, validation_split, seed + 1, stratify=classify)
+        Xtr, ytr, Xva, yva = Xtr[tr], ytr[tr], Xtr[va], ytr[va]
+    if classify:
+        if classes is None:
+            seen = np.concatenate([ytr, yte] + ([yva] if yva is not None else []))
+            classes = LabelEncoder().fit(seen, whole_floats_as_int=True).classes_
+        encoder = LabelEncoder(classes)
+        ytr, yte, yva = (None if v is None else encoder.transform(v, f"the {what} data") for v, what in
+                         ((ytr, "training"), (yte, "test"), (yva, "validation")))
+    else:
+        classes = None
+        ytr, yte, yva = (None if v is None else v.astype(np.float64) for v in (ytr, yte, yva))
+    if scaler is None:
+        scaler = Scaler(scaling).fit(Xtr)
+    Xva = None if Xva is None else scaler.transform(Xva, dtype)
+    return Prepared(scaler.transform(Xtr, dtype), ytr, scaler.transform(Xte, dtype), yte, Xva, yva, classes, scaler)
 
 
 # ---------------------------------------------------------------------------------- scaling

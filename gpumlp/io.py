@@ -1,22 +1,24 @@
-"""Saving and loading models: a NumPy ``.npz`` archive, never pickle (loading executes no code).
+"""Model files: a NumPy ``.npz`` archive, never pickle (loading executes no code).
 
-A model file holds
+This module knows the file format and nothing of the model class: it writes and reads a
+``gpumlp.state.ModelState`` (``MLP.state_dict()``; ``MLP.from_state_dict`` builds a model from one,
+and ``gpumlp.load(path)`` is the two together). A model file holds
 
     meta                  uint8 bytes of a UTF-8 JSON object: format_version, gpumlp_version, the
-                          model's settings (``MLP._checkpoint_state``: sizes, activation, loss, λ, bias,
-                          dtype, seed, optimizer hyper-parameters and step count, epochs, curves, RNG
-                          state), and "preprocessing" (scaling kind, whether classes are stored) and
-                          "training" (the command-line settings that produced it, or null)
+                          model's settings (sizes, activation, loss, λ, bias, dtype, seed, optimizer
+                          hyper-parameters and step count, epochs, curves, RNG state, schedule,
+                          history, plateau monitor), and "preprocessing" (scaling kind, whether
+                          classes are stored) and "training" (the command-line settings, or null)
     theta                 all weights then all biases, flat, in the model's dtype
     optimizer.<name>      optimizer state (SGD velocity; Adam m and v), flat like theta
     scaling.offset        (d,) float64, with scaling.scale: x ↦ (x − offset) / scale
     scaling.scale
     classes               (q,) the label of each output unit (cross-entropy models trained by the CLI)
 
-``save`` writes to a temporary file beside the target, flushes it to disk and renames it over the
-target (``os.replace``), so a crash leaves either the old file or the new one, never half of one.
-``load`` checks everything before it builds the model and raises ValueError naming the file, the
-entry and what is wrong.
+``save``/``write`` write to a temporary file beside the target, flush it to disk and rename it over
+the target (``os.replace``), so a crash leaves either the old file or the new one, never half of one.
+``read`` checks everything before anything is built and raises ``ModelFileError`` (a ValueError)
+naming the file, the entry and what is wrong.
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ import math
 import numbers
 import os
 import zipfile
-
 import numpy as np
+
+from .monitor import PlateauMonitor
+from .state import ModelState
 
 FORMAT_VERSION = 1
 _SCALINGS = ("standard", "max")
@@ -38,42 +42,50 @@ class ModelFileError(ValueError):
 
 # ---------------------------------------------------------------------------------- save
 def save(model, path, *, scaler=None, classes=None, training=None):
-    """Write ``model`` to ``path`` (exactly that name; no suffix is added), atomically.
+    """Write ``model`` (anything with a ``state_dict()``, i.e. a ``gpumlp.MLP``) to ``path`` (exactly
+    that name; no suffix is added), atomically.
 
     ``scaler`` (a ``gpumlp.data.Scaler``), ``classes`` (label of each output) and ``training``
-    (a JSON-serialisable dict) default to the model's ``scaler_``, ``classes_`` and
-    ``training_config_`` attributes, which ``load`` sets.
+    (a JSON-serialisable dict) replace the model's own ``scaler_``, ``classes_`` and
+    ``training_config_`` in the file when given.
     """
-    from .mlp import MLP
-
-    if not isinstance(model, MLP):
+    if not callable(getattr(model, "state_dict", None)):
         raise TypeError(f"model must be a gpumlp.MLP, got {type(model).__name__}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    scaler = getattr(model, "scaler_", None) if scaler is None else scaler
-    classes = getattr(model, "classes_", None) if classes is None else classes
-    training = getattr(model, "training_config_", None) if training is None else training
-
-    meta, arrays = model._checkpoint_state()
-    meta = dict(meta, format_version=FORMAT_VERSION, gpumlp_version=_version())
-    kind = None
-    if scaler is not None and scaler.kind != "none":
-        if scaler.scale is None:
-            raise ValueError("scaler is not fitted; fit it on the training data before saving")
-        kind = scaler.kind
-        arrays["scaling.offset"] = np.asarray(scaler.offset, np.float64)
-        arrays["scaling.scale"] = np.asarray(scaler.scale, np.float64)
-        _check_scaling(arrays, model.sizes[0], f"scaler for {path}")
+    state = model.state_dict()
+    meta, arrays = dict(state.meta), dict(state.arrays)
+    pre = dict(meta["preprocessing"])
+    if scaler is not None:
+        arrays.pop("scaling.offset", None), arrays.pop("scaling.scale", None)
+        pre["scaling"] = None
+        if scaler.kind != "none":
+            if scaler.scale is None:
+                raise ValueError("scaler is not fitted; fit it on the training data before saving")
+            pre["scaling"] = scaler.kind
+            arrays["scaling.offset"] = np.asarray(scaler.offset, np.float64)
+            arrays["scaling.scale"] = np.asarray(scaler.scale, np.float64)
+    if pre["scaling"] is not None:
+        _check_scaling(arrays, meta["sizes"][0], f"scaler for {path}")
     if classes is not None:
         arrays["classes"] = np.asarray(classes)
-        _check_classes(arrays["classes"], model.sizes[-1], model.loss, "classes")
-    meta["preprocessing"] = {"scaling": kind, "classes": classes is not None}
-    meta["training"] = training
+        pre["classes"] = True
+    if "classes" in arrays:
+        _check_classes(arrays["classes"], meta["sizes"][-1], meta["loss"], "classes")
+    meta["preprocessing"] = pre
+    if training is not None:
+        meta["training"] = training
+    write(path, ModelState(meta, arrays))
+
+
+def write(path, state):
+    """Write a ``ModelState`` to ``path`` atomically, with the format and gpumlp versions in meta."""
+    meta = dict(state.meta, format_version=FORMAT_VERSION, gpumlp_version=_version())
     blob = json.dumps(meta, allow_nan=True).encode()  # curves may hold a diverged NaN
-    _atomic_write(path, lambda f: np.savez(f, meta=np.frombuffer(blob, np.uint8), **arrays))
+    atomic_write(path, lambda f: np.savez(f, meta=np.frombuffer(blob, np.uint8), **state.arrays))
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Run write(file) on a temporary file beside ``path``, fsync it, rename it over ``path``."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -104,40 +116,24 @@ def _atomic_write(path, write):
 
 
 def _version():
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 
 
-# ---------------------------------------------------------------------------------- load
-def load(path, backend="auto"):
-    """The model saved at ``path``, on ``backend``, with ``scaler_`` (a fitted ``Scaler`` or None),
-    ``classes_`` (array or None) and ``training_config_`` (dict or None) set.
+# ---------------------------------------------------------------------------------- read
+def read(path):
+    """The checked ``ModelState`` of the model file at ``path``.
 
     Raises FileNotFoundError for a missing file and ModelFileError (a ValueError) for anything else
-    wrong with it, before building anything.
+    wrong with it: every entry that building the model reads is checked here, before anything is built.
     """
-    from .data import Scaler
-    from .mlp import MLP
-
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     meta, arrays = _read(path)
     _check_meta(meta, path)
     _check_arrays(meta, arrays, path)
-    try:
-        model = MLP._from_checkpoint_state(meta, arrays, backend=backend)
-    except (ValueError, TypeError, KeyError) as exc:
-        if "backend" in str(exc):
-            raise
-        raise ModelFileError(f"{path}: invalid model settings in meta: {exc}") from None
-    pre = meta["preprocessing"]
-    model.scaler_ = None
-    if pre["scaling"] is not None:
-        model.scaler_ = Scaler(pre["scaling"], arrays["scaling.offset"], arrays["scaling.scale"])
-    model.classes_ = arrays.get("classes")
-    model.training_config_ = meta["training"]
-    return model
+    return ModelState(meta, arrays)
 
 
 def _read(path):
@@ -274,33 +270,12 @@ def _check_training_state(meta, path):
         _check_monitor(monitor, path)
 
 
-def _is_opt(check):
-    return lambda v: v is None or check(v)
-
-
-# The plateau monitor of early stopping / the convergence rule (MLP._open_monitor): every key, its type.
-_MONITOR = {
-    "mode": lambda v: v in ("val_score", "loss"),
-    "patience": lambda v: _is_int(v) and v >= 1,
-    "tol": lambda v: _is_real(v) and math.isfinite(v) and v >= 0,
-    "incremental": lambda v: isinstance(v, bool),
-    "split": lambda v: isinstance(v, bool),
-    "validation_fraction": _is_opt(lambda v: _is_real(v) and 0 < v < 1),
-    "open": lambda v: isinstance(v, bool),
-    "best": _is_opt(lambda v: _is_real(v) and math.isfinite(v)),
-    "best_epoch": _is_opt(lambda v: _is_int(v) and v >= 0),
-    "count": lambda v: _is_int(v) and v >= 0,
-    "split_seed": _is_opt(lambda v: _is_int(v) and v >= 0),
-}
-
-
 def _check_monitor(monitor, path):
-    expected = f"null or an object with the keys {sorted(_MONITOR)} (the early-stopping state)"
-    if not isinstance(monitor, dict) or set(monitor) != set(_MONITOR):
-        _fail(path, "monitor", expected, monitor)
-    for key, ok in _MONITOR.items():
-        if not ok(monitor[key]):
-            _fail(path, "monitor", f"{expected}; its {key!r} is wrong", monitor)
+    try:
+        PlateauMonitor.from_json(monitor)
+    except ValueError as exc:
+        raise ModelFileError(f"{os.fspath(path)}: meta['monitor'] must be null or the early-stopping state: "
+                             f"{exc}") from None
 
 
 def _n_params(meta):
@@ -337,7 +312,7 @@ def _check_arrays(meta, arrays, path):
     opt = dict(meta["optimizer"])
     name, t = opt.pop("name"), opt.pop("t")
     try:
-        slots = {k for k, v in vars(make_optimizer(name, **opt)).items() if v is None}
+        slots = set(make_optimizer(name, **opt).state_names)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{p}: meta['optimizer'] has invalid settings: {exc}") from None
     present = {k[len("optimizer."):] for k in arrays if k.startswith("optimizer.")}

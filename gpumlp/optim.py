@@ -27,27 +27,80 @@ accumulated velocity, with scikit-learn's it applies only to new gradients. scik
 adds ε to √v rather than to √v̂, i.e. its ε is ours times √c2; with the default ε = 1e-8 the
 difference is negligible.
 
-Each ``update`` here is the readable reference, written with in-place array operations so that it
-runs on NumPy and CuPy alike; a backend's ``ops`` may provide a fused version with the same name
-and the same meaning (one kernel launch over the flat buffer), which is checked against this one:
+``update(theta, grad, lr, lam, n_decay, ops)`` runs the rule through the backend's ops
+(``gpumlp.ops.Ops``: the readable reference there, in place on NumPy, one fused kernel launch over the
+flat buffer on CuPy); ``ops`` defaults to the reference for the array's module. ``grad`` holds ∂L/∂θ
+on entry (the λθ term is added inside the update pass) and is overwritten.
 
-    ops.sgd_update(theta, grad, velocity, lr, lam, n_decay, momentum, nesterov)
-        velocity is None when momentum == 0; otherwise a zero-initialised buffer before the first
-        step (μ·0 + g = g, so PyTorch's "v starts at g" holds without a special case).
-    ops.adam_update(theta, grad, m, v, lr, lam, n_decay, beta1, beta2, eps, c1, c2, decoupled)
-        c1, c2 are the bias corrections of this step (t already incremented).
+State: SGD keeps ``velocity`` (made at the first momentum step, zero-initialised, so μ·0 + g = g gives
+PyTorch's "v starts at g"); Adam keeps ``m``, ``v`` and ``step``, its step counter, a one-element
+int64 array on the device that the update kernel reads and advances (``t`` reads it). Plain SGD
+(μ = 0) has no state and no update call of its own: the step folds it into the weight-gradient GEMM.
 """
 from __future__ import annotations
 
-import math
+import numpy as np
 
-from ._validation import check_positive_number
+from .backend import array_module, to_host
+from .ops import Ops
+from .validation import check_positive_number
 
 OPTIMIZERS = ("sgd", "adam")
 
 
-class SGD:
+def _copy(value):
+    return value.copy() if hasattr(value, "copy") else value
+
+
+class Optimizer:
+    """An update rule over the flat θ, with its state (arrays beside θ on its device, and a step count)."""
+
+    name = ""
+    foldable = False  # can the update be folded into the weight-gradient GEMM? (plain SGD only)
+    state_names = ()  # the state arrays a checkpoint stores, None until the first update
+    _snapshot = ()  # everything a divergence restores: the arrays and the step count
+
+    def state_arrays(self):
+        """The state a checkpoint stores (flat arrays like θ), by name; empty before the first update."""
+        return {k: getattr(self, k) for k in self.state_names if getattr(self, k) is not None}
+
+    def load_state(self, t, arrays, xp=np):
+        """Set the step count and the state arrays (named as ``state_arrays`` names them)."""
+        for k in self.state_names:
+            setattr(self, k, xp.asarray(arrays[k]) if k in arrays else None)
+        self.t = t
+
+    def snapshot(self):
+        """Copies of the whole state, taken without waiting for the device (divergence restores them)."""
+        return {k: _copy(getattr(self, k)) for k in self._snapshot}
+
+    def restore(self, snapshot):
+        for k, v in snapshot.items():
+            setattr(self, k, v)
+
+    def adopt_state(self, other):
+        """Take over the state of ``other`` (same kind, e.g. before new hyper-parameters), no copies."""
+        self.restore({k: getattr(other, k) for k in self._snapshot})
+
+    def reset(self):
+        """Forget the accumulated state (as a freshly built optimizer)."""
+        raise NotImplementedError
+
+    def hyperparameters(self):
+        raise NotImplementedError
+
+    def update(self, theta, grad, lr, lam, n_decay, ops=None):
+        raise NotImplementedError
+
+
+def _reference_ops(theta):
+    return Ops(array_module(theta))
+
+
+class SGD(Optimizer):
     name = "sgd"
+    state_names = ("velocity",)
+    _snapshot = ("velocity", "t")
 
     def __init__(self, momentum=0.0, nesterov=False):
         self.momentum = check_positive_number(momentum, "momentum", allow_zero=True)
@@ -56,48 +109,33 @@ class SGD:
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
-        self.velocity = None  # flat, like theta; made on first use
-        self.t = 0
+        self.reset()
 
     @property
     def foldable(self):
         """Plain SGD: the update can be folded into the weight-gradient GEMM (no state)."""
         return self.momentum == 0
 
-    def state_arrays(self):
-        return {} if self.velocity is None else {"velocity": self.velocity}
-
     def reset(self):
-        """Forget the accumulated state (as a freshly built optimizer)."""
-        self.velocity, self.t = None, 0
+        self.velocity = None  # flat, like theta; made on first use
+        self.t = 0  # update calls (the folded plain-SGD step makes none)
 
     def hyperparameters(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
 
     def update(self, theta, grad, lr, lam, n_decay, ops=None):
         """θ ← θ − η·d with d as in the module docstring. ``grad`` holds ∂L/∂θ and is overwritten."""
+        ops = ops or _reference_ops(theta)
         self.t += 1
-        if ops is not None and hasattr(ops, "sgd_update"):
-            if self.velocity is None and self.momentum:
-                self.velocity = ops.xp.zeros_like(theta)
-            return ops.sgd_update(theta, grad, self.velocity, lr, lam, n_decay, self.momentum, self.nesterov)
-        if lam:
-            grad[:n_decay] += lam * theta[:n_decay]  # g = ∂L/∂θ + λθ  (= ∂J/∂θ)
-        if self.momentum:
-            if self.velocity is None:
-                self.velocity = grad.copy()  # PyTorch: v starts at the first gradient
-            else:
-                self.velocity *= self.momentum
-                self.velocity += grad
-            if self.nesterov:
-                grad += self.momentum * self.velocity
-            else:
-                grad[...] = self.velocity
-        theta -= lr * grad
+        if self.velocity is None and self.momentum:
+            self.velocity = ops.xp.zeros_like(theta)
+        ops.sgd_update(theta, grad, self.velocity, lr, lam, n_decay, self.momentum, self.nesterov)
 
 
-class Adam:
+class Adam(Optimizer):
     name = "adam"
+    state_names = ("m", "v")
+    _snapshot = ("m", "v", "step")
 
     def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8, decoupled=False):
         for v, n in ((beta1, "beta1"), (beta2, "beta2")):
@@ -107,45 +145,41 @@ class Adam:
         self.beta1, self.beta2 = float(beta1), float(beta2)
         self.eps = check_positive_number(eps, "eps")
         self.decoupled = bool(decoupled)
-        self.m = self.v = None
-        self.t = 0
-
-    foldable = False
-
-    def state_arrays(self):
-        return {} if self.m is None else {"m": self.m, "v": self.v}
+        self.reset()
 
     def reset(self):
-        """Forget the moment estimates and the step count (as a freshly built optimizer)."""
         self.m = self.v = None
-        self.t = 0
+        self.step = None  # int64 (1,) on θ's device: steps taken, advanced by the update itself
+
+    @property
+    def t(self):
+        """Steps taken, read from the device counter (a synchronisation on the GPU: for checkpoints)."""
+        return 0 if self.step is None else int(to_host(self.step)[0])
+
+    @t.setter
+    def t(self, t):
+        if self.step is None:
+            if t:
+                raise ValueError("Adam's step count can only be set together with its moments m and v")
+            return
+        self.step[...] = t
+
+    def load_state(self, t, arrays, xp=np):
+        self.m = self.v = self.step = None
+        if "m" in arrays:
+            self.m, self.v, self.step = xp.asarray(arrays["m"]), xp.asarray(arrays["v"]), xp.zeros(1, np.int64)
+        self.t = t
 
     def hyperparameters(self):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps, "decoupled": self.decoupled}
 
     def update(self, theta, grad, lr, lam, n_decay, ops=None):
-        self.t += 1
+        ops = ops or _reference_ops(theta)
         if self.m is None:
-            xp = ops.xp if ops is not None else __import__("numpy")
-            self.m, self.v = xp.zeros_like(theta), xp.zeros_like(theta)
-        c1 = 1 - self.beta1**self.t
-        c2 = 1 - self.beta2**self.t
-        if ops is not None and hasattr(ops, "adam_update"):
-            return ops.adam_update(theta, grad, self.m, self.v, lr, lam, n_decay, self.beta1, self.beta2,
-                                   self.eps, c1, c2, self.decoupled)
-        if lam and self.decoupled:
-            theta[:n_decay] *= 1 - lr * lam
-        elif lam:
-            grad[:n_decay] += lam * theta[:n_decay]
-        self.m *= self.beta1
-        self.m += (1 - self.beta1) * grad
-        self.v *= self.beta2
-        self.v += (1 - self.beta2) * grad * grad
-        # θ ← θ − η m̂/(√v̂ + ε), written as PyTorch does: step = η/c1, denom = √v/√c2 + ε
-        denom = self.v ** 0.5
-        denom /= math.sqrt(c2)
-        denom += self.eps
-        theta -= (lr / c1) * self.m / denom
+            xp = ops.xp
+            self.m, self.v, self.step = xp.zeros_like(theta), xp.zeros_like(theta), xp.zeros(1, np.int64)
+        ops.adam_update(theta, grad, self.m, self.v, self.step, lr, lam, n_decay, self.beta1, self.beta2, self.eps,
+                        self.decoupled)
 
 
 def make_optimizer(name, **kw):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from ._validation import check_positive_number
+from .validation import check_positive_number
 
 SCHEDULES = ("constant", "step", "exponential", "cosine", "invscaling", "adaptive")
 

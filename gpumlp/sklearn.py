@@ -63,7 +63,9 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import optim, schedules
+from .data import LabelEncoder, class_sample_weights
 from .mlp import MLP
+from .validation import check_sample_weight
 
 ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "identity": "identity", "logistic": "sigmoid"}
 SOLVERS = ("sgd", "adam")
@@ -182,17 +184,8 @@ class _BaseMLP(BaseEstimator):
                              multi_output=self._loss == "squared", y_numeric=self._loss == "squared")
         targets = self._targets(y, first, incremental, classes)
         n_outputs = len(self.classes_) if self._loss == "cross_entropy" else targets.shape[1]
-        sw = None
-        if sample_weight is not None:
-            sw = np.asarray(sample_weight, dtype=np.float64)
-            if sw.ndim == 0:
-                sw = np.full(X.shape[0], float(sw))
-            if sw.shape != (X.shape[0],):
-                raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {sw.shape}")
-            if not np.isfinite(sw).all() or (sw < 0).any():
-                raise ValueError("sample_weight must be finite and non-negative")
-            if not (sw > 0).any():
-                raise ValueError("sample_weight is all zero: at least one weight must be positive")
+        sw = check_sample_weight(sample_weight, X.shape[0])
+        sw = None if sw is None else sw.astype(np.float64)
         if not first and self.model_.sizes[-1] != n_outputs:
             raise ValueError(f"y has {n_outputs} outputs, the fitted model has {self.model_.sizes[-1]}")
         rs = check_random_state(self.random_state)  # one stream per call, as scikit-learn's _fit
@@ -230,7 +223,7 @@ class _BaseMLP(BaseEstimator):
             batch = int(np.clip(self.batch_size, 1, n))
         cw = self._class_weight(y_train)
         if cw is not None:  # folded into the sample weights here, so that λ below sees them too
-            cw = model._class_weights(cw, y_train)
+            cw = class_sample_weights(cw, y_train, model.sizes[-1])
             w_train = cw if w_train is None else w_train * cw
         mean_w = 1.0 if w_train is None else float(np.mean(w_train))
         if mean_w <= 0:
@@ -351,12 +344,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
             raise ValueError(f"`classes={list(classes)}` is not the same as on the first call to partial_fit "
                              f"(classes_={list(self.classes_)})")
-        idx = np.searchsorted(self.classes_, y)
-        bad = (idx >= len(self.classes_)) | (self.classes_[np.minimum(idx, len(self.classes_) - 1)] != y)
-        if bad.any():
-            raise ValueError(f"y has labels {sorted(set(np.asarray(y)[bad].tolist()))} not in classes_ "
-                             f"{list(self.classes_)}")
-        return idx
+        return LabelEncoder(self.classes_).transform(y, "y")
 
     def _class_weight(self, y_train):
         cw = self.class_weight
@@ -378,7 +366,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict(self, X):
         X = self._device_input(X)
-        return self.classes_[self.model_.predict(X)]
+        return LabelEncoder(self.classes_).inverse_transform(self.model_.predict(X))
 
     def predict_proba(self, X):
         """Class probabilities, columns in the order of classes_."""

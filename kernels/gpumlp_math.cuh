@@ -111,7 +111,7 @@ __device__ __forceinline__ F gpumlp_sgd_momentum(F theta, F g, F* v, F lr, F lam
 }
 // Adam (optim.Adam): L2 (coupled: g ← g + λθ) or, decoupled (AdamW), θ ← θ (1 − ηλ) first;
 // m ← β1 m + (1 − β1) g; v ← β2 v + (1 − β2) g²; θ ← θ − (η/c1) m / (√v/√c2 + ε),
-// c1 = 1 − β1ᵗ, c2 = 1 − β2ᵗ (bias corrections, computed once per step on the host).
+// c1 = 1 − β1ᵗ, c2 = 1 − β2ᵗ (bias corrections, computed by the update kernel from its step counter).
 template <typename F>
 __device__ __forceinline__ F gpumlp_adam(F theta, F g, F* m, F* v, F lr, F lam, F beta1, F beta2, F eps, F c1,
                                          F c2, bool decoupled) {

@@ -66,4 +66,18 @@ __device__ void gpumlp_grid_sum(F block_total, F* partial, unsigned int* counter
     }
 }
 
+// *dst = value once every block of the grid has finished, stored by the last block to arrive:
+// what each block read from *dst before calling this is the value from before the launch. Every
+// thread of every block must call it; blocks_done is one zero-initialised unsigned int, reset here.
+template <typename T> __device__ void gpumlp_store_after_grid(T* dst, T value, unsigned int* blocks_done) {
+    __syncthreads();  // every thread of this block is past its reads of *dst
+    if (threadIdx.x == 0) {
+        __threadfence();
+        if (atomicAdd(blocks_done, 1u) == gridDim.x - 1) {
+            *dst = value;
+            *blocks_done = 0u;
+        }
+    }
+}
+
 #endif  // GPUMLP_REDUCE_CUH

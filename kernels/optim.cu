@@ -1,7 +1,9 @@
 // One launch updates the whole flat parameter buffer θ = [W1, ..., b1, ...] (gpumlp/optim.py):
 // its first n_decay elements are weights and get λ, the rest are biases and do not.
-// Grid-stride loop, any launch shape. NumPy twins: optim.SGD.update and optim.Adam.update.
+// Grid-stride loop, any launch shape. NumPy twins: NumpyOps.sgd_update and NumpyOps.adam_update
+// (gpumlp/_numpy_ops.py), both held to the reference Ops.sgd_update / Ops.adam_update (gpumlp/ops.py).
 #include "gpumlp_math.cuh"
+#include "gpumlp_reduce.cuh"
 
 // velocity == nullptr: plain SGD; otherwise momentum mu (with Nesterov when nesterov != 0).
 template <typename F>
@@ -15,15 +17,24 @@ __device__ void gpumlp_sgd_update(F* __restrict__ theta, const F* __restrict__ g
     }
 }
 
+// Adam's step counter lives on the device: *step holds the steps taken so far. Every thread reads
+// t = *step + 1 and computes the bias corrections c1 = 1 − β1ᵗ, c2 = 1 − β2ᵗ in double (β1, β2 come
+// in as doubles for that; the moment updates use them in F, as the host casts them); the last block
+// to finish stores t (gpumlp_store_after_grid). So a step reads no host value that changes from one
+// step to the next, and the launch can be captured in a CUDA graph and replayed.
 template <typename F>
 __device__ void gpumlp_adam_update(F* __restrict__ theta, const F* __restrict__ grad, F* __restrict__ m,
-                                   F* __restrict__ v, long long n, long long n_decay, F lr, F lam, F beta1,
-                                   F beta2, F eps, F c1, F c2, int decoupled) {
+                                   F* __restrict__ v, long long* step, long long n, long long n_decay, F lr, F lam,
+                                   double beta1, double beta2, F eps, int decoupled, unsigned int* blocks_done) {
+    const long long t = *step + 1;
+    const F c1 = F(1.0 - pow(beta1, (double)t)), c2 = F(1.0 - pow(beta2, (double)t));
+    const F b1 = F(beta1), b2 = F(beta2);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const F lam_i = i < n_decay ? lam : F(0);
-        theta[i] = gpumlp_adam(theta[i], grad[i], m + i, v + i, lr, lam_i, beta1, beta2, eps, c1, c2, decoupled != 0);
+        theta[i] = gpumlp_adam(theta[i], grad[i], m + i, v + i, lr, lam_i, b1, b2, eps, c1, c2, decoupled != 0);
     }
+    gpumlp_store_after_grid(step, t, blocks_done);
 }
 
 #define GPUMLP_OPTIM_KERNELS(F, SUFFIX)                                                                  \
@@ -32,10 +43,12 @@ __device__ void gpumlp_adam_update(F* __restrict__ theta, const F* __restrict__ 
                                                          int nesterov) {                                 \
         gpumlp_sgd_update<F>(theta, grad, velocity, n, n_decay, lr, lam, mu, nesterov);                  \
     }                                                                                                    \
-    extern "C" __global__ void gpumlp_adam_update##SUFFIX(F* theta, const F* grad, F* m, F* v, long long n, \
-                                                          long long n_decay, F lr, F lam, F beta1,       \
-                                                          F beta2, F eps, F c1, F c2, int decoupled) {   \
-        gpumlp_adam_update<F>(theta, grad, m, v, n, n_decay, lr, lam, beta1, beta2, eps, c1, c2, decoupled); \
+    extern "C" __global__ void gpumlp_adam_update##SUFFIX(F* theta, const F* grad, F* m, F* v, long long* step, \
+                                                          long long n, long long n_decay, F lr, F lam,   \
+                                                          double beta1, double beta2, F eps, int decoupled, \
+                                                          unsigned int* blocks_done) {                   \
+        gpumlp_adam_update<F>(theta, grad, m, v, step, n, n_decay, lr, lam, beta1, beta2, eps, decoupled,  \
+                              blocks_done);                                                              \
     }
 
 GPUMLP_OPTIM_KERNELS(float, _f32)

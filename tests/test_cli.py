@@ -209,7 +209,7 @@ def test_csv_labels_are_mapped_back_and_predict_and_evaluate(tmp_path):
     bad[0, 0] = 70
     np.savetxt(tmp_path / "bad.csv", bad, fmt="%d", delimiter=",", header=header, comments="")
     p = run("evaluate", model, "--data", tmp_path / "bad.csv", "--label-column", "digit", check_rc=1)
-    assert "label 70" in p.stderr and "does not know" in p.stderr
+    assert "label(s) [70]" in p.stderr and "not among the model's classes" in p.stderr
 
 
 def test_npz_regression_reports_r2(tmp_path):

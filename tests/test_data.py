@@ -197,10 +197,30 @@ def test_split_unstratified_and_bad_sizes():
     tr, te = D.split_indices(y, 0.3, seed=0, stratify=False)
     assert te.size == 15 and tr.size == 35
     for bad in (0, 1, 1.5, -0.1, True, "0.2"):
-        with pytest.raises(ValueError, match="test_size"):
+        with pytest.raises(ValueError, match="held-out fraction"):
             D.split_indices(y, bad)
-    with pytest.raises(ValueError, match="empty test set"):
-        D.split_indices(np.arange(2), 0.1)
+    assert [a.tolist() for a in D.split_indices(np.arange(2), 0.1)] in ([[0], [1]], [[1], [0]])  # ceil: 1 of 2
+    with pytest.raises(ValueError, match="leaves 0 to keep"):
+        D.split_indices(np.arange(1), 0.5)
+
+
+def test_stratified_split_holds_out_exactly_ceil_fraction_n():
+    """Largest remainders: the total is exact even where rounding each class would not be."""
+    y = np.repeat([0, 1, 2], [5, 5, 5])
+    kept, held = D.split_indices(y, 0.1, seed=0)
+    assert held.size == 2 and kept.size == 13  # ceil(1.5); rounding per class would give 0 or 3
+    for n, frac in [(7, 0.5), (100, 0.33), (11, 0.2)]:
+        y = np.arange(n) % 3
+        assert D.split_indices(y, frac, seed=1)[1].size == int(np.ceil(frac * n))
+
+
+def test_the_old_command_line_split_is_kept_for_old_files():
+    """Model files saved before the one hold-out rule recorded no rule: their split stays the one they
+    were trained with (a different one would mix test rows into training when they are resumed)."""
+    _, y = D.load_digits()
+    tr, te = D.split_indices_v1(y, 0.2, seed=0)
+    assert te.size == sum(int(round(0.2 * np.sum(y == c))) for c in range(10)) == 359  # rounded per class
+    assert D.split_indices(y, 0.2, seed=0)[1].size == 360  # ceil(0.2 · 1797)
 
 
 # ---------------------------------------------------------------------------------- scaling and labels
@@ -243,12 +263,20 @@ def test_scaler_errors():
     np.testing.assert_array_equal(D.Scaler("none").transform(np.ones((2, 2)), np.float64), np.ones((2, 2)))
 
 
-def test_encode_labels():
-    classes, codes = D.encode_labels(np.array([3.0, -1.0, 3.0, 7.0]))
-    assert classes.tolist() == [-1, 3, 7] and classes.dtype == np.int64 and codes.tolist() == [1, 0, 1, 2]
-    classes, codes = D.encode_labels(np.array([0.5, 0.25, 0.5]))
-    assert classes.tolist() == [0.25, 0.5] and codes.tolist() == [1, 0, 1]
+def test_label_encoder():
+    y = np.array([3.0, -1.0, 3.0, 7.0])
+    enc = D.LabelEncoder().fit(y, whole_floats_as_int=True)
+    assert enc.classes_.tolist() == [-1, 3, 7] and enc.classes_.dtype == np.int64
+    assert enc.transform(y).tolist() == [1, 0, 1, 2]
+    assert enc.inverse_transform([2, 0]).tolist() == [7, -1]
+    assert D.LabelEncoder().fit(y).classes_.dtype == np.float64  # kept as given unless asked
+    enc = D.LabelEncoder().fit(np.array([0.5, 0.25, 0.5]), whole_floats_as_int=True)
+    assert enc.classes_.tolist() == [0.25, 0.5] and enc.transform([0.5, 0.25, 0.5]).tolist() == [1, 0, 1]
+    text = D.LabelEncoder().fit(np.array(["malignant", "benign", "benign"]))
+    assert text.classes_.tolist() == ["benign", "malignant"] and text.transform(["malignant"]).tolist() == [1]
+    with pytest.raises(ValueError, match=r"the test data holds label\(s\) \[9\] not among the model's classes"):
+        D.LabelEncoder([1, 3, 7]).transform([3, 9], "the test data")
     with pytest.raises(ValueError, match="NaN"):
-        D.encode_labels(np.array([1.0, np.nan]))
-    with pytest.raises(TypeError, match="numbers"):
-        D.encode_labels(np.array(["a", "b"]))
+        D.LabelEncoder().fit(np.array([1.0, np.nan]))
+    with pytest.raises(TypeError, match="numbers or strings"):
+        D.LabelEncoder().fit(np.array([1 + 2j]))

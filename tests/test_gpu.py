@@ -89,7 +89,7 @@ def test_activation_kernels_match_functions(cp, activation, dtype):
     dz = poisoned(cp, z.shape, dtype)
     assert ops.act_backward(activation, dhd, zd, cp.asarray(h_ref), dz) is dz
     assert_close(dz, dz_ref, ELEMENTWISE_TOL[dtype], f"{activation} backward")
-    # in place, dz = dh, as _train_step calls it when a layer's d buffer is reused
+    # in place, dz = dh, as Step calls it when a layer's d buffer is reused
     ops.act_backward(activation, dhd, zd, cp.asarray(h_ref), dhd)
     assert_close(dhd, dz_ref, ELEMENTWISE_TOL[dtype], f"{activation} backward in place")
 
@@ -345,16 +345,27 @@ ALLOC_CASES = [dict(), dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam
                dict(weighted=True)]
 
 
+@pytest.mark.parametrize("phases", ["train", "gradients+apply"])
 @pytest.mark.parametrize("kw", ALLOC_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()) or "sgd")
-def test_a_training_step_allocates_nothing(cp, kw):
+def test_a_training_step_allocates_nothing(cp, kw, phases):
+    """Step.train (plain SGD fused) and the two phases taken apart (the seam a data-parallel trainer
+    uses) ask CuPy's pool for nothing after warm-up."""
     kw = dict(kw)
     weighted = kw.pop("weighted", False)
     m = gpumlp.MLP((30, 64, 32, 4), backend="cupy", bias=True, weight_decay=1e-3, seed=0, **kw)
     X, y, w = _data(m, 128, np.random.default_rng(10), weighted)
-    x, yy = m._device_X(X), m._device_y(y, 128)
-    wd = None if w is None else cp.asarray(w, dtype=m.dtype)
+    x, yy, wd = m.to_device(X, y, w)
+    step = m.training_step(128)
+
+    def one():
+        if phases == "train":
+            return step.train(x, yy, wd, m.optimizer, 0.01)
+        J = step.gradients(x, yy, wd)
+        step.apply(m.optimizer, 0.01)
+        return J
+
     for _ in range(2):  # warm-up: kernels compiled, workspace and optimizer state made
-        m._train_step(x, yy, wd, 0.01)
+        one()
     cp.cuda.get_current_stream().synchronize()
 
     class CountMallocs(cp.cuda.MemoryHook):
@@ -370,10 +381,45 @@ def test_a_training_step_allocates_nothing(cp, kw):
     used = pool.used_bytes()
     with CountMallocs() as hook:
         for _ in range(3):
-            J = m._train_step(x, yy, wd, 0.01)
+            J = one()
     assert hook.sizes == [], f"a step asked CuPy's memory pool for {hook.sizes} bytes"
     assert pool.used_bytes() == used
     assert np.isfinite(float(J))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_adam_update_replays_from_a_cuda_graph(cp, dtype):
+    """Adam's step count and bias corrections live on the device (kernels/optim.cu), so its update
+    launch can be captured once in a CUDA graph and replayed: three replays must give what three
+    direct launches give, and the counter must read 3 (a host-side count would stay frozen)."""
+    from gpumlp._cupy_ops import CupyOps
+
+    ops = CupyOps(dtype)
+    rng = np.random.default_rng(12)
+    n, n_decay = 5000, 4000
+    theta0, g = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    runs = []
+    for replay in (False, True):
+        theta, grad = cp.asarray(theta0), cp.asarray(g)
+        m, v, step = cp.zeros_like(theta), cp.zeros_like(theta), cp.zeros(1, np.int64)
+        args = (theta, grad, m, v, step, 1e-3, 1e-2, n_decay, 0.9, 0.999, 1e-8, False)
+        if not replay:
+            for _ in range(3):
+                ops.adam_update(*args)
+        else:
+            ops.adam_update(*args)  # compiled, and step 1 taken outside the graph
+            stream = cp.cuda.Stream(non_blocking=True)
+            with stream:
+                stream.begin_capture()
+                ops.adam_update(*args)
+                graph = stream.end_capture()
+            graph.launch(stream)
+            graph.launch(stream)
+            stream.synchronize()
+        runs.append((theta.get(), int(step.get()[0])))
+    (direct, t_direct), (replayed, t_replayed) = runs
+    assert t_direct == t_replayed == 3
+    np.testing.assert_array_equal(replayed, direct)
 
 
 SPIN = r"""
@@ -390,16 +436,17 @@ def test_a_training_step_does_not_wait_for_the_gpu(cp):
     spin = cp.RawKernel(SPIN, "gpumlp_test_spin")
     m = gpumlp.MLP((30, 64, 4), backend="cupy", bias=True, weight_decay=1e-3, seed=0, optimizer="adam")
     X, y, _ = _data(m, 64, np.random.default_rng(11))
-    x, yy = m._device_X(X), m._device_y(y, 64)
+    x, yy, _ = m.to_device(X, y)
+    step = m.training_step(64)
     spin((1,), (1,), (np.int64(0),))
-    m._train_step(x, yy, None, 0.01)
+    step.train(x, yy, None, m.optimizer, 0.01)
     cp.cuda.get_current_stream().synchronize()
     spun = cp.cuda.Event(disable_timing=True)
     t0 = time.perf_counter()
     spin((1,), (1,), (np.int64(500_000_000),))
     spun.record()
     for _ in range(3):
-        m._train_step(x, yy, None, 0.01)
+        step.train(x, yy, None, m.optimizer, 0.01)
     host = time.perf_counter() - t0
     still_running = not spun.done
     cp.cuda.get_current_stream().synchronize()

@@ -43,7 +43,7 @@ def test_a_numpy_integer_seed_saves_and_loads(tmp_path):
     m.save(tmp_path / "m.npz")
     m2 = gpumlp.load(tmp_path / "m.npz", backend="numpy")
     assert m2.seed == 7 and type(m2.seed) is int
-    np.testing.assert_array_equal(m2._theta, gpumlp.MLP((4, 3, 2), seed=7, backend="numpy")._theta)
+    np.testing.assert_array_equal(m2.theta, gpumlp.MLP((4, 3, 2), seed=7, backend="numpy").theta)
 
 
 @pytest.mark.parametrize("kw", [{}, {"optimizer": "adam", "momentum": 0.0, "bias": True, "dtype": "float64",
@@ -57,7 +57,7 @@ def test_round_trip_keeps_everything(tmp_path, digits, kw):
            (m.sizes, m.activation, m.loss, m.weight_decay, m.bias, m.dtype, m.seed)
     assert m2.optimizer.name == m.optimizer.name and m2.optimizer.t == m.optimizer.t
     assert m2.epochs_ == 2 and m2.loss_curve_ == m.loss_curve_
-    np.testing.assert_array_equal(m2._theta, m._theta)
+    np.testing.assert_array_equal(m2.theta, m.theta)
     for k, v in m.optimizer.state_arrays().items():
         np.testing.assert_array_equal(m2.optimizer.state_arrays()[k], v)
     np.testing.assert_array_equal(m2.scaler_.offset, digits[2].offset)
@@ -65,7 +65,7 @@ def test_round_trip_keeps_everything(tmp_path, digits, kw):
     assert m2.scaler_.kind == "standard"
     assert m2.classes_.tolist() == list(range(10))
     assert m2.training_config_ == {"lr": 0.05}
-    assert m2._rng.bit_generator.state == m._rng.bit_generator.state
+    assert m2.rng.bit_generator.state == m.rng.bit_generator.state
     # saving the loaded model again carries the scaler and classes along (attributes set by load)
     m2.save(tmp_path / "again.npz")
     assert gpumlp.load(tmp_path / "again.npz").scaler_.kind == "standard"
@@ -90,7 +90,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, digits, optim
     first = gpumlp.MLP((64, 16, 10), **kw).fit(X, y, epochs=2, batch_size=64, lr=0.05)
     first.save(tmp_path / "half.npz")
     resumed = gpumlp.load(tmp_path / "half.npz", backend="numpy").fit(X, y, epochs=2, batch_size=64, lr=0.05)
-    assert resumed._theta.tobytes() == straight._theta.tobytes()
+    assert resumed.theta.tobytes() == straight.theta.tobytes()
     assert resumed.loss_curve_ == straight.loss_curve_
     assert resumed.epochs_ == 4
 
@@ -222,10 +222,10 @@ BAD_FILES = [
     (_set("preprocessing", {"scaling": "log", "classes": False}), r"meta\['preprocessing'\]"),
     (_set("lr_schedule", {"name": "wavy"}), r"meta\['lr_schedule'\] must be a learning-rate schedule"),
     (_set("history", {"loss": ["x"]}), r"meta\['history'\]"),
-    (_set("monitor", {"open": True}), r"meta\['monitor'\] must be null or an object with the keys"),
+    (_set("monitor", {"open": True}), r"meta\['monitor'\] must be null or the early-stopping state: .*an object with the keys"),
     (_set("monitor", {"mode": "loss", "patience": 0, "tol": 1e-4, "incremental": False, "split": False,
                       "validation_fraction": None, "open": True, "best": None, "best_epoch": None, "count": 0,
-                      "split_seed": None}), r"meta\['monitor'\] .*its 'patience' is wrong"),
+                      "split_seed": None}), r"meta\['monitor'\] .*'patience' is wrong"),
     (_array("theta", None), r"no 'theta' entry"),
     (_array("theta", lambda a: a["theta"][:-1]), r"'theta' must have shape \(1184,\)"),
     (_array("theta", lambda a: a["theta"].astype(np.int32)), r"'theta' must hold floats"),

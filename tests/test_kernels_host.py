@@ -462,9 +462,10 @@ LAUNCHERS = r"""
         launch(g, b, order, [&] { gpumlp_sgd_update_##S(t, gr, v, n, nd, lr, lam, mu, nes); });              \
     }                                                                                                          \
     extern "C" void run_adam_update_##S(unsigned g, unsigned b, const int* order, F* t, const F* gr, F* m,      \
-                                        F* v, long long n, long long nd, F lr, F lam, F b1, F b2, F eps, F c1, \
-                                        F c2, int dec) {                                                       \
-        launch(g, b, order, [&] { gpumlp_adam_update_##S(t, gr, m, v, n, nd, lr, lam, b1, b2, eps, c1, c2, dec); }); \
+                                        F* v, long long* step, long long n, long long nd, F lr, F lam,         \
+                                        double b1, double b2, F eps, int dec, unsigned* done) {                \
+        launch(g, b, order, [&] { gpumlp_adam_update_##S(t, gr, m, v, step, n, nd, lr, lam, b1, b2, eps, dec,  \
+                                                         done); });                                            \
     }
 LAUNCHERS(float, f32)
 LAUNCHERS(double, f64)
@@ -585,13 +586,17 @@ def test_sum_kernel_runs_on_the_host(grid_lib, dtype, grid, block, reverse):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name,kw", OPTIMIZERS, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in OPTIMIZERS])
 def test_update_kernels_run_on_the_host(grid_lib, name, kw, dtype):
-    """Two blocks of 32 threads over 200 parameters: the grid-stride loop covers every element once."""
+    """Two blocks of 32 threads over 200 parameters: the grid-stride loop covers every element once.
+    Adam's step counter lives in device memory: every block must use the count from before the launch
+    (blocks run one after another here, in both orders, so a block that stored the new count early
+    would hand a later block the wrong bias corrections), and it must advance by one per launch."""
     run = Grid(grid_lib, dtype)
     rng = np.random.default_rng(6)
     n, n_decay, lr, lam = 200, 150, 0.05, 0.1
     theta = rng.standard_normal(n).astype(dtype)
     ref, ours = optim.make_optimizer(name, **kw), theta.copy()
     s1, s2 = np.zeros(n, dtype), np.zeros(n, dtype)
+    step, done = np.zeros(1, np.int64), np.zeros(1, np.uint32)
     for t in range(1, 4):
         g = rng.standard_normal(n).astype(dtype)
         ref.update(theta, g.copy(), lr, lam, n_decay)
@@ -599,9 +604,32 @@ def test_update_kernels_run_on_the_host(grid_lib, name, kw, dtype):
             run("sgd_update", 2, 32, t % 2 == 0, ours, g, s1 if ref.momentum else None, ctypes.c_longlong(n),
                 ctypes.c_longlong(n_decay), lr, lam, float(ref.momentum), ctypes.c_int(ref.nesterov))
         else:
-            run("adam_update", 2, 32, t % 2 == 0, ours, g, s1, s2, ctypes.c_longlong(n), ctypes.c_longlong(n_decay),
-                lr, lam, ref.beta1, ref.beta2, ref.eps, 1 - ref.beta1**t, 1 - ref.beta2**t, ctypes.c_int(ref.decoupled))
+            run("adam_update", 2, 32, t % 2 == 0, ours, g, s1, s2, step, ctypes.c_longlong(n),
+                ctypes.c_longlong(n_decay), lr, lam, ctypes.c_double(ref.beta1), ctypes.c_double(ref.beta2), ref.eps,
+                ctypes.c_int(ref.decoupled), done)
+            assert step[0] == t and done[0] == 0  # stored by the last block, which reset the block count
         assert_close(ours, theta, dtype, f"{name} {kw} step {t}")
+    if name == "adam":
+        assert ref.t == 3
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_adam_kernel_resumes_from_the_step_count_in_device_memory(grid_lib, reverse):
+    """Started at a stored count of 41 (a resumed run), the kernel applies the corrections of step 42."""
+    run = Grid(grid_lib, np.float64)
+    rng = np.random.default_rng(7)
+    n = 100
+    theta, g = rng.standard_normal(n), rng.standard_normal(n)
+    m, v = rng.standard_normal(n) * 0.1, rng.uniform(0, 0.1, n)
+    ref = optim.make_optimizer("adam")
+    ref.load_state(41, {"m": m.copy(), "v": v.copy()})
+    want = theta.copy()
+    ref.update(want, g.copy(), 0.01, 0.0, n)
+    step, done = np.array([41], np.int64), np.zeros(1, np.uint32)
+    run("adam_update", 3, 32, reverse, theta, g, m, v, step, ctypes.c_longlong(n), ctypes.c_longlong(n), 0.01, 0.0,
+        ctypes.c_double(0.9), ctypes.c_double(0.999), 1e-8, ctypes.c_int(0), done)
+    assert step[0] == 42 and ref.t == 42
+    assert_close(theta, want, np.float64, "θ at step 42")
 
 
 # =====================================================================================================
@@ -632,7 +660,8 @@ class _HostRawKernel:
         types = []
         for param in m.group(1).split(","):
             ctype = " ".join(param.split()[:-1])
-            types.append("ptr" if "*" in ctype else {"F": real, "int": ctypes.c_int, "long long": ctypes.c_longlong}[ctype])
+            types.append("ptr" if "*" in ctype else {"F": real, "int": ctypes.c_int, "long long": ctypes.c_longlong,
+                                                     "double": ctypes.c_double}[ctype])
         return types
 
     def __call__(self, grid, block, args):
@@ -732,7 +761,7 @@ def test_cupy_ops_training_steps_on_a_host_stand_in(host_cupy_ops, kw, dtype):
         w = rng.uniform(0.5, 2.0, 12) if step == 1 else None
         J = [m.step(X, y, lr=0.05, sample_weight=w) for m in models]
         np.testing.assert_allclose(J[1], J[0], rtol=tol, err_msg=f"J at step {step}")
-        np.testing.assert_allclose(models[1]._theta, models[0]._theta, rtol=tol, atol=tol,
+        np.testing.assert_allclose(models[1].theta, models[0].theta, rtol=tol, atol=tol,
                                    err_msg=f"θ after step {step}")
 
 
@@ -905,4 +934,4 @@ def test_cupy_ops_training_steps_through_cupys_cublas_wrapper(host_cupy_ops, kw,
         y = rng.standard_normal((B, 1)) if models[0].loss == "squared" else np.zeros(B, int)
         J = [m.step(X, y, lr=0.05) for m in models]
         np.testing.assert_allclose(J[1], J[0], rtol=1e-12, err_msg=f"J at step {step}")
-        np.testing.assert_allclose(models[1]._theta, models[0]._theta, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(models[1].theta, models[0].theta, rtol=1e-12, atol=1e-12)

@@ -191,7 +191,7 @@ def test_train_step_is_the_reference_update(path, dtype):
     rng = np.random.default_rng(5)
     X, y = rng.standard_normal((40, 12)), rng.integers(0, 3, 40)
     m = gpumlp.MLP((12, 16, 8, 3), weight_decay=1e-2, dtype=dtype, backend="numpy", seed=0)
-    m._ops = NumpyOps(gemm=GEMM if path == "openblas" else None)
+    m.ops = NumpyOps(gemm=GEMM if path == "openblas" else None)
     g = m.backward(m.forward(X, y))
     want = [W.astype(np.float64) - 0.1 * dW for W, dW in zip(m.get_weights(), g.dW)]
     m.step(X, y, lr=0.1)
@@ -206,12 +206,14 @@ def test_epoch_gathers_batches_exactly_as_a_shuffled_copy():
     X, y = rng.standard_normal((70, 10)).astype(np.float32), rng.integers(0, 3, 70)
     a = gpumlp.MLP((10, 8, 3), weight_decay=1e-3, backend="numpy", seed=1)
     b = gpumlp.MLP((10, 8, 3), weight_decay=1e-3, backend="numpy", seed=1)
-    J = a._run_epoch(a._device_X(X), a._device_y(y, 70), None, 0.05, 32, True)
-    perm = b._rng.permutation(70)  # the same draw _run_epoch makes
+    trainer = gpumlp.Trainer(a, batch_size=32, lr=0.05, shuffle=True)
+    J = trainer.run_epoch(trainer.prepare(X, y), 0.05)
+    perm = b.rng.permutation(70)  # the same draw run_epoch makes
     xs, ys = X[perm], y[perm]
     total = 0.0
     for i in range(0, 70, 32):
-        total += float(b._train_step(xs[i:i + 32], ys[i:i + 32], None, 0.05)) * len(xs[i:i + 32])
+        x, yy, _ = b.to_device(xs[i:i + 32], ys[i:i + 32])
+        total += float(b.training_step(32).train(x, yy, None, b.optimizer, 0.05)) * len(x)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
     assert J == pytest.approx(total / 70, rel=1e-6)

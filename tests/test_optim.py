@@ -6,6 +6,7 @@ import pytest
 import gpumlp
 from gpumlp import optim
 from gpumlp._numpy_ops import NumpyOps
+from gpumlp.ops import adam_corrections
 from gpumlp.backend import cupy_status
 
 N, N_DECAY, STEPS = 11, 7, 6  # a flat buffer of 7 "weights" then 4 "biases"
@@ -140,6 +141,7 @@ class _RecordingOps(NumpyOps):
     """NumpyOps with fused updates that record their arguments and run the reference rule."""
 
     def __init__(self):
+        super().__init__(gemm=None)
         self.calls = []
 
     def sgd_update(self, theta, grad, velocity, lr, lam, n_decay, momentum, nesterov):
@@ -148,8 +150,9 @@ class _RecordingOps(NumpyOps):
         ref.velocity = velocity
         ref.update(theta, grad, lr, lam, n_decay)
 
-    def adam_update(self, theta, grad, m, v, lr, lam, n_decay, beta1, beta2, eps, c1, c2, decoupled):
-        self.calls.append(("adam", lr, lam, n_decay, beta1, beta2, eps, c1, c2, decoupled))
+    def adam_update(self, theta, grad, m, v, step, lr, lam, n_decay, beta1, beta2, eps, decoupled):
+        self.calls.append(("adam", int(step[0]), lr, lam, n_decay, beta1, beta2, eps, decoupled))
+        adam_corrections(step, beta1, beta2)  # the contract: the update advances the device counter
 
 
 def test_fused_op_contract():
@@ -163,7 +166,9 @@ def test_fused_op_contract():
     ops.calls.clear()
     opt = optim.Adam(0.8, 0.95, 1e-6, True)
     run(opt, theta, grads[:2], LRS[:2], 0.3, ops)
-    assert ops.calls[1] == ("adam", 0.1, 0.3, N_DECAY, 0.8, 0.95, 1e-6, 1 - 0.8**2, 1 - 0.95**2, True)
+    # Adam's step counter is a device array that the update itself reads (steps so far) and advances
+    assert ops.calls[1] == ("adam", 1, 0.1, 0.3, N_DECAY, 0.8, 0.95, 1e-6, True)
+    assert opt.t == 2 and opt.step.dtype == np.int64 and opt.step.shape == (1,)
 
 
 # ---------------------------------------------------------------------- PyTorch
@@ -213,16 +218,16 @@ def test_model_step_applies_the_rule_to_the_loss_gradient(kw):
     rng = np.random.default_rng(6)
     X, y = rng.normal(size=(9, 4)), rng.integers(0, 3, 9)
     m = gpumlp.MLP((4, 5, 3), bias=True, dtype="float64", backend="numpy", seed=0, weight_decay=0.2, **kw)
-    theta0 = m._theta.copy()
+    theta0 = m.theta.copy()
     g = m.backward(m.forward(X, y))
     # ∂L/∂θ in the flat layout (backward's ∂J/∂W includes λW; the optimizer adds it itself)
     flat = np.concatenate([dW.ravel() - 0.2 * W.ravel() for dW, W in zip(g.dW, m.get_weights())] + list(g.db))
     kw = dict(kw)
     ref = optim.make_optimizer(kw.pop("optimizer"), **kw)
     expected = theta0.copy()
-    ref.update(expected, flat, 0.05, 0.2, m._n_weights)
+    ref.update(expected, flat, 0.05, 0.2, m.n_weights)
     m.step(X, y, lr=0.05)
-    np.testing.assert_allclose(m._theta, expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(m.theta, expected, rtol=1e-12, atol=1e-14)
 
 
 # ---------------------------------------------------------------------- GPU: fused kernels vs NumPy

@@ -119,7 +119,7 @@ def test_fit_uses_the_schedules_rate_each_epoch(schedule, optimizer):
     b = gpumlp.MLP((4, 6, 2), **kw)
     for e in range(6):
         b.fit(X, y, epochs=1, batch_size=16, lr=schedule.lr(0.2, e, e * len(X)))
-    np.testing.assert_array_equal(a._theta, b._theta)
+    np.testing.assert_array_equal(a.theta, b.theta)
     assert a.history_["lr"] == [schedule.lr(0.2, e, e * len(X)) for e in range(6)]
     assert a.samples_seen_ == 6 * len(X)
 
@@ -148,4 +148,4 @@ def test_custom_schedules_work_in_fit_but_are_not_checkpointed():
     m = gpumlp.MLP((4, 3, 2), dtype="float64", backend="numpy", lr_schedule=Halving()).fit(X, y, epochs=3, lr=0.4)
     assert m.history_["lr"] == [0.4, 0.2, 0.1]
     with pytest.raises(TypeError, match="built-in"):
-        m._checkpoint_state()
+        m.state_dict()

@@ -162,7 +162,7 @@ def test_partial_fit():
         full.fit(X, yc)
     for a, b in zip(clf.coefs_, full.coefs_):  # three partial_fits = three epochs of fit
         np.testing.assert_allclose(a, b, rtol=1e-12)
-    with pytest.raises(ValueError, match="not in classes_"):
+    with pytest.raises(ValueError, match="not among the model's classes"):
         clf.partial_fit(X, np.full(len(X), 7))
     with pytest.raises(ValueError, match="early_stopping"):
         MLPClassifier(early_stopping=True).partial_fit(X, yc, classes=[0, 1, 2])

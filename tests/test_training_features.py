@@ -8,6 +8,7 @@ import pytest
 
 import gpumlp
 from gpumlp import schedules
+from gpumlp.monitor import PlateauMonitor
 
 KW = dict(dtype="float64", backend="numpy")
 
@@ -28,7 +29,7 @@ def assert_same_history(a, b):
 def snapshots():
     """A callback that keeps θ after every epoch, and the dict it fills."""
     seen = {}
-    return (lambda m, r: seen.__setitem__(r["epoch"], m._theta.copy())), seen
+    return (lambda m, r: seen.__setitem__(r["epoch"], m.theta.copy())), seen
 
 
 # ---------------------------------------------------------------------- early stopping
@@ -44,8 +45,8 @@ def test_early_stopping_restores_the_best_epoch():
     assert m.stop_reason_ == "plateau" and m.epochs_ < 300
     assert scores[best - 1] == max(scores) and scores.index(max(scores)) == best - 1  # first best
     assert m.best_score_ == max(scores)
-    np.testing.assert_array_equal(m._theta, seen[best])  # the weights of that epoch, not the last
-    assert not np.array_equal(m._theta, seen[m.epochs_])
+    np.testing.assert_array_equal(m.theta, seen[best])  # the weights of that epoch, not the last
+    assert not np.array_equal(m.theta, seen[m.epochs_])
     assert m.score(Xv, yv) == max(scores)
     # scikit-learn's rule: it stopped after more than 5 epochs none of which beat best + tol
     assert all(s < max(scores) + 1e-4 for s in scores[-6:])
@@ -56,14 +57,22 @@ def test_early_stopping_holds_out_a_stratified_fraction():
     m = gpumlp.MLP((4, 8, 3), seed=0, **KW)
     m.fit(X, y, epochs=3, early_stopping=True, validation_fraction=0.2, n_iter_no_change=50)
     assert m.samples_seen_ == 3 * 80 and len(m.validation_curve_) == 3
-    xs, ys, ws, (xv, yv, wv) = m._split_validation(X, y, None, 0.2, seed=7)
-    assert len(yv) == 20 and len(ys) == 80 and ws is None and wv is None
+    kept, held = gpumlp.data.split_indices(y, 0.2, seed=7)  # the rule fit holds out with
+    xs, ys, xv, yv = X[kept], y[kept], X[held], y[held]
+    assert len(yv) == 20 and len(ys) == 80
     counts, val_counts = np.bincount(y, minlength=3), np.bincount(yv, minlength=3)
     assert np.all(np.abs(val_counts - 0.2 * counts) < 1)  # each class in proportion (largest remainders)
     rows = {tuple(r) for r in xs} | {tuple(r) for r in xv}
     assert len(rows) == 100  # disjoint and complete
-    again = m._split_validation(X, y, None, 0.2, seed=7)[3][0]
+    again = X[gpumlp.data.split_indices(y, 0.2, seed=7)[1]]
     np.testing.assert_array_equal(again, xv)  # the seed decides the split
+    # fit held out exactly that split, with the seed its monitor drew
+    seed = m.monitor_.split_seed
+    m2 = gpumlp.MLP((4, 8, 3), seed=0, **KW)
+    assert int(m2.rng.integers(2**63)) == seed  # the one draw fit made before its first shuffle
+    kept, held = gpumlp.data.split_indices(y, 0.2, seed=seed)
+    m2.fit(X[kept], y[kept], epochs=3, validation_data=(X[held], y[held]), early_stopping=True, n_iter_no_change=50)
+    assert m2.validation_curve_ == m.validation_curve_
 
 
 def test_split_too_small_raises():
@@ -99,7 +108,7 @@ def test_partial_fit_over_the_batches_equals_one_epoch_of_fit(kw, weighted):
     for i in range(0, 50, 16):
         b.partial_fit(X[i:i + 16], y[i:i + 16], classes=[0, 1, 2], batch_size=16, lr=0.1,
                       sample_weight=None if w is None else w[i:i + 16])
-    np.testing.assert_allclose(b._theta, a._theta, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(b.theta, a.theta, rtol=1e-13, atol=1e-15)
     assert b.optimizer.t == a.optimizer.t
 
 
@@ -123,7 +132,7 @@ def test_fit_continues_where_it_stopped(kw):
     a = gpumlp.MLP((4, 6, 3), seed=1, lr_schedule=sched, **kw, **KW).fit(X, y, epochs=7, batch_size=16, lr=0.1)
     b = gpumlp.MLP((4, 6, 3), seed=1, lr_schedule=schedules.Cosine(7, 0.001), **kw, **KW)
     b.fit(X, y, epochs=4, batch_size=16, lr=0.1).fit(X, y, epochs=3, batch_size=16, lr=0.1)
-    np.testing.assert_array_equal(a._theta, b._theta)
+    np.testing.assert_array_equal(a.theta, b.theta)
     assert a.loss_curve_ == b.loss_curve_
     assert_same_history(a, b)
 
@@ -141,7 +150,7 @@ def test_reset_parameters_starts_over():
 # ---------------------------------------------------------------------- sample and class weights
 def _flat_fd_grad(m, X, y, w, eps=1e-6):
     """Central differences of J over every entry of θ (weights and biases), float64."""
-    theta = m._theta
+    theta = m.theta
     g = np.empty_like(theta)
     for i in range(theta.size):
         old = theta[i]
@@ -164,15 +173,15 @@ def test_weighted_fast_step_follows_finite_differences(loss):
     w = rng.uniform(0.1, 4.0, 7)
     m = gpumlp.MLP((4, 5, 3), activation="tanh", loss=loss, bias=True, weight_decay=0.05, seed=0, **KW)
     fd = _flat_fd_grad(m, X, y, w)
-    before = m._theta.copy()
+    before = m.theta.copy()
     J = m.step(X, y, lr=0.1, sample_weight=w)
-    step = (before - m._theta) / 0.1
+    step = (before - m.theta) / 0.1
     assert np.linalg.norm(step - fd) <= 1e-6 * np.linalg.norm(fd)
-    m._theta[...] = before
+    m.theta[...] = before
     assert J == pytest.approx(m.forward(X, y, sample_weight=w).J, rel=1e-12)
     # and it is a weighted mean: scaling every weight changes nothing
     m.step(X, y, lr=0.1, sample_weight=5 * w)
-    np.testing.assert_allclose(m._theta, before - 0.1 * step, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(m.theta, before - 0.1 * step, rtol=1e-12, atol=1e-15)
 
 
 def test_integer_weights_equal_repeated_rows():
@@ -182,7 +191,7 @@ def test_integer_weights_equal_repeated_rows():
     b = gpumlp.MLP((4, 6, 3), seed=0, optimizer="adam", bias=True, **KW)
     a.fit(X, y, epochs=5, batch_size=20, lr=0.05, sample_weight=w)  # one full batch per epoch
     b.fit(np.repeat(X, w, axis=0), np.repeat(y, w), epochs=5, batch_size=int(w.sum()), lr=0.05)
-    np.testing.assert_allclose(a._theta, b._theta, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
@@ -209,7 +218,7 @@ def test_a_batch_whose_weights_are_all_zero_contributes_nothing(loss):
     b = gpumlp.MLP((4, 6, q), loss=loss, seed=0, bias=True, **KW)
     a.fit(X, t, epochs=2, batch_size=16, lr=0.1, shuffle=False, sample_weight=w)
     b.fit(X[32:], t[32:], epochs=2, batch_size=16, lr=0.1, shuffle=False)
-    np.testing.assert_allclose(a._theta, b._theta, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(a.loss_curve_, np.array(b.loss_curve_) / 2)  # the empty batches add J = 0
 
 
@@ -222,7 +231,7 @@ def test_class_weight_balanced_and_dict():
     for cw, w in [("balanced", balanced), ({0: 0.5, 2: 3.0}, np.array([0.5, 1.0, 3.0])[y])]:
         a = gpumlp.MLP((4, 5, 3), seed=0, **KW).fit(X, y, epochs=2, batch_size=16, class_weight=cw, sample_weight=sw)
         b = gpumlp.MLP((4, 5, 3), seed=0, **KW).fit(X, y, epochs=2, batch_size=16, sample_weight=w * sw)
-        np.testing.assert_array_equal(a._theta, b._theta)
+        np.testing.assert_array_equal(a.theta, b.theta)
     with pytest.raises(ValueError, match="balanced"):
         gpumlp.MLP((4, 5, 3), **KW).fit(X, y, class_weight="auto")
     with pytest.raises(ValueError, match="keys"):
@@ -290,13 +299,13 @@ def test_checkpoint_taken_mid_fit_resumes_exactly(tmp_path):
     args = dict(batch_size=8, lr=0.05, early_stopping=True, validation_fraction=0.25, n_iter_no_change=4)
     a = gpumlp.MLP((4, 32, 3), seed=0, optimizer="adam", bias=True, lr_schedule=schedules.Cosine(30), **KW)
     a.fit(X, y, epochs=30, callbacks=save_at_5, **args)
-    b = gpumlp.io.load(str(path), backend="numpy")
-    assert b._monitor["open"] and b.epochs_ == 5
+    b = gpumlp.load(str(path), backend="numpy")
+    assert b.monitor_.open and b.epochs_ == 5
     b.fit(X, y, epochs=25, **args)
-    np.testing.assert_array_equal(b._theta, a._theta)
+    np.testing.assert_array_equal(b.theta, a.theta)
     assert b.epochs_ == a.epochs_ and b.best_epoch_ == a.best_epoch_ and b.stop_reason_ == a.stop_reason_
     assert_same_history(a, b)
-    assert not a._monitor["open"] and not b._monitor["open"]
+    assert not a.monitor_.open and not b.monitor_.open
 
 
 def test_a_finished_fit_does_not_leak_into_the_next():
@@ -315,12 +324,12 @@ def test_pickle_and_deepcopy_carry_the_training_state():
     m = gpumlp.MLP((4, 5, 3), seed=0, optimizer="adam", lr_schedule="adaptive", **KW)
     m.fit(X, y, epochs=3, validation_data=(X, y), early_stopping=True)
     for c in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
-        np.testing.assert_array_equal(c._theta, m._theta)
+        np.testing.assert_array_equal(c.theta, m.theta)
         np.testing.assert_array_equal(c.optimizer.m, m.optimizer.m)
         assert c.optimizer.t == m.optimizer.t
         assert_same_history(c, m)
         c.fit(X, y, epochs=2)
-        assert not np.array_equal(c._theta, m._theta)  # independent copies
+        assert not np.array_equal(c.theta, m.theta)  # independent copies
 
 
 def test_pickle_and_deepcopy_carry_what_a_model_file_carries(tmp_path):
@@ -348,7 +357,7 @@ def test_divergence_closes_the_run():
     m = gpumlp.MLP((4, 5, 3), seed=0, **KW)
     with pytest.raises(gpumlp.DivergenceError):
         m.fit(X * 1e150, y, epochs=5, lr=1e10, validation_data=(X, y), early_stopping=True)
-    assert not m._monitor["open"]
+    assert not m.monitor_.open
 
 
 # ---------------------------------------------------------------------- get_params / set_params
@@ -403,15 +412,13 @@ def _sklearn_plateau_epochs(values, mode, patience, tol):
 def test_plateau_rule_matches_sklearns_transcription(mode, seed):
     rng = np.random.default_rng(seed)
     values = list(np.cumsum(rng.normal(-0.02 if mode == "loss" else 0.02, 0.05, 60)))
-    m = gpumlp.MLP((2, 2), lr_schedule=schedules.Adaptive(min_lr=0.0), **KW)  # never stops: counts plateaus
-    m._open_monitor({"mode": mode, "patience": 2, "tol": 0.01, "incremental": False, "split": False,
-                     "validation_fraction": None})
+    schedule = schedules.Adaptive(min_lr=0.0)  # never stops: counts plateaus
+    monitor = PlateauMonitor(mode=mode, patience=2, tol=0.01)
     plateaus = []
     for e, v in enumerate(values, start=1):
-        m.epochs_ = e
-        before = m.lr_schedule.n_reductions
-        assert m._watch(v, 1.0) is None
-        if m.lr_schedule.n_reductions > before:
+        before = schedule.n_reductions
+        assert monitor.watch(v, e, None, schedule, 1.0) is None
+        if schedule.n_reductions > before:
             plateaus.append(e)
     assert plateaus == _sklearn_plateau_epochs(values, mode, 2, 0.01) and plateaus
 
@@ -419,11 +426,11 @@ def test_plateau_rule_matches_sklearns_transcription(mode, seed):
 def test_a_rejected_fit_changes_nothing():
     X, y = blobs(10)
     m = gpumlp.MLP((4, 3, 3), seed=0, **KW).fit(X, y, epochs=1, early_stopping=True, validation_fraction=0.3)
-    theta, rng, monitor = m._theta.copy(), m._rng.bit_generator.state, dict(m._monitor)
+    theta, rng, monitor = m.theta.copy(), m.rng.bit_generator.state, m.monitor_.to_json()
     with pytest.raises(ValueError, match="validation_fraction"):
         m.fit(X, y, early_stopping=True, validation_fraction=0.05)
-    np.testing.assert_array_equal(m._theta, theta)
-    assert m._rng.bit_generator.state == rng and m._monitor == monitor
+    np.testing.assert_array_equal(m.theta, theta)
+    assert m.rng.bit_generator.state == rng and m.monitor_.to_json() == monitor
 
 
 @pytest.mark.gpu

@@ -1,7 +1,14 @@
-"""Argument checks shared by every public entry point.
+"""Argument checks shared by every public entry point (the model, the trainer, the estimators).
 
 Each check raises ValueError or TypeError naming the argument and what was expected, and runs
-before any state changes, so a call that raises leaves the model exactly as it was.
+before any state changes, so a call that raises leaves the model exactly as it was. Arrays already
+on the device (CuPy) are checked there, without a copy to the host.
+
+    check_X(X, name, n_features, dtype)           2-D, non-empty, real, finite as ``dtype``
+    check_y(y, loss, n, n_outputs, name, dtype)   labels in [0, q) or (n, q) targets
+    check_sample_weight(w, n, name)               (n,) finite, >= 0, positive sum (a number: n copies)
+    check_positive_number(v, name, ...)           a finite number (or integer) > 0 or >= 0
+    check_dtype(dtype)                            float32 or float64
 """
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ import math
 import numbers
 
 import numpy as np
+
+from .backend import is_device_array
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -37,7 +46,7 @@ def _as_host_array(a, name):
     """Anything array-like (NumPy, CuPy, lists) -> NumPy array without copying NumPy input."""
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
-    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+    if is_device_array(a):
         return a.get()
     try:
         return np.asarray(a)
@@ -65,7 +74,7 @@ def _finite_as(arr, xp, dtype, name):
 def check_X(X, name="X", n_features=None, dtype=None):
     """A 2-D, non-empty, finite, real array. Returns a NumPy view or copy (dtype untouched, except that
     with ``dtype`` given, data of a wider float type come back cast to it, checked finite after the cast)."""
-    if type(X).__module__.startswith("cupy"):
+    if is_device_array(X):
         arr = X  # validated on the device, without a copy to the host
         xp = __import__("cupy")
     else:
@@ -84,7 +93,7 @@ def check_X(X, name="X", n_features=None, dtype=None):
 def check_y(y, loss, n_samples, n_outputs, name="y", dtype=None):
     """Targets for ``loss``: integer labels in [0, q) for cross-entropy, (n, q) floats for squared
     (checked finite as ``dtype``, like ``check_X``)."""
-    if type(y).__module__.startswith("cupy"):
+    if is_device_array(y):
         arr, xp = y, __import__("cupy")
     else:
         arr, xp = _as_host_array(y, name), np
@@ -110,15 +119,22 @@ def check_y(y, loss, n_samples, n_outputs, name="y", dtype=None):
 
 
 def check_sample_weight(w, n_samples, name="sample_weight"):
+    """Per-example weights as a host array of shape (n_samples,) (its dtype kept), or None.
+
+    A single number stands for that weight on every example (scikit-learn's convention). Weights must
+    be finite and non-negative with a positive sum (L is the weighted mean Σ wᵢ lᵢ / Σ wᵢ).
+    """
     if w is None:
         return None
-    arr = _as_host_array(w, name) if not type(w).__module__.startswith("cupy") else w.get()
+    arr = _as_host_array(w, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        arr = np.full(n_samples, arr)
     if arr.shape != (n_samples,):
         raise ValueError(f"{name} must have shape ({n_samples},), got {arr.shape}")
     if not np.isfinite(arr).all() or (arr < 0).any():
         raise ValueError(f"{name} must be finite and non-negative")
     if not arr.sum() > 0:
-        raise ValueError(f"{name} must have a positive sum")
+        raise ValueError(f"{name} is all zero: at least one weight must be positive (L is the weighted mean)")
     return arr

@@ -1,0 +1,78 @@
+"""Where a training epoch's minibatches come from: three small sources with one interface.
+
+    source.epoch(order, batch_size)  ->  (x, y, w) for each step, in the order of ``order``
+                                         (a host permutation of the rows, or None for their own order)
+
+    GatheredBatches   CPU: each batch's rows are gathered into one buffer that stays in cache, just
+                      before its step (a shuffled copy of the whole set would stream through memory)
+    ResidentBatches   GPU, data on the device: one gather kernel shuffles the whole epoch, and the
+                      batches are contiguous slices of it
+    StreamedBatches   GPU, data too large for the device (kept on the host, ``_stream``): y and w are
+                      shuffled on the device once, the rows of x stream through pinned memory,
+                      double-buffered on a second stream
+
+``batch_source(backend, x, y, w)`` picks the one that fits where ``x`` lives. The shuffle is the same
+host permutation on every backend, so a seed gives the same batches everywhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class GatheredBatches:
+    def __init__(self, xp, x, y, w):
+        self.xp, self.x, self.y, self.w = xp, x, y, w
+        self._buffer = None
+
+    def epoch(self, order, batch_size):
+        x, y, w, n = self.x, self.y, self.w, self.x.shape[0]
+        if order is None:
+            for i in range(0, n, batch_size):
+                yield x[i:i + batch_size], y[i:i + batch_size], None if w is None else w[i:i + batch_size]
+            return
+        rows = min(batch_size, n)
+        if self._buffer is None or self._buffer.shape[0] != rows:
+            self._buffer = self.xp.empty((rows,) + x.shape[1:], x.dtype)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            yield (self.xp.take(x, idx, axis=0, out=self._buffer[:len(idx)], mode="clip"), y[idx],
+                   None if w is None else w[idx])
+
+
+class ResidentBatches:
+    def __init__(self, backend, x, y, w):
+        self.backend, self.x, self.y, self.w = backend, x, y, w
+
+    def epoch(self, order, batch_size):
+        x, y, w, n = self.x, self.y, self.w, self.x.shape[0]
+        if order is not None:
+            xp, perm = self.backend.xp, self.backend.asarray(order)
+            x, y = xp.take(x, perm, axis=0), xp.take(y, perm, axis=0)
+            w = None if w is None else xp.take(w, perm)
+        for i in range(0, n, batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size], None if w is None else w[i:i + batch_size]
+
+
+class StreamedBatches:
+    def __init__(self, backend, x, y, w):
+        self.backend, self.x, self.y, self.w = backend, x, y, w
+
+    def epoch(self, order, batch_size):
+        from ._stream import PinnedBatches
+
+        xp, x, y, w, n = self.backend.xp, self.x, self.y, self.w, self.x.shape[0]
+        if order is not None:  # y and w are on the device: shuffle them there once
+            perm = self.backend.asarray(order)
+            y, w = xp.take(y, perm, axis=0), None if w is None else xp.take(w, perm)
+        rows = PinnedBatches(xp, x, batch_size).epoch(np.arange(n) if order is None else order, batch_size)
+        for i in range(0, n, batch_size):
+            yield next(rows), y[i:i + batch_size], None if w is None else w[i:i + batch_size]
+
+
+def batch_source(backend, x, y, w):
+    """The source for training data ``x`` (a host array on the GPU backend means: stream it)."""
+    if not backend.is_gpu:
+        return GatheredBatches(backend.xp, x, y, w)
+    if isinstance(x, np.ndarray):
+        return StreamedBatches(backend, x, y, w)
+    return ResidentBatches(backend, x, y, w)

@@ -1,0 +1,81 @@
+"""The ``gpumlp`` command: train, evaluate, predict, info, bench.
+
+    gpumlp train                          the lecture's net on the embedded digits (>= 96 % test accuracy)
+    gpumlp train --data mnist/train-images-idx3-ubyte.gz --test-data mnist/t10k-images-idx3-ubyte.gz
+    gpumlp train --resume model.npz --epochs 80 --save model.npz     continue a saved run up to 80 epochs
+    gpumlp evaluate model.npz [--data FILE]          test accuracy (the run's own test split by default)
+    gpumlp predict model.npz --data FILE [--output predictions.csv]
+    gpumlp info                           versions, the backend "auto" picks and why, the device
+
+Exit status: 0 success, 2 usage errors (bad options), 1 anything else, with a one-line message on
+standard error (the traceback too with --debug). With --json the last line of standard output is a
+JSON object with the results.
+
+The package, one module per job:
+
+    parser.py     options, their types and defaults          settings.py   a run's settings and data files
+    train.py      gpumlp train                                evaluate.py   gpumlp evaluate, gpumlp predict
+    info.py       gpumlp info                                 report.py     progress, JSON line, plot, errors
+
+Data preparation (loading, the split, label encoding, scaling) is ``gpumlp.data.prepare``; the model
+is used through its public API only. ``gpumlp bench`` hands its arguments to ``gpumlp.bench``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from .evaluate import cmd_evaluate, cmd_predict
+from .info import cmd_info
+from .parser import UsageError, build_parser
+from .report import describe
+from .train import cmd_train
+
+__all__ = ["main", "build_parser"]
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with a usage message on bad options
+    debug = getattr(args, "debug", False)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info}[
+            args.command](args)
+    except UsageError as exc:
+        if debug:
+            raise
+        parser.print_usage(sys.stderr)
+        print(f"gpumlp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (gpumlp predict ... | head): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        hint = ""
+        if getattr(args, "checkpoint_every", None) and os.path.exists(args.save):
+            hint = f"; continue from the last checkpoint with: gpumlp train --resume {args.save} --save {args.save}"
+        print(f"gpumlp {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, no traceback: every failure a user can cause lands here
+        if debug:
+            raise
+        print(f"gpumlp {args.command}: error: {describe(exc, args)}", file=sys.stderr)
+        return 1
+
+
+def _bench(argv):
+    try:
+        from .. import bench
+    except ModuleNotFoundError as exc:
+        if exc.name != "gpumlp.bench":
+            raise
+        print("gpumlp bench: error: this installation has no benchmark module (gpumlp.bench)", file=sys.stderr)
+        return 1
+    return bench.main(argv)
+

@@ -1,0 +1,111 @@
+"""A model as data: ``ModelState``, what ``MLP.state_dict()`` returns and ``gpumlp.io`` writes.
+
+    meta     a JSON-serialisable dict: the architecture and settings (sizes, activation, loss, λ,
+             bias, dtype, seed), the optimizer's hyper-parameters and step count, the learning-rate
+             schedule and its state, the progress (epochs, samples seen, curves, history, stop
+             reason), the plateau monitor, the RNG state, "preprocessing" (scaling kind, whether
+             classes are stored) and "training" (the command line's settings, or null)
+    arrays   name -> host NumPy array: ``theta`` (all weights, then all biases), ``optimizer.<name>``
+             (SGD velocity; Adam m and v), ``best_theta`` (early stopping's best epoch),
+             ``scaling.offset`` / ``scaling.scale`` and ``classes`` (the label of each output)
+
+``capture(model)`` and ``restore(model, state)`` translate between the two through the model's
+public attributes only; ``constructor_arguments(state)`` are what ``MLP(...)`` is built with.
+Non-finite history values are stored as None (JSON has no NaN literal in strict readers).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import schedules
+from .data import Scaler
+from .monitor import PlateauMonitor
+
+# Per-epoch records kept in ``history_`` (gpumlp.trainer appends to them).
+HISTORY_KEYS = ("epoch", "lr", "loss", "score", "val_loss", "val_score")
+
+
+@dataclass
+class ModelState:
+    """``meta`` (JSON-serialisable dict) and ``arrays`` (name -> host NumPy array); see the module docstring."""
+
+    meta: dict
+    arrays: dict
+
+
+def capture(model):
+    """The ``ModelState`` of ``model`` (host copies of its device arrays)."""
+    o, host = model.optimizer, model.array_backend.to_host
+    meta = {
+        "sizes": list(model.sizes), "activation": model.activation, "loss": model.loss,
+        "weight_decay": model.weight_decay, "bias": model.bias, "dtype": model.dtype.name, "seed": model.seed,
+        "optimizer": {"name": o.name, "t": o.t, **o.hyperparameters()},
+        "epochs": model.epochs_, "loss_curve": list(model.loss_curve_),
+        "validation_curve": list(model.validation_curve_),
+        "validation_loss_curve": list(model.validation_loss_curve_),
+        "rng_state": model.rng.bit_generator.state,
+        "lr_schedule": schedules.to_json(model.lr_schedule), "samples_seen": model.samples_seen_,
+        "history": {k: [v if math.isfinite(v) else None for v in vs] for k, vs in model.history_.items()},
+        "stop_reason": model.stop_reason_,
+        "monitor": None if model.monitor_ is None else model.monitor_.to_json(),
+        "preprocessing": {"scaling": None, "classes": model.classes_ is not None},
+        "training": model.training_config_,
+    }
+    arrays = {"theta": np.array(host(model.theta))}
+    if model.monitor_ is not None and model.monitor_.best_params is not None:
+        arrays["best_theta"] = np.array(host(model.monitor_.best_params))
+    for k, v in o.state_arrays().items():
+        arrays[f"optimizer.{k}"] = np.array(host(v))
+    scaler = model.scaler_
+    if scaler is not None and scaler.kind != "none":
+        meta["preprocessing"]["scaling"] = scaler.kind
+        arrays["scaling.offset"] = np.asarray(scaler.offset, np.float64)
+        arrays["scaling.scale"] = np.asarray(scaler.scale, np.float64)
+    if model.classes_ is not None:
+        arrays["classes"] = np.asarray(model.classes_)
+    return ModelState(meta, arrays)
+
+
+def constructor_arguments(state):
+    """The ``MLP(...)`` keyword arguments of the model ``state`` describes (all but the backend)."""
+    meta = state.meta
+    opt = {k: v for k, v in meta["optimizer"].items() if k not in ("name", "t")}
+    schedule = schedules.from_json(meta["lr_schedule"]) if meta.get("lr_schedule") else None
+    return dict(sizes=meta["sizes"], activation=meta["activation"], loss=meta["loss"],
+                weight_decay=meta["weight_decay"], bias=meta["bias"], dtype=meta["dtype"], seed=meta["seed"],
+                optimizer=meta["optimizer"]["name"], lr_schedule=schedule, **opt)
+
+
+def restore(model, state):
+    """Put ``state`` into ``model`` (the same sizes, bias and dtype; ValueError otherwise)."""
+    meta, arrays = state.meta, state.arrays
+    ours = {"sizes": list(model.sizes), "bias": model.bias, "dtype": model.dtype.name}
+    for key, value in ours.items():
+        if meta[key] != value:
+            raise ValueError(f"the state is of a model with {key}={meta[key]!r}, this one has {value!r}")
+    b, dtype = model.array_backend, model.dtype
+    model.theta[...] = b.asarray(arrays["theta"].astype(dtype, copy=False))
+    opt = {k[len("optimizer."):]: v.astype(dtype, copy=False) for k, v in arrays.items() if k.startswith("optimizer.")}
+    model.optimizer.load_state(meta["optimizer"]["t"], opt, b.xp)
+    model.epochs_ = meta["epochs"]
+    model.loss_curve_ = list(meta["loss_curve"])
+    model.validation_curve_ = list(meta["validation_curve"])
+    model.validation_loss_curve_ = list(meta["validation_loss_curve"])
+    model.rng.bit_generator.state = meta["rng_state"]
+    # Keys added after format version 1 (files without them load as models that never trained with them).
+    model.samples_seen_ = int(meta.get("samples_seen", 0))
+    history = meta.get("history") or {}
+    model.history_ = {k: [math.nan if v is None else v for v in history.get(k, [])] for k in HISTORY_KEYS}
+    model.stop_reason_ = meta.get("stop_reason")
+    model.monitor_ = None if meta.get("monitor") is None else PlateauMonitor.from_json(meta["monitor"])
+    if model.monitor_ is not None and "best_theta" in arrays:
+        model.monitor_.best_params = b.asarray(arrays["best_theta"].astype(dtype, copy=False))
+    pre = meta.get("preprocessing") or {}
+    model.scaler_ = None
+    if pre.get("scaling") is not None:
+        model.scaler_ = Scaler(pre["scaling"], arrays["scaling.offset"], arrays["scaling.scale"])
+    model.classes_ = arrays.get("classes")
+    model.training_config_ = meta.get("training")

@@ -1,0 +1,295 @@
+"""The trainer: epochs of minibatch steps, with divergence detection, the plateau monitor, callbacks
+and history. ``MLP.fit`` and ``MLP.partial_fit`` build one and run it; it is public for those who
+want the loop itself:
+
+    trainer = gpumlp.Trainer(model, batch_size=64, lr=0.01, callbacks=[cb])
+    trainer.fit(X, y, epochs=20, early_stopping=True)       # what model.fit(...) does
+    data = trainer.prepare(X, y)                            # validated, on the device, once
+    J = trainer.run_epoch(data, lr=0.01)                    # one pass: the loop's body
+
+An epoch: the learning rate from the model's schedule; a seeded host permutation of the rows (the
+model's ``rng``, identical on every backend); the batches from a source that fits where the data live
+(``gpumlp.batches``); for each, ``Step.train`` (the seam: gradients, then the update; a data-parallel
+trainer reduces ``model.grad`` between the two); each step's J into a preallocated vector, read back
+once at the end of the epoch. Then the record of the epoch (loss, validation loss and score, lr) goes
+into ``history_``, the plateau monitor (``gpumlp.monitor``) and the callbacks.
+
+Divergence: the state at the start of each epoch (θ and the optimizer's state) is kept; a non-finite
+J (on the CPU noticed at once, on the GPU at the end of the epoch) or non-finite weights after the
+last update restore it and raise ``DivergenceError``, naming the epoch and step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import schedules
+from .backend import is_device_array
+from .batches import batch_source
+from .data import class_sample_weights, split_indices
+from .monitor import PlateauMonitor
+from .state import HISTORY_KEYS
+from .validation import check_positive_number, check_sample_weight, check_X
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite objective; the model keeps its last finite weights."""
+
+
+@dataclass
+class TrainingData:
+    """Validated training data on the model's backend (x may stay on the host to be streamed)."""
+
+    x: object
+    y: object
+    w: object = None
+    source: object = field(default=None, repr=False)
+
+    @property
+    def n(self):
+        return self.x.shape[0]
+
+
+class _EpochStart:
+    """θ and the optimizer's state as an epoch began (device copies: no wait for the GPU)."""
+
+    def __init__(self, model):
+        self.theta, self.optimizer = model.theta.copy(), model.optimizer.snapshot()
+
+    def restore(self, model):
+        model.theta[...] = self.theta
+        model.optimizer.restore(self.optimizer)
+
+
+class Trainer:
+    """Minibatch training of ``model`` (a ``gpumlp.MLP``) from its current state.
+
+    batch_size, lr : the minibatch size and the base learning rate (the model's ``lr_schedule``
+        turns it into each epoch's rate).
+    shuffle : reshuffle the rows every epoch (from ``model.rng``).
+    callbacks : callables ``cb(model, record)`` called after every epoch with that epoch's
+        ``history_`` entry as a dict; returning True stops training.
+    train_score : also record the training score every epoch (a forward pass over the data).
+    verbose : print one line per epoch.
+    """
+
+    def __init__(self, model, *, batch_size=64, lr=0.01, shuffle=True, callbacks=None, train_score=False,
+                 verbose=False):
+        self.model = model
+        self.batch_size = check_positive_number(batch_size, "batch_size", integer=True)
+        self.lr = check_positive_number(lr, "lr")
+        self.shuffle = bool(shuffle)
+        self.callbacks = _check_callbacks(callbacks)
+        self.train_score, self.verbose = bool(train_score), bool(verbose)
+
+    # ------------------------------------------------------------------ entry points
+    def fit(self, X, y, epochs=10, *, sample_weight=None, class_weight=None, validation_data=None,
+            early_stopping=False, validation_fraction=0.1, n_iter_no_change=None, tol=1e-4):
+        """``epochs`` epochs over (X, y) (see ``MLP.fit`` for every argument). Returns the model."""
+        epochs = check_positive_number(epochs, "epochs", integer=True)
+        early_stopping = bool(early_stopping)
+        if n_iter_no_change is not None:
+            n_iter_no_change = check_positive_number(n_iter_no_change, "n_iter_no_change", integer=True)
+        tol = check_positive_number(tol, "tol", allow_zero=True)
+        data = self.prepare(X, y, sample_weight, class_weight)
+        val = self._validation(validation_data)
+        split = early_stopping and val is None
+        if split:
+            validation_fraction = check_positive_number(validation_fraction, "validation_fraction")
+            if validation_fraction >= 1:
+                raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
+            _validation_size(data.n, validation_fraction)  # raises before anything changes
+        monitor = None
+        if early_stopping or n_iter_no_change is not None or isinstance(self.model.lr_schedule, schedules.Adaptive):
+            monitor = PlateauMonitor(mode="val_score" if early_stopping else "loss",
+                                     patience=10 if n_iter_no_change is None else n_iter_no_change, tol=tol,
+                                     split=split, validation_fraction=validation_fraction if split else None)
+        self._open_monitor(monitor)
+        if split:
+            data, val = self._hold_out(data, validation_fraction, self.model.monitor_.split_seed)
+        return self.run(data, epochs, val)
+
+    def partial_fit(self, X, y, *, sample_weight=None, class_weight=None, n_iter_no_change=10, tol=1e-4):
+        """One epoch over (X, y), continuing the plateau monitor of earlier calls ("adaptive" schedule)."""
+        n_iter_no_change = check_positive_number(n_iter_no_change, "n_iter_no_change", integer=True)
+        tol = check_positive_number(tol, "tol", allow_zero=True)
+        data = self.prepare(X, y, sample_weight, class_weight)
+        monitor = None
+        if isinstance(self.model.lr_schedule, schedules.Adaptive):
+            monitor = PlateauMonitor(mode="loss", patience=n_iter_no_change, tol=tol, incremental=True)
+        self._open_monitor(monitor)
+        return self.run(data, 1, None)
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, X, y, sample_weight=None, class_weight=None):
+        """Validated ``TrainingData``: X, y and the combined per-example weights on the model's backend.
+
+        On the GPU, host data too large for the device (``_stream.fits_on_device``) stay on the host
+        as one contiguous array of the model's dtype, and their batches are streamed."""
+        m = self.model
+        x = self._training_X(X)
+        n = x.shape[0]
+        yy, _ = m.targets_to_device(y, n)
+        w = check_sample_weight(sample_weight, n)
+        if class_weight is not None:
+            if m.loss != "cross_entropy":
+                raise ValueError("class_weight needs loss='cross_entropy'")
+            cw = class_sample_weights(class_weight, np.asarray(m.array_backend.to_host(yy)), m.sizes[-1])
+            w = cw if w is None else w * cw
+            if not w.sum() > 0:
+                raise ValueError("sample_weight times class_weight must have a positive sum")
+        w = None if w is None else m.array_backend.asarray(w, dtype=m.dtype)
+        return self._data(x, yy, w)
+
+    def _data(self, x, y, w):
+        return TrainingData(x, y, w, batch_source(self.model.array_backend, x, y, w))
+
+    def _training_X(self, X):
+        m = self.model
+        backend = m.array_backend
+        if not backend.is_gpu or is_device_array(X):
+            return m.to_device(X)[0]
+        from ._stream import fits_on_device
+
+        X = check_X(X, "X", m.sizes[0], m.dtype)
+        if fits_on_device(backend.xp, X.shape[0] * X.shape[1] * m.dtype.itemsize):
+            return backend.asarray(X, dtype=m.dtype)
+        return np.ascontiguousarray(X, dtype=m.dtype)
+
+    def _validation(self, validation_data):
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise TypeError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, w_val)")
+        w = validation_data[2] if len(validation_data) == 3 else None
+        return self.model.to_device(*validation_data[:2], w, names=("validation_data[0]", "validation_data[1]",
+                                                                   "validation_data[2]"))
+
+    def _hold_out(self, data, fraction, seed):
+        """(training data, validation triple): the early-stopping split (``data.split_indices``)."""
+        m = self.model
+        stratify = m.loss == "cross_entropy"
+        labels = np.asarray(m.array_backend.to_host(data.y)) if stratify else np.arange(data.n)
+        kept, held = split_indices(labels, fraction, seed, stratify=stratify)
+
+        def pick(a, rows):  # x may be on the host (streamed training data), y and w are on the device
+            if a is None or isinstance(a, np.ndarray):
+                return None if a is None else np.take(a, rows, axis=0)
+            return m.array_backend.xp.take(a, m.array_backend.asarray(rows), axis=0)
+
+        train = self._data(pick(data.x, kept), pick(data.y, kept), pick(data.w, kept))
+        return train, (pick(data.x, held), pick(data.y, held), pick(data.w, held))
+
+    def _open_monitor(self, monitor):
+        """Start the plateau monitor for this run, or continue the one a mid-fit checkpoint left open."""
+        m = self.model
+        if monitor is not None and m.monitor_ is not None and m.monitor_.continues(monitor):
+            return  # resume the interrupted run (fit) or the incremental one (partial_fit)
+        if monitor is not None:
+            if monitor.split:
+                monitor.split_seed = int(m.rng.integers(2**63))
+            if monitor.mode == "val_score":
+                monitor.best_params = m.theta.copy()
+        m.monitor_ = monitor
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, data, epochs, val=None):
+        """The epoch loop over prepared ``data``, with the validation triple ``val`` (or None)."""
+        m = self.model
+        m.stop_reason_ = "epochs"
+        finished = False
+        try:
+            for _ in range(epochs):
+                lr_epoch = m.lr_schedule.lr(self.lr, m.epochs_, m.samples_seen_)
+                J = self.run_epoch(data, lr_epoch)
+                m.loss_curve_.append(J)
+                m.epochs_ += 1
+                m.samples_seen_ += data.n
+                record = {"epoch": m.epochs_, "lr": lr_epoch, "loss": J, "score": math.nan,
+                          "val_loss": math.nan, "val_score": math.nan}
+                if self.train_score:
+                    record["score"] = m.score(data.x, data.y, data.w)
+                if val is not None:
+                    record["val_loss"] = m.objective(*val)
+                    record["val_score"] = m.score(*val)
+                    m.validation_loss_curve_.append(record["val_loss"])
+                    m.validation_curve_.append(record["val_score"])
+                for k in HISTORY_KEYS:
+                    m.history_[k].append(record[k])
+                stop = None
+                if m.monitor_ is not None:
+                    watched = record["val_score" if m.monitor_.mode == "val_score" else "loss"]
+                    stop = m.monitor_.watch(watched, m.epochs_, m.theta, m.lr_schedule, self.lr)
+                if self.verbose:
+                    print(f"epoch {m.epochs_}: lr = {lr_epoch:.4g}, J = {J:.6g}"
+                          + (f", validation score = {record['val_score']:.4f}" if val is not None else "")
+                          + (f"; stopping ({stop})" if stop else ""))
+                for cb in self.callbacks:  # every callback sees every epoch, even after one asks to stop
+                    if cb(m, dict(record)):
+                        stop = stop or "callback"
+                if stop:
+                    m.stop_reason_ = stop
+                    break
+            finished = True
+        finally:
+            mon = m.monitor_
+            if mon is not None and not mon.incremental:
+                mon.open = False
+                if finished and mon.best_params is not None and mon.best is not None:
+                    m.theta[...] = mon.best_params  # early stopping: back to the best epoch
+        return m
+
+    def run_epoch(self, data, lr):
+        """One pass over ``data`` (``prepare``'s result) at rate ``lr``; the mean J over the epoch's
+        steps, weighted by batch size (each J taken before its step's update)."""
+        m = self.model
+        backend, xp, n, B = m.array_backend, m.array_backend.xp, data.n, self.batch_size
+        order = m.rng.permutation(n) if self.shuffle else None
+        batches = data.source.epoch(order, B)
+        step = m.training_step(min(B, n))
+        start = _EpochStart(m)
+        n_steps = -(-n // B)
+        Js = xp.empty(n_steps + 1, m.dtype)  # each step's J, then whether θ ended finite
+        for k, (x, y, w) in enumerate(batches):
+            Js[k] = step.train(x, y, w, m.optimizer, lr)
+            if not backend.is_gpu and not math.isfinite(Js[k]):
+                self._diverged(start, k, f"the objective J became {float(Js[k])}")
+        # J is taken before each update, so an update that overflows shows in no J of this epoch
+        # (it would only in the next one, whose snapshot would then hold the non-finite weights).
+        Js[-1] = xp.isfinite(m.theta).all()
+        Js = backend.to_host(Js).astype(np.float64)  # the epoch's one read-back
+        theta_finite, Js = Js[-1] == 1, Js[:-1]
+        bad = np.flatnonzero(~np.isfinite(Js))
+        if bad.size:
+            self._diverged(start, int(bad[0]), f"the objective J became {float(Js[bad[0]])}")
+        if not theta_finite:
+            self._diverged(start, n_steps - 1, "the weights became NaN or infinite in the update")
+        sizes = np.minimum(B, n - np.arange(0, n, B))
+        return float(Js @ sizes) / n
+
+    def _diverged(self, start, step, what):
+        m = self.model
+        start.restore(m)
+        raise DivergenceError(
+            f"training diverged: {what} in epoch {m.epochs_ + 1}, step {step + 1}. The weights were restored "
+            f"to those at the start of that epoch. Try a smaller learning rate.")
+
+
+def _check_callbacks(callbacks):
+    if callbacks is None:
+        return []
+    callbacks = [callbacks] if callable(callbacks) else list(callbacks)
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"callbacks must be callables cb(model, record), got {cb!r}")
+    return callbacks
+
+
+def _validation_size(n, fraction):
+    n_val = math.ceil(fraction * n)
+    if n_val < 2 or n - n_val < 1:
+        raise ValueError(f"validation_fraction={fraction} of {n} examples leaves {n_val} for validation "
+                         f"and {n - n_val} for training; use more data or another validation_fraction")
+    return n_val
