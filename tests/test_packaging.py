@@ -41,6 +41,11 @@ def test_wheel_carries_the_cuda_sources_and_the_dataset(tmp_path):
     for name in data:
         assert f"gpumlp/datasets/{name}" in names
     assert not any(n.startswith("tests/") for n in names)
+    # every module of the source tree, subpackages included (a package missing from pyproject's
+    # list installs fine in editable mode and is absent from the wheel a user gets)
+    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "gpumlp").rglob("*.py"))
+    assert "gpumlp/cli/__init__.py" in modules
+    assert [m for m in modules if m not in names] == []
 
 
 def test_readme_api_example_runs(tmp_path, monkeypatch):
