@@ -1,5 +1,6 @@
 """The README's commands are the ones CI runs, and the wheel carries what the package needs."""
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,8 +29,12 @@ def test_readme_install_command_runs_the_main_job():
 
 @pytest.mark.slow
 def test_wheel_carries_the_cuda_sources_and_the_dataset(tmp_path):
-    """Build the wheel from the repo (as pip would for a user) and look inside it."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+    """Build the wheel from a clean copy of the repo (as pip would for a user) and look inside it.
+    (Built in place, setuptools would reuse a build/ folder left by an earlier build, with stale files.)"""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                              "__pycache__", ".pytest_cache", ".benchmarks"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True)
     (wheel,) = tmp_path.glob("gpumlp-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
