@@ -116,16 +116,6 @@ class Backend:
         """Whether ``a`` is an array of this backend (a device array for CuPy, a NumPy array else)."""
         return is_device_array(a) if self.is_gpu else isinstance(a, np.ndarray)
 
-    def ops(self, dtype):
-        """The training step's operations on this backend (``gpumlp.ops``): NumpyOps or CupyOps."""
-        if self.is_gpu:
-            from ._cupy_ops import CupyOps
-
-            return CupyOps(dtype)
-        from ._numpy_ops import NumpyOps
-
-        return NumpyOps()
-
     def asarray(self, a, dtype=None):
         """Host or device array -> this backend's array (one copy at most)."""
         return self.xp.asarray(a, dtype=dtype)

@@ -337,9 +337,9 @@ def epoch_case(impl, shape, n_rows=51200):
 def folded_update_path():
     """How the NumPy backend folds plain SGD into the weight-gradient GEMM here: OpenBLAS's alpha/beta
     cblas call, or the pure-NumPy fallback (GPUMLP_CBLAS=0, or no usable OpenBLAS)."""
-    from .backend import resolve
+    from .mlp import MLP
 
-    return "openblas-cblas" if resolve("numpy").ops(DTYPE).gemm is not None else "matmul-fallback"
+    return "openblas-cblas" if MLP((1, 1), backend="numpy").ops.gemm is not None else "matmul-fallback"
 
 
 def environment_blas():

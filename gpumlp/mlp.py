@@ -127,7 +127,7 @@ class MLP:
         self.lr_schedule = schedules.make_schedule(lr_schedule)
         self.array_backend = resolve(backend)
         self.backend = self.array_backend.name
-        self.ops = self.array_backend.ops(self.dtype)
+        self.ops = _make_ops(self.array_backend, self.dtype)
         self._reference = Ops(self.array_backend.xp)  # functions.py's math: forward and inference
         self.rng = np.random.default_rng(seed)
         self._alloc_parameters()
@@ -501,6 +501,17 @@ class MLP:
         return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"weight_decay={self.weight_decay}, bias={self.bias}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend!r}, optimizer={self.optimizer.name!r})")
+
+
+def _make_ops(array_backend, dtype):
+    """The step's operations (``gpumlp.ops``) of the backend: CupyOps on the GPU, NumpyOps else."""
+    if array_backend.is_gpu:
+        from ._cupy_ops import CupyOps
+
+        return CupyOps(dtype)
+    from ._numpy_ops import NumpyOps
+
+    return NumpyOps()
 
 
 def _check_sizes(sizes):
