@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import functions as F
-from . import io, optim, schedules, state
+from . import io, metrics, optim, schedules, state
 from .backend import BackendUnavailable, is_device_array, resolve
 from .ops import Layer, Ops
 from .step import Step
 from .state import HISTORY_KEYS
 from .trainer import DivergenceError, Trainer
-from .validation import check_dtype, check_positive_number, check_sample_weight, check_X, check_y
+from .validation import check_classes, check_dtype, check_positive_number, check_sample_weight, check_X, check_y
 
 __all__ = ["MLP", "Forward", "Gradients", "DivergenceError", "load"]
 
@@ -354,17 +354,7 @@ class MLP:
         """Accuracy for cross-entropy, R² (uniform average over outputs) for squared; weighted as
         scikit-learn's metrics when sample_weight is given."""
         x, yy, w = self._checked(X, y, sample_weight)
-        o = self._outputs(x)
-        if self.loss == "cross_entropy":
-            hit = o.argmax(axis=1) == yy
-            return float(hit.mean() if w is None else (w * hit).sum() / w.sum())
-        # R², averaged uniformly over outputs, as sklearn.metrics.r2_score
-        xp = self.array_backend.xp
-        wc = xp.ones((yy.shape[0], 1), yy.dtype) if w is None else w[:, None]
-        ss_res = (wc * (yy - o) ** 2).sum(axis=0)
-        ss_tot = (wc * (yy - (wc * yy).sum(axis=0) / wc.sum()) ** 2).sum(axis=0)
-        r2 = xp.where(ss_tot > 0, 1 - ss_res / xp.where(ss_tot > 0, ss_tot, 1), xp.where(ss_res > 0, 0.0, 1.0))
-        return float(r2.mean())
+        return (metrics.accuracy if self.loss == "cross_entropy" else metrics.r2)(self._outputs(x), yy, w)
 
     # ------------------------------------------------------------------ training: thin calls
     def training_step(self, batch_size):
@@ -439,18 +429,9 @@ class MLP:
         trainer = Trainer(self, batch_size=batch_size, lr=lr, shuffle=shuffle, callbacks=callbacks,
                           train_score=train_score, verbose=verbose)
         if classes is not None:
-            self._check_classes(classes)
+            check_classes(classes, self.loss, self.sizes[-1])
         return trainer.partial_fit(X, y, sample_weight=sample_weight, class_weight=class_weight,
                                    n_iter_no_change=n_iter_no_change, tol=tol)
-
-    def _check_classes(self, classes):
-        if self.loss != "cross_entropy":
-            raise ValueError("classes is only meaningful for loss='cross_entropy'")
-        c = np.asarray(classes)
-        if c.ndim != 1 or c.size == 0 or c.dtype.kind not in "iu":
-            raise ValueError(f"classes must be a 1-D array of integer labels, got {classes!r}")
-        if len(np.unique(c)) != c.size or c.min() < 0 or c.max() >= self.sizes[-1]:
-            raise ValueError(f"classes must be distinct labels in [0, {self.sizes[-1]}), got {c.tolist()}")
 
     @property
     def best_epoch_(self):

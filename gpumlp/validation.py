@@ -138,3 +138,14 @@ def check_sample_weight(w, n_samples, name="sample_weight"):
     if not arr.sum() > 0:
         raise ValueError(f"{name} is all zero: at least one weight must be positive (L is the weighted mean)")
     return arr
+
+
+def check_classes(classes, loss, n_outputs):
+    """``partial_fit``'s classes: distinct integer labels in [0, n_outputs) (cross-entropy only)."""
+    if loss != "cross_entropy":
+        raise ValueError("classes is only meaningful for loss='cross_entropy'")
+    c = np.asarray(classes)
+    if c.ndim != 1 or c.size == 0 or c.dtype.kind not in "iu":
+        raise ValueError(f"classes must be a 1-D array of integer labels, got {classes!r}")
+    if len(np.unique(c)) != c.size or c.min() < 0 or c.max() >= n_outputs:
+        raise ValueError(f"classes must be distinct labels in [0, {n_outputs}), got {c.tolist()}")

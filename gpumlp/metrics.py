@@ -1,0 +1,23 @@
+"""Scores of outputs against targets, on NumPy or CuPy arrays alike: what ``MLP.score`` reports.
+
+    accuracy(o, y, w)   the (weighted) fraction of rows whose largest output is the label
+    r2(o, y, w)         R² per output column, averaged uniformly (sklearn.metrics.r2_score's default);
+                        1 for a perfectly predicted constant column, 0 for an imperfectly predicted one
+"""
+from __future__ import annotations
+
+from .backend import array_module
+
+
+def accuracy(o, y, w=None):
+    hit = o.argmax(axis=1) == y
+    return float(hit.mean() if w is None else (w * hit).sum() / w.sum())
+
+
+def r2(o, y, w=None):
+    xp = array_module(o)
+    wc = xp.ones((y.shape[0], 1), y.dtype) if w is None else w[:, None]
+    ss_res = (wc * (y - o) ** 2).sum(axis=0)
+    ss_tot = (wc * (y - (wc * y).sum(axis=0) / wc.sum()) ** 2).sum(axis=0)
+    r = xp.where(ss_tot > 0, 1 - ss_res / xp.where(ss_tot > 0, ss_tot, 1), xp.where(ss_res > 0, 0.0, 1.0))
+    return float(r.mean())
