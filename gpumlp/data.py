@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import stat
 import struct
 import warnings
 import zipfile
@@ -45,6 +46,37 @@ def load_digits():
 
 
 # ---------------------------------------------------------------------------------- files
+def _open_regular(path, noun="data file", error=ValueError):
+    """``path`` opened for binary reading, or ``error`` if it is anything but a regular file.
+
+    Checked on the opened file (fstat), before a byte is read: a FIFO would block forever and a
+    device such as /dev/zero never ends. O_NONBLOCK lets opening a FIFO return at once instead of
+    waiting for a writer; it changes nothing for a regular file."""
+    p = os.fspath(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such {noun}: {p}") from None
+    except IsADirectoryError:
+        raise error(f"{p} is a directory, not a {noun}") from None
+    except OSError as exc:
+        raise error(f"{p}: cannot be opened ({(exc.strerror or 'error').lower()})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{p} is {_file_kind(mode)}, not a {noun}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode):
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")]
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
 def _read_bytes(path):
     """The file's bytes, gunzipped when they start with the gzip magic number."""
     with open(path, "rb") as f:
