@@ -19,6 +19,7 @@ import stat
 import struct
 import warnings
 import zipfile
+import zlib
 from importlib import resources
 
 import numpy as np
@@ -31,6 +32,9 @@ EMBEDDED = ("digits",)
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
+_MAX_INFLATE_RATIO = 1032  # deflate's limit: no gzip stream expands more, so a header asking more lies
+_IDX_MARGIN = 4096         # bytes read past an IDX header's size, to say how much too long a file is
+_CHUNK = 2**20
 
 
 # ---------------------------------------------------------------------------------- embedded
@@ -77,39 +81,82 @@ def _file_kind(mode):
     return next((kind for test, kind in kinds if test(mode)), "not a regular file")
 
 
-def _read_bytes(path):
-    """The file's bytes, gunzipped when they start with the gzip magic number."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == _GZIP_MAGIC:
+def _sniff(path, n):
+    """The first ``n`` bytes, gunzipped when the file starts with gzip's magic number."""
+    with _open_regular(path) as f:
+        head = f.read(n)
+        if head[:2] != _GZIP_MAGIC:
+            return head
+        f.seek(0)
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: corrupt gzip data ({exc})") from None
-    return raw
+            with gzip.GzipFile(fileobj=f) as g:
+                return g.read(n)
+        except (OSError, EOFError, zlib.error):
+            return b""
 
 
+# ---------------------------------------------------------------------------------- IDX
 def read_idx(path):
     """One IDX file (raw or gzipped) as a native-endian array of the shape its header gives.
 
     The magic number is two zero bytes, a type code (0x08 ubyte ... 0x0E double) and the number of
     dimensions; then each dimension as a big-endian int32; then the data, which must fill the file.
+    Gzipped data are decompressed a chunk at a time, never beyond what the header implies.
     """
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise ValueError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}; expected "
+    with _open_regular(path) as f:
+        compressed = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        size = os.fstat(f.fileno()).st_size
+        if not compressed:
+            return _parse_idx(f, path, data_bytes=lambda header: size - header)
+        try:
+            with gzip.GzipFile(fileobj=f) as g:
+                return _parse_idx(g, path, most=_MAX_INFLATE_RATIO * size + _IDX_MARGIN)
+        except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
+            raise ValueError(f"{path}: corrupt gzip data (damaged or truncated)") from None
+
+
+def _parse_idx(stream, path, data_bytes=None, most=None):
+    """The IDX array from ``stream``. ``data_bytes(header)``: how many bytes follow the header (a
+    raw file's size is known); else up to ``most`` bytes are read, the header's size plus a margin."""
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+        raise ValueError(f"{path}: not an IDX file (magic number {magic.hex() or 'missing'}; expected "
                          f"00 00, a type code in {{08, 09, 0b, 0c, 0d, 0e}} and a dimension count >= 1)")
-    ndim = raw[3]
+    ndim = magic[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: IDX header truncated ({len(raw)} bytes, {ndim} dimensions need {header})")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    raw_dims = stream.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise ValueError(f"{path}: IDX header truncated ({4 + len(raw_dims)} bytes, {ndim} dimensions need {header})")
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
     expected = math.prod(dims) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX header says shape {dims} ({expected} bytes of data), "
-                         f"but the file holds {len(raw) - header} bytes after the header")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    says = f"{path}: IDX header says shape {dims} ({expected} bytes of data), but the file holds"
+    if data_bytes is not None:
+        held = data_bytes(header)
+        if held != expected:
+            raise ValueError(f"{says} {held} bytes after the header")
+        data = _read_up_to(stream, expected)
+    else:
+        if expected > most:
+            raise ValueError(f"{says} gzip data that cannot expand to that much")
+        data = _read_up_to(stream, expected + _IDX_MARGIN + 1)  # past the end: gzip checks its CRC there
+        if len(data) > expected + _IDX_MARGIN:
+            raise ValueError(f"{says} more than {expected + _IDX_MARGIN} bytes after the header")
+        if len(data) != expected:
+            raise ValueError(f"{says} {len(data)} bytes after the header")
+    return np.frombuffer(data, dtype, count=math.prod(dims)).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_up_to(stream, n):
+    """At most ``n`` bytes, a chunk at a time (a gzip stream's output is never asked for whole)."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = stream.read(min(_CHUNK, n - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _idx_labels_path(images):
@@ -205,18 +252,19 @@ def _is_int(s):
 
 def load_npz(path, require_labels=True):
     """An ``.npz`` archive with arrays ``X`` (n, features) and ``y`` (n,); never unpickles."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "X" not in z.files:
-                raise ValueError(f"{path}: no array named 'X' (found {sorted(z.files)})")
-            X = z["X"]
-            y = z["y"] if "y" in z.files else None
-    except ValueError as exc:
-        if str(exc).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: cannot read arrays ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
+    with _open_regular(path) as f:
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                if "X" not in z.files:
+                    raise ValueError(f"{path}: no array named 'X' (found {sorted(z.files)})")
+                X = z["X"]
+                y = z["y"] if "y" in z.files else None
+        except ValueError as exc:
+            if str(exc).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: cannot read arrays ({exc})") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
     if y is None and require_labels:
         raise ValueError(f"{path}: no array named 'y' with the labels")
     if X.ndim != 2:
@@ -237,7 +285,7 @@ def detect_format(path):
         return "csv"
     if "idx" in name or name.endswith((".ubyte", ".idx")):
         return "idx"
-    head = _read_bytes(path)[:4]
+    head = _sniff(path, 4)
     if head.startswith(_ZIP_MAGIC):
         return "npz"
     if len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES:

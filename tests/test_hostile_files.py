@@ -318,5 +318,33 @@ def test_a_long_string_of_digits_is_text_not_a_number(tmp_path, good):
     assert outcome["error"] is None, outcome
 
 
+# ---------------------------------------------------------------------------------- data files
+def test_data_files_that_are_fifos_are_refused(tmp_path):
+    for name in ("train.npz", "train-images-idx3-ubyte"):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        assert_refused(fifo, "FIFO", loader="data", error="ValueError")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero (a Unix device)")
+def test_an_idx_file_that_is_a_device_is_refused():
+    assert_refused("/dev/zero", "device", loader="idx", error="ValueError")
+
+
+def test_a_gzipped_idx_file_is_decompressed_no_further_than_its_header_implies(tmp_path):
+    """The header promises 10x10 bytes; the gzip stream goes on for 256 MiB."""
+    path = tmp_path / "bomb-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=1) as g:
+        zeros_after(bytes([0, 0, 8, 2]) + struct.pack(">2I", 10, 10), BOMB)(g)
+    assert_refused(path, "more than", "bytes after the header", loader="idx", error="ValueError")
+
+
+def test_an_idx_header_claiming_more_than_gzip_can_hold_is_refused(tmp_path):
+    """No deflate stream expands more than 1032-fold: a 40-byte file cannot hold 2**40 bytes."""
+    path = tmp_path / "lie-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 2]) + struct.pack(">2I", 2**20, 2**20)))
+    assert_refused(path, "cannot expand to that much", loader="idx", error="ValueError")
+
+
 def test_io_model_file_error_is_a_value_error():
     assert issubclass(io.ModelFileError, ValueError)
