@@ -320,7 +320,7 @@ def test_a_long_string_of_digits_is_text_not_a_number(tmp_path, good):
 
 # ---------------------------------------------------------------------------------- data files
 def test_data_files_that_are_fifos_are_refused(tmp_path):
-    for name in ("train.npz", "train-images-idx3-ubyte"):
+    for name in ("train.csv", "train.npz", "train-images-idx3-ubyte"):
         fifo = tmp_path / name
         os.mkfifo(fifo)
         assert_refused(fifo, "FIFO", loader="data", error="ValueError")
