@@ -428,3 +428,24 @@ def test_load_table_returns_names_and_load_keeps_returning_x_and_y(tmp_path):
     assert t.X.shape == (1797, 64) and t.feature_names is None and not t.header
     with pytest.raises(ValueError, match="header and missing apply to CSV files"):
         D.load("digits", missing="drop")
+
+
+# ---------------------------------------------------------------------------------- NPZ contents
+@pytest.mark.parametrize("X, y, message", [
+    (np.ones((3, 2)) + 1j, np.arange(3), r"X holds complex numbers \(dtype complex128\)"),
+    (np.array([["a", "b"]] * 3), np.arange(3), r"X holds text \(dtype <U1\)"),
+    (np.ones((3, 2)), np.ones((3, 2)), r"y must be 1-D \(one label per sample\), got shape \(3, 2\)"),
+    (np.ones((3, 2)), np.array([0.0, np.nan, 1.0]), r"y holds nan \(sample 2\)"),
+    (np.ones((3, 2)), np.array([0, 1, 2]) + 0j, r"y holds complex numbers"),
+])
+def test_npz_contents_that_cannot_be_data_are_named(tmp_path, X, y, message):
+    p = tmp_path / "d.npz"
+    np.savez(p, X=X, y=y)
+    with pytest.raises(ValueError, match=message) as exc:
+        D.load(p)
+    assert str(exc.value).startswith(str(p))
+
+
+def test_npz_text_labels_load(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 2)), y=np.array(["cat", "dog"]))
+    assert D.load(tmp_path / "d.npz")[1].tolist() == ["cat", "dog"]
