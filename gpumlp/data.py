@@ -620,6 +620,21 @@ def encode_labels(y):
 
 
 # ---------------------------------------------------------------------------------- scaling
+def _mean_and_std(X):
+    """Per-column mean and standard deviation (d,) float64 that cannot overflow.
+
+    float64 columns are first divided by a power of two near their largest |x| (exact: only the
+    exponent changes), so the sums and squares stay near 1 even for values near 1e308, and the
+    results are multiplied back: for ordinary data they are the same to the last bit as without.
+    Other dtypes (integers, float32) are summed in float64, which they cannot overflow."""
+    if X.dtype.kind != "f" or X.dtype.itemsize < 8:
+        return X.mean(axis=0, dtype=np.float64), X.std(axis=0, dtype=np.float64)
+    # a NaN or inf column gets exponent 0 (frexp's answer for them) and NaN or inf statistics, as before
+    exponent = np.frexp(np.abs(X).max(axis=0) if X.size else np.zeros(X.shape[1]))[1]
+    scaled = np.ldexp(X.astype(np.float64, copy=False), -exponent)
+    return np.ldexp(scaled.mean(axis=0), exponent), np.ldexp(scaled.std(axis=0), exponent)
+
+
 class Scaler:
     """x ↦ (x − offset) / scale, per feature, fitted on the training split only.
 
@@ -647,8 +662,7 @@ class Scaler:
             raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
         d = X.shape[1]
         if self.kind == "standard":
-            self.offset = X.mean(axis=0, dtype=np.float64)
-            std = X.std(axis=0, dtype=np.float64)
+            self.offset, std = _mean_and_std(X)
             self.scale = np.where(std > 0, std, 1.0)
         elif self.kind == "max":
             # largest |x| from the extremes: np.abs would wrap a signed integer minimum (int8 −128 -> −128)
@@ -657,7 +671,11 @@ class Scaler:
         return self
 
     def transform(self, X, dtype=np.float32):
-        """A new array of ``dtype``; X is never modified."""
+        """A new array of ``dtype``; X is never modified.
+
+        (x − offset) / scale is computed on x, offset and scale divided by one power of two per
+        feature, near the larger of |offset| and scale: that division is exact, so the result is
+        the same to the last bit, and x − offset cannot overflow for values near the float limit."""
         X = np.asarray(X)
         if self.kind == "none":
             return X.astype(dtype)
@@ -665,9 +683,11 @@ class Scaler:
             raise ValueError("the scaler is not fitted; call fit(X_train) first")
         if X.ndim != 2 or X.shape[1] != self.scale.shape[0]:
             raise ValueError(f"X must have shape (n, {self.scale.shape[0]}) for this scaler, got {X.shape}")
+        exponent = np.frexp(np.maximum(np.abs(self.offset), self.scale))[1]
         out = X.astype(np.float64)
-        out -= self.offset
-        out /= self.scale
+        np.ldexp(out, -exponent, out=out)
+        out -= np.ldexp(self.offset, -exponent)
+        out /= np.ldexp(self.scale, -exponent)
         return out.astype(dtype, copy=False)
 
     def __repr__(self):

@@ -449,3 +449,31 @@ def test_npz_contents_that_cannot_be_data_are_named(tmp_path, X, y, message):
 def test_npz_text_labels_load(tmp_path):
     np.savez(tmp_path / "d.npz", X=np.ones((2, 2)), y=np.array(["cat", "dog"]))
     assert D.load(tmp_path / "d.npz")[1].tolist() == ["cat", "dog"]
+
+
+# ---------------------------------------------------------------------------------- scaling near the limits
+def test_standard_scaling_near_the_float_limit_does_not_overflow():
+    """The same data divided by 1e300 is an ordinary reference: offsets and scales are 1e300 times
+    its own, and the scaled values are the same."""
+    X = np.array([[1e308, -1e308, 1.0], [-1e308, 1.5e308, 2.0], [5e307, 0.0, 3.0], [1.7e308, -1.7e308, 4.0]])
+    s = D.Scaler("standard").fit(X)
+    ref = D.Scaler("standard").fit(X / 1e300)
+    assert np.isfinite(s.offset).all() and np.isfinite(s.scale).all()
+    np.testing.assert_allclose(s.offset[:2], ref.offset[:2] * 1e300, rtol=1e-13)
+    np.testing.assert_allclose(s.scale[:2], ref.scale[:2] * 1e300, rtol=1e-13)
+    out = s.transform(X, np.float64)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[:, :2], ref.transform(X / 1e300, np.float64)[:, :2], rtol=1e-13)
+    np.testing.assert_allclose(out[:, 2], (X[:, 2] - 2.5) / np.std(X[:, 2]), rtol=1e-15)
+
+
+def test_standard_scaling_of_ordinary_data_is_the_plain_formula_to_the_last_bit():
+    """Dividing by a power of two is exact, so the overflow-safe computation changes no bit."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(3.0, 7.0, size=(257, 5)) * np.array([1e-3, 1, 1e3, 1e6, 1e-9])
+    s = D.Scaler("standard").fit(X)
+    np.testing.assert_array_equal(s.offset, X.mean(axis=0))
+    np.testing.assert_array_equal(s.scale, X.std(axis=0))
+    np.testing.assert_array_equal(s.transform(X, np.float64), (X - X.mean(axis=0)) / X.std(axis=0))
+    Xf = np.asfortranarray(X)
+    np.testing.assert_array_equal(D.Scaler("standard").fit(Xf).offset, Xf.mean(axis=0))
