@@ -274,7 +274,7 @@ def test_a_header_that_counts_the_columns_is_a_header(tmp_path):
 def test_two_columns_0_1_are_data_unless_forced(tmp_path):
     """With two columns "0,1" is as likely a sample (feature 0, label 1) as a header."""
     p = write(tmp_path, "d.csv", "0,1\n1,0\n")
-    X, y = D.load(p)
+    X, _ = D.load(p)
     np.testing.assert_array_equal(X, [[0], [1]])
     t = D.load_table(p, header=True)
     assert t.feature_names == ["0"] and t.label_name == "1" and t.y.tolist() == [0]
@@ -420,7 +420,7 @@ def test_load_table_returns_names_and_load_keeps_returning_x_and_y(tmp_path):
     p = write(tmp_path, "d.csv", "a,label,b\n1,0,2.5\n3,1,4\n")
     t = D.load_table(p, label_column="label")
     assert (t.feature_names, t.label_name, t.header) == (["a", "b"], "label", True)
-    X, y = D.load(p, label_column="label")
+    X, _ = D.load(p, label_column="label")
     np.testing.assert_array_equal(X, t.X)
     t = D.load_table(p, label_column=None, require_labels=False)
     assert t.y is None and t.feature_names == ["a", "label", "b"] and t.label_name is None
