@@ -3,23 +3,33 @@
     X, y = load_digits()                                # (1797, 64) uint8 pixels 0..16, labels 0..9
     X, y = load("train-images-idx3-ubyte.gz")           # MNIST IDX; labels file found by its name
     X, y = load("data.csv", label_column="label")       # CSV, label column by name or index
+    X, y = load("data.tsv", missing="drop")             # tab-separated; rows with missing values dropped
+    table = load_table("data.csv")                      # X, y and the header's feature and label names
     X, y = load("data.npz")                             # NPZ with arrays X and y
     train, test = split_indices(y, 0.2, seed=0)         # the one hold-out rule (stratified, seeded)
     codes = LabelEncoder().fit(y).transform(y)          # class labels -> output indices
     scaler = Scaler("standard").fit(X[train])           # fitted on the training split only
 
-Every loader returns host NumPy arrays (X 2-D, y 1-D or None) and raises ValueError with the file's
-name and what is wrong when a file is not what it claims to be.
+Every loader returns host NumPy arrays (X 2-D, y 1-D or None; y is text, dtype <U, when a CSV's
+labels are words) and raises ValueError with the file's name and what is wrong (rows and columns
+counted from 1) when a file is not what it claims to be. Only regular files are read: a FIFO or a
+device is refused before a byte is read.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import gzip
+import io as _io
+import itertools
 import math
 import numbers
 import os
+import stat
 import struct
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 
@@ -33,6 +43,14 @@ EMBEDDED = ("digits",)
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
+_MAX_INFLATE_RATIO = 1032  # deflate's limit: no gzip stream expands more, so a header asking more lies
+_IDX_MARGIN = 4096         # bytes read past an IDX header's size, to say how much too long a file is
+_CHUNK = 2**20
+_MISSING = frozenset({"", "na", "nan", "n/a", "?"})  # a CSV field, stripped and lower-cased
+_MISSING_SPELLINGS = sorted({"".join(letters) for token in _MISSING
+                             for letters in itertools.product(*({c.lower(), c.upper()} for c in token))})
+_MISSING_POLICIES = ("error", "drop", "keep")
+_HEADER_SAMPLE = 100       # rows below the first that header detection compares it with
 
 
 # ---------------------------------------------------------------------------------- embedded
@@ -48,39 +66,125 @@ def load_digits():
 
 
 # ---------------------------------------------------------------------------------- files
-def _read_bytes(path):
-    """The file's bytes, gunzipped when they start with the gzip magic number."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == _GZIP_MAGIC:
+@dataclass
+class Table:
+    """What a loader read. X (n, d): float64 from a CSV, as stored from IDX and NPZ; y (n,) numbers,
+    or text (dtype <U) from a CSV whose label column holds words; None without labels.
+    ``feature_names`` and ``label_name``: a CSV header's names (None without a header row)."""
+    X: np.ndarray
+    y: np.ndarray | None
+    feature_names: list | None = None
+    label_name: str | None = None
+    header: bool = False
+
+
+def _open_regular(path, noun="data file", error=ValueError):
+    """``path`` opened for binary reading, or ``error`` if it is anything but a regular file.
+
+    Checked on the opened file (fstat), before a byte is read: a FIFO would block forever and a
+    device such as /dev/zero never ends. O_NONBLOCK lets opening a FIFO return at once instead of
+    waiting for a writer; it changes nothing for a regular file."""
+    p = os.fspath(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such {noun}: {p}") from None
+    except IsADirectoryError:
+        raise error(f"{p} is a directory, not a {noun}") from None
+    except OSError as exc:
+        raise error(f"{p}: cannot be opened ({(exc.strerror or 'error').lower()})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{p} is {_file_kind(mode)}, not a {noun}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode):
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")]
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def _sniff(path, n):
+    """The first ``n`` bytes, gunzipped when the file starts with gzip's magic number."""
+    with _open_regular(path) as f:
+        head = f.read(n)
+        if head[:2] != _GZIP_MAGIC:
+            return head
+        f.seek(0)
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: corrupt gzip data ({exc})") from None
-    return raw
+            with gzip.GzipFile(fileobj=f) as g:
+                return g.read(n)
+        except (OSError, EOFError, zlib.error):
+            return b""
 
 
+# ---------------------------------------------------------------------------------- IDX
 def read_idx(path):
     """One IDX file (raw or gzipped) as a native-endian array of the shape its header gives.
 
     The magic number is two zero bytes, a type code (0x08 ubyte ... 0x0E double) and the number of
     dimensions; then each dimension as a big-endian int32; then the data, which must fill the file.
+    Gzipped data are decompressed a chunk at a time, never beyond what the header implies.
     """
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise ValueError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}; expected "
+    with _open_regular(path) as f:
+        compressed = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        size = os.fstat(f.fileno()).st_size
+        if not compressed:
+            return _parse_idx(f, path, data_bytes=lambda header: size - header)
+        try:
+            with gzip.GzipFile(fileobj=f) as g:
+                return _parse_idx(g, path, most=_MAX_INFLATE_RATIO * size + _IDX_MARGIN)
+        except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
+            raise ValueError(f"{path}: corrupt gzip data (damaged or truncated)") from None
+
+
+def _parse_idx(stream, path, data_bytes=None, most=None):
+    """The IDX array from ``stream``. ``data_bytes(header)``: how many bytes follow the header (a
+    raw file's size is known); else up to ``most`` bytes are read, the header's size plus a margin."""
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+        raise ValueError(f"{path}: not an IDX file (magic number {magic.hex() or 'missing'}; expected "
                          f"00 00, a type code in {{08, 09, 0b, 0c, 0d, 0e}} and a dimension count >= 1)")
-    ndim = raw[3]
+    ndim = magic[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: IDX header truncated ({len(raw)} bytes, {ndim} dimensions need {header})")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    raw_dims = stream.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise ValueError(f"{path}: IDX header truncated ({4 + len(raw_dims)} bytes, {ndim} dimensions need {header})")
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
     expected = math.prod(dims) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX header says shape {dims} ({expected} bytes of data), "
-                         f"but the file holds {len(raw) - header} bytes after the header")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    says = f"{path}: IDX header says shape {dims} ({expected} bytes of data), but the file holds"
+    if data_bytes is not None:
+        held = data_bytes(header)
+        if held != expected:
+            raise ValueError(f"{says} {held} bytes after the header")
+        data = _read_up_to(stream, expected)
+    else:
+        if expected > most:
+            raise ValueError(f"{says} gzip data that cannot expand to that much")
+        data = _read_up_to(stream, expected + _IDX_MARGIN + 1)  # past the end: gzip checks its CRC there
+        if len(data) > expected + _IDX_MARGIN:
+            raise ValueError(f"{says} more than {expected + _IDX_MARGIN} bytes after the header")
+        if len(data) != expected:
+            raise ValueError(f"{says} {len(data)} bytes after the header")
+    return np.frombuffer(data, dtype, count=math.prod(dims)).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_up_to(stream, n):
+    """At most ``n`` bytes, a chunk at a time (a gzip stream's output is never asked for whole)."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = stream.read(min(_CHUNK, n - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _idx_labels_path(images):
@@ -115,88 +219,304 @@ def load_idx(images, labels=None, require_labels=True):
     return X, y
 
 
-def _csv_header(path, delimiter):
-    """The first line's fields if it is a header (some field is not a number), else None."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", newline="") as f:
-        first = f.readline()
-    fields = [s.strip().strip('"').strip("'") for s in first.rstrip("\r\n").split(delimiter)]
-    for s in fields:
-        try:
-            float(s)
-        except ValueError:
-            return fields
-    return None
+# ---------------------------------------------------------------------------------- CSV
+def csv_delimiter(path, delimiter=None):
+    """The delimiter to read ``path`` with. None: a tab for .tsv (and .tsv.gz), else a comma;
+    "tab" and the two characters backslash-t (as typed on a shell) mean a tab."""
+    if delimiter is None:
+        return "\t" if os.fspath(path).lower().endswith((".tsv", ".tsv.gz")) else ","
+    if not isinstance(delimiter, str):
+        raise TypeError(f"delimiter must be a string, got {type(delimiter).__name__}")
+    if delimiter.lower() == "tab" or delimiter == "\\t":
+        return "\t"
+    if len(delimiter) != 1 or delimiter in '"\r\n':
+        raise ValueError(f"delimiter must be one character other than a quote or newline (or 'tab'), "
+                         f"got {delimiter!r}")
+    return delimiter
 
 
-def load_csv(path, label_column=-1, delimiter=",", require_labels=True):
-    """A numeric CSV (header line optional, detected): one row per sample.
+@contextlib.contextmanager
+def _csv_text(path):
+    """The CSV as text: gunzipped when it starts with gzip's magic number, a UTF-8 BOM dropped."""
+    with _open_regular(path) as f:
+        compressed = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        binary = gzip.GzipFile(fileobj=f) if compressed else f
+        with _io.TextIOWrapper(binary, encoding="utf-8-sig", newline="") as text:
+            try:
+                yield text
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+            except (OSError, EOFError, zlib.error):
+                raise ValueError(f"{path}: corrupt gzip data (damaged or truncated)") from None
+            except csv.Error as exc:
+                raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def _records(text, delimiter):
+    """(line number, fields) of each record that is not blank."""
+    reader = csv.reader(text, delimiter=delimiter)
+    for fields in reader:
+        if fields and not (len(fields) == 1 and not fields[0].strip()):
+            yield reader.line_num, fields
+
+
+def _field_kind(field):
+    """"missing", "number" or "text" for one CSV field."""
+    s = field.strip()
+    if s.lower() in _MISSING:
+        return "missing"
+    try:
+        float(s)
+        return "number"
+    except ValueError:
+        return "text"
+
+
+def _looks_like_header(first, below):
+    """Whether the first record names the columns: it counts them 0, 1, 2, ... (pandas' default
+    names, as ``DataFrame.to_csv(index=False)`` writes them), or it differs in kind from the rows
+    below it (text over a column of numbers). Two columns "0,1" are too likely to be data."""
+    names = [s.strip() for s in first]
+    if len(names) >= 3 and names == [str(i) for i in range(len(names))]:
+        return True
+    if not below:
+        return any(_field_kind(s) == "text" for s in first)
+    for j, field in enumerate(first):
+        kinds = {_field_kind(row[j]) for row in below if j < len(row)}
+        if _field_kind(field) == "text" and "number" in kinds and "text" not in kinds:
+            return True
+    return False
+
+
+def _csv_head(path, delimiter, header, label_column):
+    """(header names or None, the header's line number or 0, the number of columns) from the
+    first records of the file (a label column named in the first row makes it a header)."""
+    with _csv_text(path) as text:
+        head = list(itertools.islice(_records(text, delimiter), _HEADER_SAMPLE + 1))
+    if not head:
+        return None, 0, 0
+    first_line, first = head[0]
+    if header is None:
+        named = isinstance(label_column, str) and not _is_int(label_column) and \
+            label_column.strip() in (s.strip() for s in first)
+        header = named or _looks_like_header(first, [fields for _, fields in head[1:]])
+    if not header:
+        return None, 0, len(first)
+    return [s.strip() for s in first], first_line, len(first)
+
+
+def load_csv(path, label_column=-1, delimiter=None, require_labels=True, *, header=None, missing="error"):
+    """A numeric CSV (header line optional, detected): one row per sample. Returns (X, y).
 
     ``label_column``: the column holding the target, as an index (negative counts from the end) or a
-    header name; ``None`` when every column is a feature. Returns X (n, columns − 1) float64, y (n,).
+    header name; ``None`` when every column is a feature. X (n, columns − 1) float64; y (n,) float64,
+    or text (dtype <U) when the label column holds words. See ``read_csv`` for the other options.
     """
-    header = _csv_header(path, delimiter)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below
-        try:
-            table = np.loadtxt(path, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2,
-                               dtype=np.float64, comments=None)
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a numeric CSV file: {exc}") from None
-    if table.shape[0] == 0:
-        raise ValueError(f"{path}: no data rows")
+    table = read_csv(path, label_column, delimiter, require_labels, header=header, missing=missing)
+    return table.X, table.y
+
+
+def read_csv(path, label_column=-1, delimiter=None, require_labels=True, *, header=None, missing="error"):
+    """A CSV as a ``Table`` (X, y and the header's names).
+
+    ``delimiter``: None is a tab for .tsv files and a comma otherwise ("tab" or "\\t" mean a tab).
+    ``header``: None detects it (a first row of text over numbers, or one that counts the columns
+    0, 1, 2, ...), True or False force it. A UTF-8 BOM is dropped. Quoted numbers ("1.5") parse.
+    ``missing`` (empty fields, NA, NaN, N/A, ?): "error" names the first one's row and column (rows
+    are the file's lines, header included, from 1); "drop" drops those rows; "keep" returns NaN in
+    X for the caller to impute (a missing label is still an error: labels cannot be imputed).
+    """
+    if missing not in _MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {_MISSING_POLICIES}, got {missing!r}")
+    if header not in (None, True, False):
+        raise ValueError(f"header must be None (detect), True or False, got {header!r}")
+    delimiter = csv_delimiter(path, delimiter)
+    names, header_line, n_cols = _csv_head(path, delimiter, header, label_column)
     if label_column is None:
         if require_labels:
             raise ValueError("label_column is None but labels are required")
-        return table, None
-    n_cols = table.shape[1]
-    if isinstance(label_column, str) and not _is_int(label_column):
-        if header is None:
-            raise ValueError(f"label_column {label_column!r} is a name, but {path} has no header line")
-        if label_column not in header:
-            raise ValueError(f"label_column {label_column!r} is not a column of {path}; columns: {header}")
-        col = header.index(label_column)
+        col = None
     else:
-        col = int(label_column)
-        if not -n_cols <= col < n_cols:
-            raise ValueError(f"label_column {label_column} is out of range for {path}, which has {n_cols} columns")
-        col %= n_cols
-    if n_cols < 2:
+        col = _label_index(path, label_column, names, n_cols)
+    values = _numeric_csv(path, delimiter, header_line, n_cols) if n_cols else np.zeros((0, 0))
+    if values is not None and values.shape[0] == 0:
+        raise ValueError(f"{path}: no data rows")
+    if values is None or (missing != "keep" and np.isnan(values).any()) or \
+            (col is not None and np.isnan(values[:, col]).any()):
+        X, y = _csv_by_fields(path, delimiter, header_line, n_cols, col, names, missing)
+    else:
+        X, y = (values, None) if col is None else (np.delete(values, col, axis=1), values[:, col])
+    if col is not None and n_cols < 2:
         raise ValueError(f"{path}: has a single column; it needs features and a label column")
-    return np.delete(table, col, axis=1), table[:, col]
+    features = None if names is None else [n for j, n in enumerate(names) if j != col]
+    return Table(X, y, features, None if names is None or col is None else names[col], names is not None)
+
+
+def _label_index(path, label_column, names, n_cols):
+    """The label column's 0-based index from a header name or an index (text such as "-1" too)."""
+    if isinstance(label_column, str) and not _is_int(label_column):
+        if names is None:
+            raise ValueError(f"label_column {label_column!r} is a name, but {path} has no header line")
+        if label_column.strip() not in names:
+            raise ValueError(f"label_column {label_column!r} is not a column of {path}; columns: {names}")
+        if names.count(label_column.strip()) > 1:
+            raise ValueError(f"label_column {label_column!r} names {names.count(label_column.strip())} columns "
+                             f"of {path}; give its index instead")
+        return names.index(label_column.strip())
+    col = int(label_column)
+    if n_cols and not -n_cols <= col < n_cols:
+        raise ValueError(f"label_column {label_column} is out of range for {path}, which has {n_cols} columns")
+    return col % n_cols if n_cols else 0
+
+
+def _numeric_csv(path, delimiter, header_line, n_cols):
+    """The table by NumPy's fast reader (n, n_cols) float64, or None when it cannot read it:
+    then the slower reader below says exactly what is wrong, or reads the text labels."""
+    with _csv_text(path) as text, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported by the caller
+        try:
+            values = np.loadtxt(text, delimiter=delimiter, quotechar='"', skiprows=header_line, ndmin=2,
+                                dtype=np.float64, comments=None)
+        except ValueError:
+            return None
+    return values if values.shape[0] == 0 or values.shape[1] == n_cols else None
+
+
+def _csv_by_fields(path, delimiter, header_line, n_cols, col, names, missing):
+    """(X, y) read field by field: the reader for files with text labels or missing values, and
+    the one that names the row and column of whatever is wrong."""
+    with _csv_text(path) as text:
+        rows = [(line, fields) for line, fields in _records(text, delimiter) if line > header_line]
+    against = "the header" if names is not None else "the first row"
+    for line, fields in rows:
+        if len(fields) != n_cols:
+            raise ValueError(f"{path}: not a numeric CSV file: row {line} has {len(fields)} fields, "
+                             f"{against} has {n_cols}")
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    lines = np.array([line for line, _ in rows], np.int64)
+    cells = np.char.strip(np.array([fields for _, fields in rows], dtype=str))  # (n, n_cols)
+    is_missing = _is_missing(cells)
+    columns = [_parse_column(path, cells[:, j], is_missing[:, j], lines, j, names, j == col)
+               for j in range(n_cols)]
+    keep = _missing_rows(path, is_missing, lines, col, names, missing)
+    features = [c for j, c in enumerate(columns) if j != col]
+    X = np.column_stack(features) if features else np.zeros((len(rows), 0))
+    return X[keep], None if col is None else columns[col][keep]
+
+
+def _is_missing(cells):
+    """Which (stripped) cells are missing values, compared with every spelling of each token
+    (nan, NaN, NAN, ...): much faster than lower-casing every cell."""
+    is_missing = np.zeros(cells.shape, bool)
+    for spelling in _MISSING_SPELLINGS:
+        is_missing |= cells == spelling
+    return is_missing
+
+
+def _column_name(j, names):
+    return f"column {j + 1}" + (f" ({names[j]!r})" if names is not None else "")
+
+
+def _parse_column(path, cells, is_missing, lines, j, names, is_label):
+    """Column j's stripped ``cells`` as float64 with NaN where missing, or as text for a label
+    column of words. Text among features, or numbers and text mixed, is an error."""
+    try:
+        return np.where(is_missing, "nan", cells).astype(np.float64)
+    except ValueError:  # some cell is text: find it (only such columns are read one cell at a time)
+        pass
+    is_number = np.array([_field_kind(s) == "number" for s in cells])
+    is_text = ~is_number & ~is_missing
+    if not is_text.any():  # NumPy refused a number that Python's float reads
+        return np.array([float(s) if number else np.nan for s, number in zip(cells, is_number)])
+    first = int(np.argmax(is_text))
+    where = f"{_column_name(j, names)} holds text ({str(cells[first])!r} in row {lines[first]})"
+    if not is_label:
+        raise ValueError(f"{path}: not a numeric CSV file: {where}; feature columns must hold numbers")
+    if is_number.any():
+        number = int(np.argmax(is_number))
+        raise ValueError(f"{path}: not a numeric CSV file: the label {where} and numbers "
+                         f"({str(cells[number])!r} in row {lines[number]}); labels must be all numbers or all text")
+    return cells.copy()
+
+
+def _missing_rows(path, cells, lines, col, names, missing):
+    """The rows to keep, as a mask, after applying the ``missing`` policy to the missing cells."""
+    rows_missing = cells.any(axis=1)
+    if not rows_missing.any():
+        return ~rows_missing
+    if missing == "drop":
+        if rows_missing.all():
+            raise ValueError(f"{path}: every row has a missing value; none is left after dropping them")
+        return ~rows_missing
+    if missing == "keep" and col is not None and cells[:, col].any():
+        i = int(np.flatnonzero(cells[:, col])[0])
+        raise ValueError(f"{path}: missing label in row {lines[i]}, {_column_name(col, names)}; labels "
+                         f"cannot be imputed: drop those rows (missing='drop')")
+    if missing == "keep":
+        return np.ones(len(lines), bool)
+    i, j = (int(k) for k in np.argwhere(cells)[0])  # the first in reading order
+    raise ValueError(f"{path}: missing value in row {lines[i]}, {_column_name(j, names)} (empty, NA, NaN "
+                     f"or ?); drop such rows (missing='drop') or impute them (missing='keep')")
 
 
 def _is_int(s):
     try:
         int(s)
         return True
-    except ValueError:
+    except (TypeError, ValueError):
         return False
 
 
+# ---------------------------------------------------------------------------------- NPZ
 def load_npz(path, require_labels=True):
     """An ``.npz`` archive with arrays ``X`` (n, features) and ``y`` (n,); never unpickles."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "X" not in z.files:
-                raise ValueError(f"{path}: no array named 'X' (found {sorted(z.files)})")
-            X = z["X"]
-            y = z["y"] if "y" in z.files else None
-    except ValueError as exc:
-        if str(exc).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: cannot read arrays ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
+    with _open_regular(path) as f:
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                if "X" not in z.files:
+                    raise ValueError(f"{path}: no array named 'X' (found {sorted(z.files)})")
+                X = z["X"]
+                y = z["y"] if "y" in z.files else None
+        except ValueError as exc:
+            if str(exc).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: cannot read arrays (Python objects or a damaged .npy header); "
+                             f"X and y must be plain numeric arrays") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error):
+            raise ValueError(f"{path}: not a readable .npz archive (damaged or not a zip file)") from None
     if y is None and require_labels:
         raise ValueError(f"{path}: no array named 'y' with the labels")
-    if X.ndim != 2:
-        raise ValueError(f"{path}: X must be 2-D (n_samples, n_features), got shape {X.shape}")
-    if y is not None and y.shape[:1] != X.shape[:1]:
-        raise ValueError(f"{path}: y has shape {y.shape} but X has {X.shape[0]} rows")
+    _check_npz_arrays(path, X, y)
     return X, y
 
 
+def _check_npz_arrays(path, X, y):
+    if X.ndim != 2:
+        raise ValueError(f"{path}: X must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: X holds {_dtype_words(X.dtype)}; features must be real numbers")
+    if y is None:
+        return
+    if y.ndim != 1:
+        raise ValueError(f"{path}: y must be 1-D (one label per sample), got shape {y.shape}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"{path}: y has shape {y.shape} but X has {X.shape[0]} rows")
+    if y.dtype.kind not in "biufU":
+        raise ValueError(f"{path}: y holds {_dtype_words(y.dtype)}; labels must be numbers or text (str)")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        i = int(np.flatnonzero(~np.isfinite(y))[0])
+        raise ValueError(f"{path}: y holds {y[i]} (sample {i + 1}); labels must be finite numbers")
+
+
+def _dtype_words(dtype):
+    words = {"c": "complex numbers", "U": "text", "S": "bytes", "M": "dates", "m": "time spans",
+             "V": "structured records", "O": "Python objects"}
+    return f"{words.get(dtype.kind, 'values')} (dtype {dtype})"
+
+
+# ---------------------------------------------------------------------------------- any file
 def detect_format(path):
     """'idx' | 'csv' | 'npz' from the file's name, or else from its first bytes."""
     name = os.path.basename(os.fspath(path)).lower()
@@ -208,7 +528,7 @@ def detect_format(path):
         return "csv"
     if "idx" in name or name.endswith((".ubyte", ".idx")):
         return "idx"
-    head = _read_bytes(path)[:4]
+    head = _sniff(path, 4)
     if head.startswith(_ZIP_MAGIC):
         return "npz"
     if len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES:
@@ -216,16 +536,27 @@ def detect_format(path):
     return "csv"
 
 
-def load(path, format="auto", labels=None, label_column=-1, delimiter=",", require_labels=True):
+def load(path, format="auto", labels=None, label_column=-1, delimiter=None, require_labels=True, *,
+         header=None, missing="error"):
     """X, y from "digits" (the embedded set) or a file in ``format`` ("auto" guesses it).
 
-    ``labels``: the IDX labels file (MNIST's name is found without it); ``label_column`` and
-    ``delimiter``: for CSV. With ``require_labels=False`` y may be None (for prediction).
+    ``labels``: the IDX labels file (MNIST's name is found without it); ``label_column``,
+    ``delimiter``, ``header`` and ``missing``: for CSV (see ``read_csv``). With
+    ``require_labels=False`` y may be None (for prediction). ``load_table`` returns the header's names too.
     """
+    table = load_table(path, format, labels, label_column, delimiter, require_labels, header=header,
+                       missing=missing)
+    return table.X, table.y
+
+
+def load_table(path, format="auto", labels=None, label_column=-1, delimiter=None, require_labels=True, *,
+               header=None, missing="error"):
+    """As ``load``, as a ``Table``: X, y, and a CSV header's feature and label names."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if isinstance(path, str) and path in EMBEDDED and not os.path.exists(path):
-        return load_digits()
+        _refuse_csv_options(path, "embedded", header, missing)
+        return Table(*load_digits())
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such data file: {path}")
     if os.path.isdir(path):
@@ -233,11 +564,18 @@ def load(path, format="auto", labels=None, label_column=-1, delimiter=",", requi
     fmt = detect_format(path) if format == "auto" else format
     if labels is not None and fmt != "idx":
         raise ValueError(f"a separate labels file is only used with IDX data, not {fmt}")
+    if fmt != "csv":
+        _refuse_csv_options(path, fmt, header, missing)
     if fmt == "idx":
-        return load_idx(path, labels, require_labels)
+        return Table(*load_idx(path, labels, require_labels))
     if fmt == "csv":
-        return load_csv(path, label_column, delimiter, require_labels)
-    return load_npz(path, require_labels)
+        return read_csv(path, label_column, delimiter, require_labels, header=header, missing=missing)
+    return Table(*load_npz(path, require_labels))
+
+
+def _refuse_csv_options(path, fmt, header, missing):
+    if header is not None or missing != "error":
+        raise ValueError(f"header and missing apply to CSV files; {path} is {fmt} data")
 
 
 # ---------------------------------------------------------------------------------- split
@@ -426,6 +764,21 @@ def prepare(data, *, format="auto", labels=None, label_column=-1, delimiter=",",
 
 
 # ---------------------------------------------------------------------------------- scaling
+def _mean_and_std(X):
+    """Per-column mean and standard deviation (d,) float64 that cannot overflow.
+
+    float64 columns are first divided by a power of two near their largest |x| (exact: only the
+    exponent changes), so the sums and squares stay near 1 even for values near 1e308, and the
+    results are multiplied back: for ordinary data they are the same to the last bit as without.
+    Other dtypes (integers, float32) are summed in float64, which they cannot overflow."""
+    if X.dtype.kind != "f" or X.dtype.itemsize < 8:
+        return X.mean(axis=0, dtype=np.float64), X.std(axis=0, dtype=np.float64)
+    # a NaN or inf column gets exponent 0 (frexp's answer for them) and NaN or inf statistics, as before
+    exponent = np.frexp(np.abs(X).max(axis=0) if X.size else np.zeros(X.shape[1]))[1]
+    scaled = np.ldexp(X.astype(np.float64, copy=False), -exponent)
+    return np.ldexp(scaled.mean(axis=0), exponent), np.ldexp(scaled.std(axis=0), exponent)
+
+
 class Scaler:
     """x ↦ (x − offset) / scale, per feature, fitted on the training split only.
 
@@ -453,8 +806,7 @@ class Scaler:
             raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
         d = X.shape[1]
         if self.kind == "standard":
-            self.offset = X.mean(axis=0, dtype=np.float64)
-            std = X.std(axis=0, dtype=np.float64)
+            self.offset, std = _mean_and_std(X)
             self.scale = np.where(std > 0, std, 1.0)
         elif self.kind == "max":
             # largest |x| from the extremes: np.abs would wrap a signed integer minimum (int8 −128 -> −128)
@@ -463,7 +815,11 @@ class Scaler:
         return self
 
     def transform(self, X, dtype=np.float32):
-        """A new array of ``dtype``; X is never modified."""
+        """A new array of ``dtype``; X is never modified.
+
+        (x − offset) / scale is computed on x, offset and scale divided by one power of two per
+        feature, near the larger of |offset| and scale: that division is exact, so the result is
+        the same to the last bit, and x − offset cannot overflow for values near the float limit."""
         X = np.asarray(X)
         if self.kind == "none":
             return X.astype(dtype)
@@ -471,9 +827,11 @@ class Scaler:
             raise ValueError("the scaler is not fitted; call fit(X_train) first")
         if X.ndim != 2 or X.shape[1] != self.scale.shape[0]:
             raise ValueError(f"X must have shape (n, {self.scale.shape[0]}) for this scaler, got {X.shape}")
+        exponent = np.frexp(np.maximum(np.abs(self.offset), self.scale))[1]
         out = X.astype(np.float64)
-        out -= self.offset
-        out /= self.scale
+        np.ldexp(out, -exponent, out=out)
+        out -= np.ldexp(self.offset, -exponent)
+        out /= np.ldexp(self.scale, -exponent)
         return out.astype(dtype, copy=False)
 
     def __repr__(self):

@@ -19,6 +19,12 @@ and ``gpumlp.load(path)`` is the two together). A model file holds
 the target (``os.replace``), so a crash leaves either the old file or the new one, never half of one.
 ``read`` checks everything before anything is built and raises ``ModelFileError`` (a ValueError)
 naming the file, the entry and what is wrong.
+
+A model file may come from anyone, so reading one is bounded before anything is read (``_read``):
+only a regular file (not a FIFO or a device), at most 16 members, each a known .npy name once,
+stored or deflated (never expanding more than 100-fold), meta at most 16 MiB of JSON nested at
+most 64 deep with no number longer than 39 digits, at most 2**31 parameters, and every array's
+.npy header checked against the shape and dtype the meta implies before its data are read.
 """
 from __future__ import annotations
 
@@ -26,9 +32,14 @@ import json
 import math
 import numbers
 import os
+import re
 import zipfile
+import zlib
+from dataclasses import dataclass
+
 import numpy as np
 
+from .data import _open_regular
 from .monitor import PlateauMonitor
 from .state import ModelState
 
@@ -130,47 +141,343 @@ def read(path):
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    meta, arrays = _read(path)
-    _check_meta(meta, path)
-    _check_arrays(meta, arrays, path)
+    meta, arrays = _read(path)  # bounded, meta checked (_read_meta), each header against what meta implies
+    _check_arrays(meta, arrays, path)  # the values: finite, in the model's dtype's range, consistent
     return ModelState(meta, arrays)
 
 
+# What a model file may ask of the process that reads it. gpumlp writes at most eight members
+# (meta, theta, best_theta, two optimizer slots, two scaling arrays, classes), each an .npy array.
+_MAX_MEMBERS = 16
+_MAX_DIRECTORY_BYTES = 64 * 1024  # the zip's list of members: 16 entries take about 1 KiB
+_MAX_META_BYTES = 16 * 2**20      # settings and curves take about 150 bytes an epoch: 100 000 epochs fit
+_MAX_META_DEPTH = 64              # gpumlp's meta nests 3 deep; json.loads recurses once per level
+_MAX_NUMBER_DIGITS = 39           # the RNG state's 128-bit integers have 39 digits; longer cannot be ours
+_MAX_LAYERS = 1024
+_MAX_PARAMS = 2**31               # 8 GiB of float32 weights: far beyond any MLP trained with gpumlp
+_MAX_NPY_HEADER = 4096            # gpumlp's .npy headers are 128 bytes
+# gpumlp stores members uncompressed; np.savez_compressed shrinks trained float weights by well
+# under 2x, so a deflated member that claims to expand more than this is a bomb, not weights.
+_MAX_DEFLATE_RATIO = 100
+_DEFLATE_SLACK = 2**20            # small members (classes, scaling) may compress better
+_CHUNK = 2**20
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What the metadata implies for one array: its shape and dtype kinds, and how to say so."""
+    shape: tuple
+    kinds: str
+    shape_says: str
+    kind_says: str
+
+
 def _read(path):
-    """(meta dict, {name: array}) from the archive, or ModelFileError saying why not."""
-    path_s = os.fspath(path)
-    if not os.path.exists(path_s):
-        raise FileNotFoundError(f"no such model file: {path_s}")
-    if os.path.isdir(path_s):
-        raise ModelFileError(f"{path_s} is a directory, not a model file")
-    if not zipfile.is_zipfile(path_s):
-        raise ModelFileError(f"{path_s}: not a gpumlp model file (not an .npz archive)")
-    try:
-        with np.load(path_s, allow_pickle=False) as z:
-            names = list(z.files)
-            arrays = {}
-            for name in names:
-                try:
-                    arrays[name] = z[name]
-                except ValueError as exc:  # object arrays: refused, never unpickled
-                    raise ModelFileError(f"{path_s}: entry {name!r} cannot be read without pickle "
-                                         f"({exc}); gpumlp model files never contain pickled objects") from None
-    except ModelFileError:
-        raise
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as exc:
-        raise ModelFileError(f"{path_s}: damaged archive ({type(exc).__name__}: {exc})") from None
-    raw = arrays.pop("meta", None)
-    if raw is None:
-        raise ModelFileError(f"{path_s}: no 'meta' entry; not a gpumlp model file")
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ModelFileError(f"{path_s}: 'meta' must be 1-D uint8 JSON bytes, got {raw.dtype} shape {raw.shape}")
-    try:
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path_s}: 'meta' is not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{path_s}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    """(meta dict, {name: array}) from the archive, or ModelFileError saying why not.
+
+    Everything is bounded before it is read: the file must be a regular file, the archive's members
+    few, known and not bombs, the metadata small and shallow, and each array's .npy header must
+    give the shape and dtype that the metadata implies before any of its data is read.
+    """
+    p = os.fspath(path)
+    with _open_regular(p, "model file", ModelFileError) as f:
+        archive_size = os.fstat(f.fileno()).st_size
+        _check_directory(f, p)
+        with _open_archive(f, p) as zf:
+            members = _members(zf, p, archive_size)
+            meta = _read_meta(zf, members.pop("meta", None), p)
+            expected = _expected_entries(meta, members, p)
+            arrays = {name: _read_member(zf, info, expected[name], name, p) for name, info in members.items()}
     return meta, arrays
+
+
+def _open_archive(f, path):
+    try:
+        return zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise ModelFileError(f"{path}: not a gpumlp model file (not an .npz archive, or a damaged one)") from None
+
+
+def _check_directory(f, path):
+    """Refuse an archive that lists too many members before zipfile builds an object for each.
+
+    Uses zipfile's own reader of the end-of-archive record (a private helper; without it zipfile's
+    parse still costs no more than the file's size)."""
+    end_record = getattr(zipfile, "_EndRecData", None)
+    if end_record is None:
+        return
+    try:
+        record = end_record(f)
+    except (OSError, EOFError, zipfile.BadZipFile):
+        record = None
+    if record is None:
+        raise ModelFileError(f"{path}: not a gpumlp model file (not an .npz archive)")
+    entries = record[getattr(zipfile, "_ECD_ENTRIES_TOTAL", 4)]
+    directory_bytes = record[getattr(zipfile, "_ECD_SIZE", 5)]
+    if entries > _MAX_MEMBERS or directory_bytes > _MAX_DIRECTORY_BYTES:
+        raise ModelFileError(f"{path}: the archive lists {entries} members in {directory_bytes} bytes; "
+                             f"a gpumlp model file has at most {_MAX_MEMBERS}")
+
+
+def _members(zf, path, archive_size):
+    """{array name: ZipInfo}: every member an uncompressed or deflated, unencrypted .npy file, once,
+    and no member claiming more bytes than it can hold."""
+    infos = zf.infolist()
+    if len(infos) > _MAX_MEMBERS:
+        raise ModelFileError(f"{path}: the archive has {len(infos)} members; a gpumlp model file has at most "
+                             f"{_MAX_MEMBERS}")
+    names = [info.filename for info in infos]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ModelFileError(f"{path}: the archive holds {duplicates} more than once; a model file holds each "
+                             f"entry once")
+    unknown = sorted(n for n in names if not n.endswith(".npy") or "/" in n or n == ".npy")
+    if unknown:
+        raise ModelFileError(f"{path}: unexpected entries {unknown}; a model file holds only .npy arrays")
+    for info in infos:
+        _check_member_size(info, path, archive_size)
+    return {info.filename[:-len(".npy")]: info for info in infos}
+
+
+def _check_member_size(info, path, archive_size):
+    name = info.filename[:-len(".npy")]
+    if info.flag_bits & 0x1:
+        raise ModelFileError(f"{path}: entry {name!r} is encrypted; gpumlp model files never are")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ModelFileError(f"{path}: entry {name!r} uses zip compression method {info.compress_type}; "
+                             f"gpumlp reads stored or deflated members only")
+    if info.compress_size > archive_size:
+        raise ModelFileError(f"{path}: entry {name!r} claims {info.compress_size} bytes in a file of "
+                             f"{archive_size}; the archive is damaged")
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if (stored and info.file_size != info.compress_size) or \
+            info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + _DEFLATE_SLACK:
+        raise ModelFileError(f"{path}: entry {name!r} claims to expand from {info.compress_size} to "
+                             f"{info.file_size} bytes; refused as a zip bomb")
+
+
+class _PastEnd(Exception):
+    """A read that asked for more bytes than the member's size allows."""
+
+
+class _BoundedReader:
+    """A zip member read through ``read`` only, never past ``limit`` bytes: a request beyond it is
+    refused before anything is read, so a lying .npy header cannot make us read or allocate more."""
+
+    def __init__(self, stream, limit):
+        self.stream, self.limit, self.position = stream, limit, 0
+
+    def read(self, n):
+        if n < 0 or self.position + n > self.limit:
+            raise _PastEnd
+        data = self.stream.read(n)
+        self.position += len(data)
+        return data
+
+
+def _read_meta(zf, info, path):
+    """The meta entry's JSON object, its size, nesting and numbers bounded before it is parsed."""
+    if info is None:
+        raise ModelFileError(f"{path}: no 'meta' entry; not a gpumlp model file")
+    if info.file_size > _MAX_META_BYTES + _MAX_NPY_HEADER:
+        raise ModelFileError(f"{path}: 'meta' holds {info.file_size} bytes; model settings take at most "
+                             f"{_MAX_META_BYTES}")
+    say = "must be 1-D uint8 JSON bytes"
+    entry = _Entry(None, "u", say, say)
+    raw = _read_member(zf, info, entry, "meta", path).tobytes()
+    if _nesting_depth(raw) > _MAX_META_DEPTH:
+        raise ModelFileError(f"{path}: 'meta' nests more than {_MAX_META_DEPTH} levels deep; not gpumlp settings")
+    if _has_long_number(raw, _MAX_NUMBER_DIGITS):
+        raise ModelFileError(f"{path}: 'meta' holds a number of more than {_MAX_NUMBER_DIGITS} digits; "
+                             f"not gpumlp settings")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ModelFileError(f"{path}: 'meta' is not valid UTF-8 JSON ({_json_problem(exc)})") from None
+    except RecursionError:  # not reached after the depth check; kept so that none can escape
+        raise ModelFileError(f"{path}: 'meta' nests too deeply; not gpumlp settings") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    _check_bounds(meta, path)
+    try:
+        _check_meta(meta, path)
+    except (OverflowError, RecursionError, MemoryError):  # a backstop: the bounds above should prevent it
+        raise ModelFileError(f"{path}: 'meta' holds values out of range for gpumlp settings") from None
+    return meta
+
+
+def _json_problem(exc):
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    return "bad UTF-8" if isinstance(exc, UnicodeDecodeError) else "bad value"
+
+
+def _outside_strings(raw):
+    """The JSON text with every string literal's contents masked out, as uint8 chunks.
+
+    Escaped backslashes and then escaped quotes go first, so the quotes left delimit strings; a
+    running count of them says what is inside one (UTF-8 never hides a quote inside a character)."""
+    raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    quotes_before = 0
+    for start in range(0, len(raw), _CHUNK):
+        chunk = np.frombuffer(raw, np.uint8, count=min(_CHUNK, len(raw) - start), offset=start)
+        is_quote = chunk == ord('"')
+        inside = ((np.cumsum(is_quote, dtype=np.int64) + quotes_before) & 1).astype(bool) | is_quote
+        quotes_before += int(is_quote.sum())
+        yield np.where(inside, ord(" "), chunk).astype(np.uint8)
+
+
+def _nesting_depth(raw):
+    """How deep arrays and objects nest in JSON text, counted without parsing it."""
+    depth = deepest = 0
+    for chunk in _outside_strings(raw):
+        step = (chunk == ord("[")).astype(np.int64) + (chunk == ord("{")) - (chunk == ord("]")) - (chunk == ord("}"))
+        levels = depth + np.cumsum(step)
+        if levels.size:
+            deepest, depth = max(deepest, int(levels.max())), int(levels[-1])
+    return deepest
+
+
+def _has_long_number(raw, digits):
+    """Whether some run of more than ``digits`` digits stands outside JSON strings."""
+    too_long = re.compile(b"[0-9]{%d}" % (digits + 1))
+    tail = b""
+    for chunk in _outside_strings(raw):
+        text = tail + chunk.tobytes()  # a run may cross the chunks' boundary
+        if too_long.search(text):
+            return True
+        tail = text[-digits:]
+    return False
+
+
+def _check_bounds(meta, path):
+    """Sizes and counters small enough that building and training the model cannot overflow."""
+    sizes = meta.get("sizes")
+    if isinstance(sizes, list) and all(_is_int(n) for n in sizes):
+        if len(sizes) > _MAX_LAYERS:
+            raise ModelFileError(f"{path}: meta['sizes'] lists {len(sizes)} layer sizes; gpumlp loads at most "
+                                 f"{_MAX_LAYERS}")
+        if len(sizes) >= 2 and isinstance(meta.get("bias"), bool) and all(n >= 1 for n in sizes):
+            n = _n_params(meta)
+            if n > _MAX_PARAMS:
+                raise ModelFileError(f"{path}: meta['sizes'] {_short(sizes)} implies {n} parameters, more than "
+                                     f"the {_MAX_PARAMS} gpumlp loads")
+    counters = [("epochs", meta.get("epochs")), ("samples_seen", meta.get("samples_seen"))]
+    for name in ("optimizer", "monitor"):
+        if isinstance(meta.get(name), dict):
+            counters += [(f"{name}.{k}", v) for k, v in meta[name].items()]
+    for key, value in counters:
+        if _is_int(value) and abs(value) > _INT64_MAX:
+            raise ModelFileError(f"{path}: meta[{key!r}] is {_short(value)}, beyond a 64-bit integer")
+
+
+def _short(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _expected_entries(meta, members, path):
+    """{name: _Entry} for every member, from the (checked) metadata; unknown members are refused
+    here, before any array is read."""
+    n = _n_params(meta)
+    d, q = meta["sizes"][0], meta["sizes"][-1]
+    flat = _Entry((n,), "f", f"must have shape ({n},) for sizes and bias as in meta", "must hold floats")
+    per_feature = f"must be ({d},) floats (one per input feature)"
+    known = {"theta": flat, "best_theta": flat,
+             "scaling.offset": _Entry((d,), "f", per_feature, per_feature),
+             "scaling.scale": _Entry((d,), "f", per_feature, per_feature),
+             "classes": _Entry((q,), "biufU", f"must be ({q},) labels, one per output",
+                               f"must be ({q},) numbers or text, one per output")}
+    name, slots = _optimizer_slots(meta, path)
+    for k in sorted(members):
+        if k.startswith("optimizer.") and k[len("optimizer."):] not in slots:
+            raise ModelFileError(f"{path}: unexpected entry {k!r} for the {name} optimizer "
+                                 f"(it keeps {sorted(slots) or 'no arrays'})")
+    known.update({f"optimizer.{k}": flat for k in slots})
+    extra = sorted(set(members) - set(known))
+    if extra:
+        raise ModelFileError(f"{path}: unexpected entries {extra}")
+    return known
+
+
+def _optimizer_slots(meta, path):
+    """(optimizer name, names of the arrays it keeps) from meta['optimizer']."""
+    from .optim import make_optimizer
+
+    opt = dict(meta["optimizer"])
+    name = opt.pop("name")
+    opt.pop("t")
+    try:
+        return name, set(make_optimizer(name, **opt).state_names)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ModelFileError(f"{path}: meta['optimizer'] has invalid settings: {exc}") from None
+
+
+def _read_member(zf, info, entry, name, path):
+    """One .npy member as an array, its header checked against ``entry`` before its data is read."""
+    try:
+        with zf.open(info) as stream:
+            reader = _BoundedReader(stream, info.file_size)
+            shape, dtype = _npy_header(reader, name, path)
+            _check_header(shape, dtype, entry, name, path)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if reader.position + nbytes != info.file_size:
+                raise ModelFileError(f"{path}: entry {name!r} holds {info.file_size - reader.position} bytes of "
+                                     f"data, its header implies {nbytes}")
+            data = _read_exactly(reader, nbytes, name, path)
+    except _PastEnd:
+        raise ModelFileError(f"{path}: entry {name!r} is shorter than its .npy header says") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
+        raise ModelFileError(f"{path}: entry {name!r} is damaged (its data fail the archive's checksum "
+                             f"or are truncated)") from None
+    return np.frombuffer(data, dtype).reshape(shape)
+
+
+def _npy_header(reader, name, path):
+    """(shape, dtype) from an .npy header, read with NumPy's own header functions."""
+    from numpy.lib import format as npy
+
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    try:
+        version = npy.read_magic(reader)
+        if version not in readers:
+            raise ModelFileError(f"{path}: entry {name!r} is in .npy format version {version[0]}.{version[1]}; "
+                                 f"gpumlp reads 1.0 and 2.0")
+        shape, _, dtype = readers[version](reader, max_header_size=_MAX_NPY_HEADER)
+    except (ValueError, TypeError, SyntaxError, OverflowError, RecursionError, MemoryError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"{path}: entry {name!r} is not a valid .npy array (bad header)") from None
+    return shape, dtype
+
+
+def _check_header(shape, dtype, entry, name, path):
+    if dtype.hasobject:
+        raise ModelFileError(f"{path}: entry {name!r} cannot be read without pickle (it holds Python objects); "
+                             f"gpumlp model files never contain pickled objects")
+    if entry.shape is None:  # meta: any length within its byte bound, checked by the caller
+        if dtype != np.uint8 or len(shape) != 1:
+            raise ModelFileError(f"{path}: {name!r} {entry.kind_says}, got {dtype} shape {shape}")
+        return
+    if dtype.kind not in entry.kinds or dtype.itemsize == 0 or dtype.fields is not None:
+        raise ModelFileError(f"{path}: {name!r} {entry.kind_says}, got dtype {dtype}")
+    if shape != entry.shape:
+        raise ModelFileError(f"{path}: {name!r} {entry.shape_says}, got {dtype} {shape}")
+
+
+def _read_exactly(reader, nbytes, name, path):
+    """``nbytes`` bytes, read a chunk at a time into one buffer (no member is read whole at once)."""
+    buffer = bytearray(nbytes)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < nbytes:
+        chunk = reader.read(min(_CHUNK, nbytes - filled))
+        if not chunk:
+            raise ModelFileError(f"{path}: entry {name!r} is truncated ({filled} of {nbytes} bytes)")
+        view[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return buffer
 
 
 def _fail(path, key, expected, got):
@@ -236,7 +543,7 @@ def _check_meta(meta, path):
             _fail(path, key, "a list of numbers", curve)
     try:
         np.random.default_rng().bit_generator.state = meta["rng_state"]
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
         _fail(path, "rng_state", f"a NumPy PCG64 state ({exc})", meta["rng_state"])
     pre = meta["preprocessing"]
     if not isinstance(pre, dict) or pre.get("scaling") not in (None, *_SCALINGS) \
@@ -304,17 +611,11 @@ def _check_flat(arrays, name, n, path, dtype):
 
 def _check_arrays(meta, arrays, path):
     """Every array present is expected, has the right shape and dtype, and is finite."""
-    from .optim import make_optimizer
-
     p = os.fspath(path)
     n = _n_params(meta)
     _check_flat(arrays, "theta", n, path, meta["dtype"])
-    opt = dict(meta["optimizer"])
-    name, t = opt.pop("name"), opt.pop("t")
-    try:
-        slots = set(make_optimizer(name, **opt).state_names)
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{p}: meta['optimizer'] has invalid settings: {exc}") from None
+    name, slots = _optimizer_slots(meta, path)
+    t, opt = meta["optimizer"]["t"], meta["optimizer"]
     present = {k[len("optimizer."):] for k in arrays if k.startswith("optimizer.")}
     for k in sorted(present):
         if k not in slots:

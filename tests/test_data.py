@@ -280,3 +280,227 @@ def test_label_encoder():
         D.LabelEncoder().fit(np.array([1.0, np.nan]))
     with pytest.raises(TypeError, match="numbers or strings"):
         D.LabelEncoder().fit(np.array([1 + 2j]))
+
+# ---------------------------------------------------------------------------------- CSV headers
+def write(tmp_path, name, text, compress=False):
+    p = tmp_path / name
+    raw = text.encode("utf-8")
+    p.write_bytes(gzip.compress(raw) if compress else raw)
+    return p
+
+
+def test_a_header_that_counts_the_columns_is_a_header(tmp_path):
+    """DataFrame.to_csv(index=False) of a frame with default column names writes 0,1,...,n-1."""
+    p = write(tmp_path, "d.csv", "0,1,2,3\n5.1,3.5,1.4,0\n4.9,3.0,1.4,1\n")
+    t = D.load_table(p)
+    np.testing.assert_array_equal(t.X, [[5.1, 3.5, 1.4], [4.9, 3.0, 1.4]])
+    np.testing.assert_array_equal(t.y, [0, 1])
+    assert t.header and t.feature_names == ["0", "1", "2"] and t.label_name == "3"
+
+
+def test_two_columns_0_1_are_data_unless_forced(tmp_path):
+    """With two columns "0,1" is as likely a sample (feature 0, label 1) as a header."""
+    p = write(tmp_path, "d.csv", "0,1\n1,0\n")
+    X, _ = D.load(p)
+    np.testing.assert_array_equal(X, [[0], [1]])
+    t = D.load_table(p, header=True)
+    assert t.feature_names == ["0"] and t.label_name == "1" and t.y.tolist() == [0]
+
+
+@pytest.mark.parametrize("text", ["\ufeffa,b,label\n1,2,0\n3,4,1\n", '\ufeff"a","b","label"\n1,2,0\n3,4,1\n'])
+def test_a_bom_is_dropped_from_the_header_names(tmp_path, text):
+    t = D.load_table(write(tmp_path, "d.csv", text), label_column="label")
+    assert t.feature_names == ["a", "b"] and t.label_name == "label"
+    np.testing.assert_array_equal(t.X, [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_bom_before_numbers_keeps_the_first_row(tmp_path, compress):
+    p = write(tmp_path, "d.csv.gz" if compress else "d.csv", "\ufeff1,2,0\n3,4,1\n", compress)
+    t = D.load_table(p)
+    assert not t.header and t.feature_names is None
+    np.testing.assert_array_equal(t.X, [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(t.y, [0, 1])
+
+
+def test_a_first_row_of_text_over_numbers_is_a_header_text_labels_or_not(tmp_path):
+    t = D.load_table(write(tmp_path, "d.csv", "radius,texture,diagnosis\n1.5,2,malignant\n3,4,benign\n"))
+    assert t.feature_names == ["radius", "texture"] and t.label_name == "diagnosis"
+    t = D.load_table(write(tmp_path, "e.csv", "1.5,2,malignant\n3,4,benign\n"))
+    assert not t.header and t.X.shape == (2, 2)
+
+
+def test_header_can_be_forced_either_way(tmp_path):
+    p = write(tmp_path, "d.csv", "1990,2000,2010\n1,2,3\n4,5,6\n")  # numbers as names: not detected
+    assert D.load(p)[0].shape == (3, 2)
+    t = D.load_table(p, header=True)
+    assert t.feature_names == ["1990", "2000"] and t.X.shape == (2, 2)
+    with pytest.raises(ValueError, match=r"row 1.*column 1 \('a'\)|column 1 holds text \('a' in row 1\)"):
+        D.load(write(tmp_path, "e.csv", "a,b,c\n1,2,3\n"), header=False)
+    with pytest.raises(ValueError, match="header must be None"):
+        D.load(p, header="yes")
+
+
+def test_a_label_column_named_in_the_first_row_makes_it_a_header(tmp_path):
+    p = write(tmp_path, "d.csv", "10,20,y\n1,2,3\n")
+    X, y = D.load(p, label_column="y")
+    np.testing.assert_array_equal(X, [[1, 2]])
+    np.testing.assert_array_equal(y, [3])
+
+
+# ---------------------------------------------------------------------------------- CSV fields
+def test_quoted_numbers_parse(tmp_path):
+    X, y = D.load(write(tmp_path, "d.csv", '"x","y"\n"1.5","0"\n" 3",1\n'), label_column="y")
+    np.testing.assert_array_equal(X, [[1.5], [3.0]])
+    np.testing.assert_array_equal(y, [0, 1])
+
+
+@pytest.mark.parametrize("name, compress", [("d.tsv", False), ("d.tsv.gz", True), ("D.TSV", False)])
+def test_tsv_files_are_tab_separated_by_default(tmp_path, name, compress):
+    X, y = D.load(write(tmp_path, name, "a\tb\tlabel\n1\t2.5\t0\n3\t4\t1\n", compress))
+    np.testing.assert_array_equal(X, [[1, 2.5], [3, 4]])
+    np.testing.assert_array_equal(y, [0, 1])
+
+
+@pytest.mark.parametrize("delimiter", ["tab", "TAB", "\\t", "\t"])
+def test_a_tab_delimiter_by_name_or_as_typed_on_a_shell(tmp_path, delimiter):
+    X, _ = D.load(write(tmp_path, "d.txt", "1\t2\t0\n3\t4\t1\n"), delimiter=delimiter)
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])
+    assert D.csv_delimiter("d.txt", delimiter) == "\t"
+
+
+def test_delimiter_errors():
+    with pytest.raises(ValueError, match="delimiter must be one character"):
+        D.csv_delimiter("d.csv", ";;")
+    with pytest.raises(TypeError, match="delimiter must be a string"):
+        D.csv_delimiter("d.csv", 9)
+    assert D.csv_delimiter("d.csv") == "," and D.csv_delimiter("d.csv", ";") == ";"
+
+
+def test_text_labels_give_a_string_y(tmp_path):
+    p = write(tmp_path, "d.csv", "r,t,diagnosis\n1,2, malignant\n3,4,benign\n5,6,benign\n")
+    X, y = D.load(p)
+    assert y.dtype.kind == "U" and y.tolist() == ["malignant", "benign", "benign"]
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4], [5, 6]])
+    assert X.dtype == np.float64
+
+
+def test_text_in_a_feature_column_names_the_column_and_row(tmp_path):
+    p = write(tmp_path, "bad.csv", "r,colour,y\n1,2,0\n3,red,1\n")
+    with pytest.raises(ValueError, match=r"bad.csv: .*column 2 \('colour'\) holds text \('red' in row 3\)"):
+        D.load(p)
+
+
+def test_a_label_column_of_numbers_and_text_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"label column 3 holds text \('x' in row 2\) and numbers"):
+        D.load(write(tmp_path, "bad.csv", "1,2,0\n3,4,x\n"))
+
+
+@pytest.mark.parametrize("text, row, column", [
+    ("a,b,y\n1,,0\n3,4,1\n", 2, "column 2 ('b')"),
+    ("a,b,y\n1,2,0\n3,NA,1\n", 3, "column 2 ('b')"),
+    ("a,b,y\n1,2,0\n\n3,4,1\nNaN,5,0\n", 5, "column 1 ('a')"),  # a blank line still counts as a row
+    ("1,2,0\n?,4,1\n", 2, "column 1"),
+    ("a,b,y\n1,2,0\n3,4,\n", 3, "column 3 ('y')"),
+])
+def test_missing_values_name_the_1_based_row_and_column(tmp_path, text, row, column):
+    p = write(tmp_path, "holes.csv", text)
+    with pytest.raises(ValueError) as exc:
+        D.load(p)
+    message = str(exc.value)
+    assert message.startswith(f"{p}: missing value in row {row}, {column}")
+
+
+def test_missing_values_dropped_or_kept_for_the_caller_to_impute(tmp_path):
+    p = write(tmp_path, "holes.csv", "a,b,y\n1,,0\n3,4,1\nnan,6,0\n7,8,1\n")
+    X, y = D.load(p, missing="drop")
+    np.testing.assert_array_equal(X, [[3, 4], [7, 8]])
+    np.testing.assert_array_equal(y, [1, 1])
+    X, y = D.load(p, missing="keep")
+    np.testing.assert_array_equal(X, [[1, np.nan], [3, 4], [np.nan, 6], [7, 8]])
+    np.testing.assert_array_equal(y, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="missing must be one of"):
+        D.load(p, missing="impute")
+
+
+def test_a_missing_label_cannot_be_kept_and_dropping_everything_is_an_error(tmp_path):
+    p = write(tmp_path, "holes.csv", "a,y\n1,0\n2,NA\n")
+    with pytest.raises(ValueError, match=r"holes.csv: missing label in row 3, column 2 \('y'\)"):
+        D.load(p, missing="keep")
+    assert D.load(p, missing="drop")[1].tolist() == [0]
+    with pytest.raises(ValueError, match="every row has a missing value"):
+        D.load(write(tmp_path, "empty.csv", "a,y\n,0\n2,?\n"), missing="drop")
+
+
+def test_missing_text_labels_are_dropped(tmp_path):
+    p = write(tmp_path, "d.csv", "a,y\n1,benign\n2,\n3,malignant\n")
+    X, y = D.load(p, missing="drop")
+    assert y.tolist() == ["benign", "malignant"] and X.ravel().tolist() == [1, 3]
+
+
+def test_a_ragged_row_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"row 3 has 2 fields, the header has 3"):
+        D.load(write(tmp_path, "bad.csv", "a,b,y\n1,2,3\n4,5\n"))
+
+
+def test_load_table_returns_names_and_load_keeps_returning_x_and_y(tmp_path):
+    p = write(tmp_path, "d.csv", "a,label,b\n1,0,2.5\n3,1,4\n")
+    t = D.load_table(p, label_column="label")
+    assert (t.feature_names, t.label_name, t.header) == (["a", "b"], "label", True)
+    X, _ = D.load(p, label_column="label")
+    np.testing.assert_array_equal(X, t.X)
+    t = D.load_table(p, label_column=None, require_labels=False)
+    assert t.y is None and t.feature_names == ["a", "label", "b"] and t.label_name is None
+    t = D.load_table("digits")
+    assert t.X.shape == (1797, 64) and t.feature_names is None and not t.header
+    with pytest.raises(ValueError, match="header and missing apply to CSV files"):
+        D.load("digits", missing="drop")
+
+
+# ---------------------------------------------------------------------------------- NPZ contents
+@pytest.mark.parametrize("X, y, message", [
+    (np.ones((3, 2)) + 1j, np.arange(3), r"X holds complex numbers \(dtype complex128\)"),
+    (np.array([["a", "b"]] * 3), np.arange(3), r"X holds text \(dtype <U1\)"),
+    (np.ones((3, 2)), np.ones((3, 2)), r"y must be 1-D \(one label per sample\), got shape \(3, 2\)"),
+    (np.ones((3, 2)), np.array([0.0, np.nan, 1.0]), r"y holds nan \(sample 2\)"),
+    (np.ones((3, 2)), np.array([0, 1, 2]) + 0j, r"y holds complex numbers"),
+])
+def test_npz_contents_that_cannot_be_data_are_named(tmp_path, X, y, message):
+    p = tmp_path / "d.npz"
+    np.savez(p, X=X, y=y)
+    with pytest.raises(ValueError, match=message) as exc:
+        D.load(p)
+    assert str(exc.value).startswith(str(p))
+
+
+def test_npz_text_labels_load(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 2)), y=np.array(["cat", "dog"]))
+    assert D.load(tmp_path / "d.npz")[1].tolist() == ["cat", "dog"]
+
+
+# ---------------------------------------------------------------------------------- scaling near the limits
+def test_standard_scaling_near_the_float_limit_does_not_overflow():
+    """The same data divided by 1e300 is an ordinary reference: offsets and scales are 1e300 times
+    its own, and the scaled values are the same."""
+    X = np.array([[1e308, -1e308, 1.0], [-1e308, 1.5e308, 2.0], [5e307, 0.0, 3.0], [1.7e308, -1.7e308, 4.0]])
+    s = D.Scaler("standard").fit(X)
+    ref = D.Scaler("standard").fit(X / 1e300)
+    assert np.isfinite(s.offset).all() and np.isfinite(s.scale).all()
+    np.testing.assert_allclose(s.offset[:2], ref.offset[:2] * 1e300, rtol=1e-13)
+    np.testing.assert_allclose(s.scale[:2], ref.scale[:2] * 1e300, rtol=1e-13)
+    out = s.transform(X, np.float64)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[:, :2], ref.transform(X / 1e300, np.float64)[:, :2], rtol=1e-13)
+    np.testing.assert_allclose(out[:, 2], (X[:, 2] - 2.5) / np.std(X[:, 2]), rtol=1e-15)
+
+
+def test_standard_scaling_of_ordinary_data_is_the_plain_formula_to_the_last_bit():
+    """Dividing by a power of two is exact, so the overflow-safe computation changes no bit."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(3.0, 7.0, size=(257, 5)) * np.array([1e-3, 1, 1e3, 1e6, 1e-9])
+    s = D.Scaler("standard").fit(X)
+    np.testing.assert_array_equal(s.offset, X.mean(axis=0))
+    np.testing.assert_array_equal(s.scale, X.std(axis=0))
+    np.testing.assert_array_equal(s.transform(X, np.float64), (X - X.mean(axis=0)) / X.std(axis=0))
+    Xf = np.asfortranarray(X)
+    np.testing.assert_array_equal(D.Scaler("standard").fit(Xf).offset, Xf.mean(axis=0))
