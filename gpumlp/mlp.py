@@ -12,7 +12,11 @@ monitor, callbacks); ``fit``, ``partial_fit`` and ``step`` here are thin calls i
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +28,8 @@ from .ops import Layer, Ops
 from .step import Step
 from .state import HISTORY_KEYS
 from .trainer import DivergenceError, Trainer
-from .validation import check_classes, check_dtype, check_positive_number, check_sample_weight, check_X, check_y
+from .validation import (check_classes, check_dtype, check_positive_number, check_sample_weight, check_X, check_y,
+                         rescaled_weights)
 
 __all__ = ["MLP", "Forward", "Gradients", "DivergenceError", "load"]
 
@@ -44,6 +49,9 @@ class Forward:
     L: float | None = None
     s: float | None = None
     J: float | None = None
+    # which model computed it, and a digest of its parameters then: backward refuses any other
+    model: object = field(default=None, repr=False, compare=False)
+    theta_digest: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass
@@ -55,6 +63,17 @@ class Gradients:
     dz: list = field(default_factory=list)
     dW: list = field(default_factory=list)
     db: list | None = None
+
+
+def _exclusive(what):
+    """Decorator: run the method under ``MLP.exclusive(what)``."""
+    def wrap(method):
+        @functools.wraps(method)
+        def exclusive(self, *args, **kwargs):
+            with self.exclusive(what):
+                return method(self, *args, **kwargs)
+        return exclusive
+    return wrap
 
 
 class MLP:
@@ -139,6 +158,7 @@ class MLP:
         self.stop_reason_ = None
         self.monitor_ = None  # plateau monitor of the current (or last) run
         self.scaler_ = self.classes_ = self.training_config_ = None
+        self._lock = threading.RLock()  # held while θ is trained or set (``exclusive``)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ parameters
@@ -161,6 +181,7 @@ class MLP:
             self._gb.append(self.grad[pos:pos + o])
             pos += o
 
+    @_exclusive("reset_parameters")
     def reset_parameters(self):
         """Draw fresh initial weights from ``rng`` (see the class docstring); forget the optimizer's,
         the schedule's and the monitor's state."""
@@ -218,6 +239,7 @@ class MLP:
     def get_biases(self):
         return [np.array(self.array_backend.to_host(b)) for b in self._b] if self.bias else None
 
+    @_exclusive("set_weights")
     def set_weights(self, weights, biases=None):
         """Validate every array first, then copy all of them in (nothing changes if one is wrong)."""
         W = _check_params(weights, [w.shape for w in self._W], "weights")
@@ -240,6 +262,7 @@ class MLP:
                 "backend": self.backend, "seed": self.seed, "optimizer": self.optimizer.name,
                 **o.hyperparameters(), **self.optimizer.hyperparameters(), "lr_schedule": self.lr_schedule}
 
+    @_exclusive("set_params")
     def set_params(self, **params):
         """Change training hyper-parameters in place: weight_decay, the optimizer's own settings
         (its state is kept) and lr_schedule. The architecture, loss, dtype, backend, seed and the
@@ -278,14 +301,14 @@ class MLP:
             y = check_y(y, self.loss, n_samples, self.sizes[-1], names[0], self.dtype)
             y = b.asarray(y, dtype=np.int64 if self.loss == "cross_entropy" else self.dtype)
         w = check_sample_weight(sample_weight, n_samples, names[1])
-        return y, None if w is None else b.asarray(w, dtype=self.dtype)
+        return y, None if w is None else b.asarray(rescaled_weights(w), dtype=self.dtype)
 
     # ------------------------------------------------------------------ the lecture's forward/backward
     def forward(self, X, y=None, sample_weight=None):
         """The lecture's forward pass on a batch: z, h per hidden layer, o; with y also L, s, J."""
         x, yy, w = self.to_device(X, y, sample_weight)
         zs, hs, o = self._reference.forward(self.layers, x)  # z = W a (+ b), h = φ(z) per layer, o
-        fw = Forward(x=x, z=zs, h=hs, o=o, y=yy, sample_weight=w)
+        fw = Forward(x=x, z=zs, h=hs, o=o, y=yy, sample_weight=w, model=self, theta_digest=_digest(self))
         if yy is not None:
             fw.L = float(F.LOSSES[self.loss].forward(o, yy, w))
             fw.s = float(F.regulariser(self._W, self.weight_decay))
@@ -296,6 +319,11 @@ class MLP:
         """The lecture's backward pass: ∂J/∂o, then per layer ∂J/∂W (λW included), ∂J/∂h, ∂J/∂z."""
         if not isinstance(fw, Forward) or fw.y is None:
             raise ValueError("backward needs the result of forward(X, y) called with targets y")
+        if fw.model is not self:
+            raise ValueError("backward was given the forward pass of another model; call this model's forward")
+        if fw.theta_digest != _digest(self):
+            raise ValueError("backward was given a forward pass computed before the weights changed; "
+                             "call forward again")
         do = F.LOSSES[self.loss].backward(fw.o, fw.y, fw.sample_weight)
         g = Gradients(do=do, dW=[None] * self.n_layers, dh=[None] * (self.n_layers - 1),
                       dz=[None] * (self.n_layers - 1), db=[None] * self.n_layers if self.bias else None)
@@ -310,6 +338,18 @@ class MLP:
                 g.dz[l - 1] = F.ACTIVATIONS[self.activations[l - 1]].backward(dh, fw.z[l - 1], fw.h[l - 1])
                 d = g.dz[l - 1]
         return g
+
+    @contextlib.contextmanager
+    def exclusive(self, what):
+        """Hold the model for ``what`` (training, or setting θ); another thread trying meanwhile gets a
+        RuntimeError, the holder may re-enter. Inference holds nothing: during training it sees θ in flight."""
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(f"{what}: this model is being trained or changed by another thread; train "
+                               f"one model per thread, or wait for the other call to return")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ inference
     def _outputs(self, x, chunk=8192):
@@ -367,6 +407,7 @@ class MLP:
             step = self._steps[batch_size] = Step(self, batch_size)
         return step
 
+    @_exclusive("step")
     def step(self, X, y, lr, sample_weight=None):
         """One gradient-descent update W ← W − lr·∂J/∂W on this batch; returns J before it."""
         lr = check_positive_number(lr, "lr")
@@ -401,13 +442,8 @@ class MLP:
         callbacks : a callable or a list of them, called as ``cb(model, record)`` after each epoch
             (``record`` is that epoch's ``history_`` entry as a dict); returning True stops training.
 
-        The data are validated and moved to the device once; each epoch shuffles them (seeded host
-        permutation from ``rng``, identical on every backend); J is read back once per epoch.
         ``stop_reason_`` says why training ended: "epochs", "plateau", "lr_too_small" or "callback".
-
-        A checkpoint saved during fit (from a callback) holds the early-stopping state (best score
-        and weights, epochs without improvement, the validation split's seed): loading it and calling
-        fit with the same settings and the remaining epochs continues that run exactly.
+        Checkpoints saved from a callback resume the run exactly (see ``gpumlp.Trainer``).
         """
         trainer = Trainer(self, batch_size=batch_size, lr=lr, shuffle=shuffle, callbacks=callbacks,
                           train_score=train_score, verbose=verbose)
@@ -457,6 +493,7 @@ class MLP:
         RNG, preprocessing): what ``gpumlp.io`` writes."""
         return state.capture(self)
 
+    @_exclusive("load_state_dict")
     def load_state_dict(self, model_state):
         """Set parameters, optimizer, schedule, progress and preprocessing from ``model_state`` (of a
         model with the same architecture). Returns self."""
@@ -482,6 +519,12 @@ class MLP:
         return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"weight_decay={self.weight_decay}, bias={self.bias}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend!r}, optimizer={self.optimizer.name!r})")
+
+
+def _digest(model):
+    """A digest of the model's parameters (what a Forward was computed with)."""
+    theta = np.ascontiguousarray(model.array_backend.to_host(model.theta))
+    return hashlib.blake2b(theta.tobytes(), digest_size=16).digest()
 
 
 def _make_ops(array_backend, dtype):

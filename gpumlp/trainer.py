@@ -14,6 +14,10 @@ trainer reduces ``model.grad`` between the two); each step's J into a preallocat
 once at the end of the epoch. Then the record of the epoch (loss, validation loss and score, lr) goes
 into ``history_``, the plateau monitor (``gpumlp.monitor``) and the callbacks.
 
+A checkpoint saved during fit (from a callback) holds the early-stopping state (best score and
+weights, epochs without improvement, the validation split's seed): loading it and calling fit with the
+same settings and the remaining epochs continues that run exactly.
+
 Divergence: the state at the start of each epoch (θ and the optimizer's state) is kept; a non-finite
 J (on the CPU noticed at once, on the GPU at the end of the epoch) or non-finite weights after the
 last update restore it and raise ``DivergenceError``, naming the epoch and step.
@@ -31,7 +35,7 @@ from .batches import batch_source
 from .data import class_sample_weights, split_indices
 from .monitor import PlateauMonitor
 from .state import HISTORY_KEYS
-from .validation import check_positive_number, check_sample_weight, check_X
+from .validation import check_positive_number, check_sample_weight, check_X, rescaled_weights
 
 
 class DivergenceError(FloatingPointError):
@@ -85,9 +89,14 @@ class Trainer:
         self.train_score, self.verbose = bool(train_score), bool(verbose)
 
     # ------------------------------------------------------------------ entry points
-    def fit(self, X, y, epochs=10, *, sample_weight=None, class_weight=None, validation_data=None,
-            early_stopping=False, validation_fraction=0.1, n_iter_no_change=None, tol=1e-4):
-        """``epochs`` epochs over (X, y) (see ``MLP.fit`` for every argument). Returns the model."""
+    def fit(self, X, y, epochs=10, **kwargs):
+        """``epochs`` epochs over (X, y) (see ``MLP.fit`` for every argument). Returns the model.
+        Another thread training the same model meanwhile gets a RuntimeError (``MLP.exclusive``)."""
+        with self.model.exclusive("fit"):
+            return self._fit(X, y, epochs, **kwargs)
+
+    def _fit(self, X, y, epochs=10, *, sample_weight=None, class_weight=None, validation_data=None,
+             early_stopping=False, validation_fraction=0.1, n_iter_no_change=None, tol=1e-4):
         epochs = check_positive_number(epochs, "epochs", integer=True)
         early_stopping = bool(early_stopping)
         if n_iter_no_change is not None:
@@ -111,8 +120,12 @@ class Trainer:
             data, val = self._hold_out(data, validation_fraction, self.model.monitor_.split_seed)
         return self.run(data, epochs, val)
 
-    def partial_fit(self, X, y, *, sample_weight=None, class_weight=None, n_iter_no_change=10, tol=1e-4):
+    def partial_fit(self, X, y, **kwargs):
         """One epoch over (X, y), continuing the plateau monitor of earlier calls ("adaptive" schedule)."""
+        with self.model.exclusive("partial_fit"):
+            return self._partial_fit(X, y, **kwargs)
+
+    def _partial_fit(self, X, y, *, sample_weight=None, class_weight=None, n_iter_no_change=10, tol=1e-4):
         n_iter_no_change = check_positive_number(n_iter_no_change, "n_iter_no_change", integer=True)
         tol = check_positive_number(tol, "tol", allow_zero=True)
         data = self.prepare(X, y, sample_weight, class_weight)
@@ -140,7 +153,7 @@ class Trainer:
             w = cw if w is None else w * cw
             if not w.sum() > 0:
                 raise ValueError("sample_weight times class_weight must have a positive sum")
-        w = None if w is None else m.array_backend.asarray(w, dtype=m.dtype)
+        w = None if w is None else m.array_backend.asarray(rescaled_weights(w), dtype=m.dtype)
         return self._data(x, yy, w)
 
     def _data(self, x, y, w):
@@ -197,6 +210,10 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self, data, epochs, val=None):
         """The epoch loop over prepared ``data``, with the validation triple ``val`` (or None)."""
+        with self.model.exclusive("training"):
+            return self._run(data, epochs, val)
+
+    def _run(self, data, epochs, val):
         m = self.model
         m.stop_reason_ = "epochs"
         finished = False
@@ -244,6 +261,10 @@ class Trainer:
     def run_epoch(self, data, lr):
         """One pass over ``data`` (``prepare``'s result) at rate ``lr``; the mean J over the epoch's
         steps, weighted by batch size (each J taken before its step's update)."""
+        with self.model.exclusive("training"):
+            return self._run_epoch(data, lr)
+
+    def _run_epoch(self, data, lr):
         m = self.model
         backend, xp, n, B = m.array_backend, m.array_backend.xp, data.n, self.batch_size
         order = m.rng.permutation(n) if self.shuffle else None

@@ -7,6 +7,7 @@ on the device (CuPy) are checked there, without a copy to the host.
     check_X(X, name, n_features, dtype)           2-D, non-empty, real, finite as ``dtype``
     check_y(y, loss, n, n_outputs, name, dtype)   labels in [0, q) or (n, q) targets
     check_sample_weight(w, n, name)               (n,) finite, >= 0, positive sum (a number: n copies)
+    rescaled_weights(w)                           w · 2ᵏ with max ∈ [1, 2): safe to cast to float32
     check_positive_number(v, name, ...)           a finite number (or integer) > 0 or >= 0
     check_dtype(dtype)                            float32 or float64
 """
@@ -138,6 +139,19 @@ def check_sample_weight(w, n_samples, name="sample_weight"):
     if not arr.sum() > 0:
         raise ValueError(f"{name} is all zero: at least one weight must be positive (L is the weighted mean)")
     return arr
+
+
+def rescaled_weights(w):
+    """``w`` (float64) times the power of two that puts its largest value in [1, 2).
+
+    L is the weighted mean Σ wᵢ lᵢ / Σ wᵢ, invariant to the scale of w, and a power of two changes no
+    bit of the ratios: so the results are those of w itself, except that casting to float32 afterwards
+    neither underflows (weights of 1e-300 would all become 0: nothing trained) nor overflows (1e300
+    would become inf, and report a divergence).
+    """
+    w = np.asarray(w, dtype=np.float64)
+    _, exponent = np.frexp(w.max())
+    return np.ldexp(w, 1 - int(exponent))
 
 
 def check_classes(classes, loss, n_outputs):
