@@ -89,14 +89,16 @@ class Trainer:
         self.train_score, self.verbose = bool(train_score), bool(verbose)
 
     # ------------------------------------------------------------------ entry points
-    def fit(self, X, y, epochs=10, **kwargs):
+    def fit(self, X, y, epochs=10, *, sample_weight=None, class_weight=None, validation_data=None,
+            early_stopping=False, validation_fraction=0.1, n_iter_no_change=None, tol=1e-4):
         """``epochs`` epochs over (X, y) (see ``MLP.fit`` for every argument). Returns the model.
         Another thread training the same model meanwhile gets a RuntimeError (``MLP.exclusive``)."""
         with self.model.exclusive("fit"):
-            return self._fit(X, y, epochs, **kwargs)
+            return self._fit(X, y, epochs, sample_weight, class_weight, validation_data, early_stopping,
+                             validation_fraction, n_iter_no_change, tol)
 
-    def _fit(self, X, y, epochs=10, *, sample_weight=None, class_weight=None, validation_data=None,
-             early_stopping=False, validation_fraction=0.1, n_iter_no_change=None, tol=1e-4):
+    def _fit(self, X, y, epochs, sample_weight, class_weight, validation_data, early_stopping,
+             validation_fraction, n_iter_no_change, tol):
         epochs = check_positive_number(epochs, "epochs", integer=True)
         early_stopping = bool(early_stopping)
         if n_iter_no_change is not None:
@@ -120,12 +122,12 @@ class Trainer:
             data, val = self._hold_out(data, validation_fraction, self.model.monitor_.split_seed)
         return self.run(data, epochs, val)
 
-    def partial_fit(self, X, y, **kwargs):
+    def partial_fit(self, X, y, *, sample_weight=None, class_weight=None, n_iter_no_change=10, tol=1e-4):
         """One epoch over (X, y), continuing the plateau monitor of earlier calls ("adaptive" schedule)."""
         with self.model.exclusive("partial_fit"):
-            return self._partial_fit(X, y, **kwargs)
+            return self._partial_fit(X, y, sample_weight, class_weight, n_iter_no_change, tol)
 
-    def _partial_fit(self, X, y, *, sample_weight=None, class_weight=None, n_iter_no_change=10, tol=1e-4):
+    def _partial_fit(self, X, y, sample_weight, class_weight, n_iter_no_change, tol):
         n_iter_no_change = check_positive_number(n_iter_no_change, "n_iter_no_change", integer=True)
         tol = check_positive_number(tol, "tol", allow_zero=True)
         data = self.prepare(X, y, sample_weight, class_weight)
