@@ -16,6 +16,7 @@ How the code is organised (each module one job; the arrows are imports):
     step.py        one training step in two phases: gradients (∂L/∂θ into model.grad), then the update
     trainer.py     the epoch loop: batches (batches.py, _stream.py), divergence, monitor.py, callbacks
     optim.py       the update rules; schedules.py the learning rate per epoch
+    pipeline.py    the model with its preprocessing (imputer, scaler, labels, target scaling): gpumlp.load
     io.py          model files (ModelState <-> .npz), no model class; data.py data files, splits, labels
     cli/, sklearn.py, bench.py   clients: they use public names only
 
@@ -25,9 +26,10 @@ Importing needs no GPU and prints nothing; CuPy is imported only when a backend 
 from ._version import __version__
 from .backend import resolve as get_backend
 from .functions import ACTIVATIONS, LOSSES
-from .mlp import MLP, DivergenceError, Forward, Gradients, load
+from .mlp import MLP, DivergenceError, Forward, Gradients
+from .pipeline import Pipeline, load
 from .step import Step
 from .trainer import Trainer
 
-__all__ = ["MLP", "Forward", "Gradients", "Step", "Trainer", "DivergenceError", "load", "get_backend", "ACTIVATIONS",
-           "LOSSES", "__version__"]
+__all__ = ["MLP", "Pipeline", "Forward", "Gradients", "Step", "Trainer", "DivergenceError", "load", "get_backend",
+           "ACTIVATIONS", "LOSSES", "__version__"]

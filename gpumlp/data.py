@@ -9,6 +9,7 @@
     train, test = split_indices(y, 0.2, seed=0)         # the one hold-out rule (stratified, seeded)
     codes = LabelEncoder().fit(y).transform(y)          # class labels -> output indices
     scaler = Scaler("standard").fit(X[train])           # fitted on the training split only
+    d = prepare("data.csv", missing="impute")           # a run's data: split, encoded, imputed, scaled
 
 Every loader returns host NumPy arrays (X 2-D, y 1-D or None; y is text, dtype <U, when a CSV's
 labels are words) and raises ValueError with the file's name and what is wrong (rows and columns
@@ -20,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import hashlib
 import io as _io
 import itertools
+import json
 import math
 import numbers
 import os
@@ -70,12 +73,14 @@ def load_digits():
 class Table:
     """What a loader read. X (n, d): float64 from a CSV, as stored from IDX and NPZ; y (n,) numbers,
     or text (dtype <U) from a CSV whose label column holds words; None without labels.
-    ``feature_names`` and ``label_name``: a CSV header's names (None without a header row)."""
+    ``feature_names`` and ``label_name``: a CSV header's names (None without a header row);
+    ``n_dropped``: the rows left out for missing values (``missing="drop"``)."""
     X: np.ndarray
     y: np.ndarray | None
     feature_names: list | None = None
     label_name: str | None = None
     header: bool = False
+    n_dropped: int = 0
 
 
 def _open_regular(path, noun="data file", error=ValueError):
@@ -342,15 +347,27 @@ def read_csv(path, label_column=-1, delimiter=None, require_labels=True, *, head
     values = _numeric_csv(path, delimiter, header_line, n_cols) if n_cols else np.zeros((0, 0))
     if values is not None and values.shape[0] == 0:
         raise ValueError(f"{path}: no data rows")
+    n_dropped = 0
     if values is None or (missing != "keep" and np.isnan(values).any()) or \
             (col is not None and np.isnan(values[:, col]).any()):
-        X, y = _csv_by_fields(path, delimiter, header_line, n_cols, col, names, missing)
+        X, y, n_dropped = _csv_by_fields(path, delimiter, header_line, n_cols, col, names, missing)
     else:
         X, y = (values, None) if col is None else (np.delete(values, col, axis=1), values[:, col])
     if col is not None and n_cols < 2:
         raise ValueError(f"{path}: has a single column; it needs features and a label column")
     features = None if names is None else [n for j, n in enumerate(names) if j != col]
-    return Table(X, y, features, None if names is None or col is None else names[col], names is not None)
+    return Table(X, y, features, None if names is None or col is None else names[col], names is not None,
+                 n_dropped)
+
+
+def csv_columns(path, delimiter=None, header=None, label_column=None):
+    """(the header's names or None, the number of columns) of a CSV as ``read_csv`` sees them, from
+    its first rows only: what a caller needs to choose the label column before reading the file.
+    ``label_column``, a name, counts as evidence of a header (as in ``read_csv``)."""
+    if header not in (None, True, False):
+        raise ValueError(f"header must be None (detect), True or False, got {header!r}")
+    names, _, n_cols = _csv_head(path, csv_delimiter(path, delimiter), header, label_column)
+    return names, n_cols
 
 
 def _label_index(path, label_column, names, n_cols):
@@ -384,8 +401,8 @@ def _numeric_csv(path, delimiter, header_line, n_cols):
 
 
 def _csv_by_fields(path, delimiter, header_line, n_cols, col, names, missing):
-    """(X, y) read field by field: the reader for files with text labels or missing values, and
-    the one that names the row and column of whatever is wrong."""
+    """(X, y, rows dropped) read field by field: the reader for files with text labels or missing
+    values, and the one that names the row and column of whatever is wrong."""
     with _csv_text(path) as text:
         rows = [(line, fields) for line, fields in _records(text, delimiter) if line > header_line]
     against = "the header" if names is not None else "the first row"
@@ -403,7 +420,7 @@ def _csv_by_fields(path, delimiter, header_line, n_cols, col, names, missing):
     keep = _missing_rows(path, is_missing, lines, col, names, missing)
     features = [c for j, c in enumerate(columns) if j != col]
     X = np.column_stack(features) if features else np.zeros((len(rows), 0))
-    return X[keep], None if col is None else columns[col][keep]
+    return X[keep], None if col is None else columns[col][keep], int((~keep).sum())
 
 
 def _is_missing(cells):
@@ -661,6 +678,11 @@ class LabelEncoder:
     def transform(self, y, what="the data"):
         classes = self.classes_
         y = np.asarray(y)
+        kinds = {y.dtype.kind in "US", classes.dtype.kind in "US"}
+        if kinds == {True, False} and {y.dtype.kind, classes.dtype.kind} & set("biuf") and y.size:
+            kind = "text" if y.dtype.kind in "US" else "numbers"
+            raise ValueError(f"{what} holds labels that are {kind} (e.g. {_short(y[:3].tolist())}), the model's "
+                             f"classes are {'text' if kind == 'numbers' else 'numbers'}: {_short(classes.tolist())}")
         idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
         bad = classes[idx] != y
         if bad.any():
@@ -672,6 +694,9 @@ class LabelEncoder:
 
     def inverse_transform(self, indices):
         return self.classes_[np.asarray(indices)]
+
+    def __repr__(self):
+        return "LabelEncoder()" if self.classes_ is None else f"LabelEncoder(classes={_short(self.classes_.tolist())})"
 
 
 def _short(values, n=12):
@@ -705,9 +730,15 @@ def class_sample_weights(class_weight, y, n_classes):
 
 
 # ---------------------------------------------------------------------------------- a run's data
+MISSING = ("error", "drop", "impute")     # what ``prepare`` does with a CSV's missing values
+TARGET_SCALINGS = ("standard", "none")    # regression targets: standardised for training, or as they are
+
+
 @dataclass
 class Prepared:
-    """The data of one run: split, labels encoded (output indices), features scaled; host arrays."""
+    """The data of one run: split, labels encoded (output indices), features imputed and scaled,
+    regression targets scaled; host arrays. ``digest`` and ``test_digest``: ``data_digest`` of the
+    files as loaded (before the split); ``n_dropped``: rows left out for missing values."""
 
     X_train: np.ndarray
     y_train: np.ndarray
@@ -717,27 +748,48 @@ class Prepared:
     y_val: np.ndarray | None
     classes: np.ndarray | None  # the label of each output (classification), else None
     scaler: "Scaler"
+    imputer: "MeanImputer | None" = None
+    target_scaler: "Scaler | None" = None
+    feature_names: list | None = None
+    label_name: str | None = None
+    digest: str | None = None
+    test_digest: str | None = None
+    n_dropped: int = 0
+    n_test_dropped: int = 0
 
 
-def prepare(data, *, format="auto", labels=None, label_column=-1, delimiter=",", test_data=None,
-            test_labels=None, test_size=0.2, validation_split=0.0, seed=0, classify=True, scaling="standard",
-            dtype=np.float32, classes=None, scaler=None, split_rule=2):
+def prepare(data, *, format="auto", labels=None, label_column=-1, delimiter=None, header=None, missing="error",
+            test_data=None, test_labels=None, test_size=0.2, validation_split=0.0, seed=0, classify=True,
+            scaling="standard", target_scaling="none", dtype=np.float32, classes=None, scaler=None,
+            imputer=None, target_scaler=None, split_rule=2):
     """Load ``data`` (``load``'s arguments), hold out a test split (or load ``test_data``) and a
-    validation split of the training part, encode class labels and scale the features (the scaler
-    fitted on the training part only). ``classes`` and ``scaler`` given (a resumed or evaluated run)
-    are used instead of learned. ``split_rule``: 2 = ``split_indices`` (seed for the test split,
-    seed + 1 for the validation split); 1 = ``split_indices_v1``, for runs saved before it."""
+    validation split of the training part, encode class labels, impute and scale the features and
+    scale regression targets (each fitted on the training part only).
+
+    ``missing``: "error" or "drop" (passed to the CSV reader), or "impute": missing features become
+    their mean over the training part (``MeanImputer``). ``target_scaling``: "standard" fits a
+    ``Scaler`` on the training targets (regression only; the model learns standardised targets).
+    ``classes``, ``scaler``, ``imputer`` and ``target_scaler`` given (a resumed or evaluated run) are
+    used instead of learned. ``split_rule``: 2 = ``split_indices`` (seed for the test split, seed + 1
+    for the validation split); 1 = ``split_indices_v1``, for runs saved before it."""
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
+    if target_scaling not in TARGET_SCALINGS:
+        raise ValueError(f"target_scaling must be one of {TARGET_SCALINGS}, got {target_scaling!r}")
     split = split_indices if split_rule >= 2 else split_indices_v1
-    X, y = load(data, format=format, labels=labels, label_column=label_column, delimiter=delimiter)
-    if classify and y.dtype.kind == "f" and not np.all(y == np.round(y)):
-        raise ValueError(f"the labels of {data} are not whole numbers, so they are not class labels; "
-                         f"for regression use --loss squared")
+    read = dict(format=format, label_column=label_column, delimiter=delimiter, header=header,
+                missing="keep" if missing == "impute" else missing)
+    table = load_table(data, labels=labels, **read)
+    _check_targets(data, table.y, classify)
+    X, y, test = table.X, table.y, None
     if test_data is not None:
-        Xte, yte = load(test_data, format=format, labels=test_labels, label_column=label_column,
-                        delimiter=delimiter)
-        if Xte.shape[1:] != X.shape[1:]:
-            raise ValueError(f"{test_data} has {Xte.shape[1]} features, {data} has {X.shape[1]}")
-        Xtr, ytr = X, y
+        test = load_table(test_data, labels=test_labels, **read)
+        _check_targets(test_data, test.y, classify)
+        if test.X.shape[1:] != X.shape[1:]:
+            raise ValueError(f"{test_data} has {test.X.shape[1]} features, {data} has {X.shape[1]}")
+        Xte = test.X if table.feature_names is None or test.feature_names is None else \
+            align_columns(test.X, test.feature_names, table.feature_names, test_data, f"those of {data}")
+        Xtr, ytr, yte = X, y, test.y
     else:
         if X.shape[0] < 2:
             raise ValueError(f"{data} holds {X.shape[0]} sample; a train/test split needs at least 2")
@@ -748,19 +800,123 @@ def prepare(data, *, format="auto", labels=None, label_column=-1, delimiter=",",
         tr, va = split(ytr, validation_split, seed + 1, stratify=classify)
         Xtr, ytr, Xva, yva = Xtr[tr], ytr[tr], Xtr[va], ytr[va]
     if classify:
-        if classes is None:
-            seen = np.concatenate([ytr, yte] + ([yva] if yva is not None else []))
-            classes = LabelEncoder().fit(seen, whole_floats_as_int=True).classes_
+        classes = _fit_classes(classes, ytr, yte, yva)
         encoder = LabelEncoder(classes)
         ytr, yte, yva = (None if v is None else encoder.transform(v, f"the {what} data") for v, what in
                          ((ytr, "training"), (yte, "test"), (yva, "validation")))
     else:
         classes = None
         ytr, yte, yva = (None if v is None else v.astype(np.float64) for v in (ytr, yte, yva))
+        if target_scaler is None and target_scaling != "none":
+            target_scaler = Scaler(target_scaling).fit(ytr.reshape(ytr.shape[0], -1))
+        if target_scaler is not None:
+            ytr, yte, yva = (None if v is None else scale_targets(target_scaler, v) for v in (ytr, yte, yva))
+    if missing == "impute":
+        imputer = imputer if imputer is not None else MeanImputer().fit(Xtr, table.feature_names)
+        Xtr, Xte, Xva = (None if v is None else imputer.transform(v) for v in (Xtr, Xte, Xva))
     if scaler is None:
         scaler = Scaler(scaling).fit(Xtr)
     Xva = None if Xva is None else scaler.transform(Xva, dtype)
-    return Prepared(scaler.transform(Xtr, dtype), ytr, scaler.transform(Xte, dtype), yte, Xva, yva, classes, scaler)
+    return Prepared(scaler.transform(Xtr, dtype), ytr, scaler.transform(Xte, dtype), yte, Xva, yva, classes, scaler,
+                    imputer if missing == "impute" else None, target_scaler, table.feature_names, table.label_name,
+                    data_digest(table), None if test is None else data_digest(test), table.n_dropped,
+                    0 if test is None else test.n_dropped)
+
+
+def _check_targets(path, y, classify):
+    if not classify and y.dtype.kind in "US":
+        raise ValueError(f"the labels of {path} are text (e.g. {_short(np.unique(y)[:3].tolist())}); "
+                         f"regression (--loss squared) needs numbers")
+    if classify and y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        raise ValueError(f"the labels of {path} are not whole numbers, so they are not class labels; "
+                         f"for regression use --loss squared")
+
+
+def _fit_classes(classes, ytr, yte, yva):
+    if classes is not None:
+        return classes
+    seen = [ytr, yte] + ([yva] if yva is not None else [])
+    if len({v.dtype.kind in "US" for v in seen}) > 1:
+        raise ValueError("the training and test files hold labels of different kinds (text in one, numbers "
+                         "in the other)")
+    return LabelEncoder().fit(np.concatenate(seen), whole_floats_as_int=True).classes_
+
+
+def scale_targets(target_scaler, y):
+    """Regression targets y (n,) or (n, q) through ``target_scaler`` (float64, y's shape)."""
+    y = np.asarray(y, np.float64)
+    return target_scaler.transform(y.reshape(y.shape[0], -1), np.float64).reshape(y.shape)
+
+
+def align_columns(X, names, feature_names, path, what="the model's"):
+    """X's columns in the order of ``feature_names`` (what the model was trained on), from a file
+    whose header names its columns ``names``; a ValueError naming the columns that are missing or
+    extra. Repeated names are accepted only in the same order (they cannot be matched by name)."""
+    names, feature_names = list(names), list(feature_names)
+    if names == feature_names:
+        return X
+    missing = [n for n in feature_names if n not in names]
+    extra = [n for n in names if n not in feature_names]
+    if missing or extra:
+        parts = ([f"missing {_short(missing)}"] if missing else []) + ([f"not among them {_short(extra)}"]
+                                                                      if extra else [])
+        raise ValueError(f"{path}: its feature columns differ from {what} ({_short(feature_names)}): "
+                         f"{'; '.join(parts)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: its header repeats column names, so its columns cannot be matched to "
+                         f"{what} by name; give them in the training file's order")
+    return X[:, [names.index(n) for n in feature_names]]
+
+
+def data_digest(table):
+    """A hex digest of a loaded ``Table``: X and y (dtype, shape, bytes) and the header's names. The
+    same file read with the same options gives the same digest; any changed value, row or name changes it."""
+    h = hashlib.blake2b(digest_size=16, person=b"gpumlp-data-v1")
+    for a in (table.X, table.y):
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    h.update(json.dumps([table.feature_names, table.label_name]).encode())
+    return h.hexdigest()
+
+
+class MeanImputer:
+    """A missing value (NaN) ↦ the mean of its feature over the training split (scikit-learn's
+    ``SimpleImputer(strategy="mean")``), fitted on the training split only and saved with the model."""
+
+    def __init__(self, mean=None):
+        self.mean = None if mean is None else np.asarray(mean, np.float64)
+
+    def fit(self, X, feature_names=None):
+        X = np.asarray(X, np.float64)
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
+        empty = np.flatnonzero(np.isnan(X).all(axis=0))
+        if empty.size:
+            j = int(empty[0])
+            name = f" ({feature_names[j]!r})" if feature_names is not None else ""
+            raise ValueError(f"feature {j + 1}{name} has no value in the training split to impute from "
+                             f"(every one is missing)")
+        # the mean of values near the float limit would overflow: divide by a power of two first (exact)
+        exponent = np.frexp(np.nanmax(np.abs(X), axis=0))[1]
+        self.mean = np.ldexp(np.nanmean(np.ldexp(X, -exponent), axis=0), exponent)
+        return self
+
+    def transform(self, X):
+        """A float64 copy of X with its NaN replaced by the fitted means."""
+        if self.mean is None:
+            raise ValueError("the imputer is not fitted; call fit(X_train) first")
+        out = np.array(X, np.float64)
+        if out.ndim != 2 or out.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"X must have shape (n, {self.mean.shape[0]}) for this imputer, got {out.shape}")
+        np.copyto(out, self.mean, where=np.isnan(out))
+        return out
+
+    def __repr__(self):
+        return "MeanImputer()"
 
 
 # ---------------------------------------------------------------------------------- scaling
@@ -832,6 +988,25 @@ class Scaler:
         np.ldexp(out, -exponent, out=out)
         out -= np.ldexp(self.offset, -exponent)
         out /= np.ldexp(self.scale, -exponent)
+        return out.astype(dtype, copy=False)
+
+    def inverse_transform(self, X, dtype=np.float64):
+        """x·scale + offset (float64 by default): ``transform`` undone, e.g. a regression model's
+        standardised outputs back in the targets' units. Computed on scale and offset divided by a
+        power of two, as ``transform``, so that no intermediate overflows."""
+        X = np.asarray(X)
+        if self.kind == "none":
+            return X.astype(dtype)
+        if self.scale is None:
+            raise ValueError("the scaler is not fitted; call fit(X_train) first")
+        if X.ndim != 2 or X.shape[1] != self.scale.shape[0]:
+            raise ValueError(f"X must have shape (n, {self.scale.shape[0]}) for this scaler, got {X.shape}")
+        exponent = np.frexp(np.maximum(np.abs(self.offset), self.scale))[1]
+        out = X.astype(np.float64)
+        out *= np.ldexp(self.scale, -exponent)
+        out += np.ldexp(self.offset, -exponent)
+        with np.errstate(over="ignore"):  # a value beyond the float range is inf, as in any float product
+            np.ldexp(out, exponent, out=out)
         return out.astype(dtype, copy=False)
 
     def __repr__(self):

@@ -2,18 +2,26 @@
 
 This module knows the file format and nothing of the model class: it writes and reads a
 ``gpumlp.state.ModelState`` (``MLP.state_dict()``; ``MLP.from_state_dict`` builds a model from one,
-and ``gpumlp.load(path)`` is the two together). A model file holds
+and ``gpumlp.load(path)`` (``gpumlp.pipeline``) is the two together, wrapped in a ``gpumlp.Pipeline``
+when the file carries preprocessing). A model file holds
 
     meta                  uint8 bytes of a UTF-8 JSON object: format_version, gpumlp_version, the
                           model's settings (sizes, activation, loss, λ, bias, dtype, seed, optimizer
                           hyper-parameters and step count, epochs, curves, RNG state, schedule,
                           history, plateau monitor), and "preprocessing" (scaling kind, whether
-                          classes are stored) and "training" (the command-line settings, or null)
+                          classes are stored; from format 2 also imputation, target scaling, the
+                          header's names and whether a Pipeline saved it: see ``gpumlp.state``) and
+                          "training" (the command-line settings, or null)
     theta                 all weights then all biases, flat, in the model's dtype
     optimizer.<name>      optimizer state (SGD velocity; Adam m and v), flat like theta
     scaling.offset        (d,) float64, with scaling.scale: x ↦ (x − offset) / scale
     scaling.scale
-    classes               (q,) the label of each output unit (cross-entropy models trained by the CLI)
+    classes               (q,) the label of each output unit (numbers, or text from format 2)
+    impute.mean           (d,) float64: the value of a missing feature (format 2)
+    target.offset         (q,) float64, with target.scale: regression targets t ↦ (t − offset) / scale,
+    target.scale          which the model was trained on (format 2)
+
+Format 2 (gpumlp 0.2) added the entries marked so; files of format 1 load as before, with none of them.
 
 ``save``/``write`` write to a temporary file beside the target, flush it to disk and rename it over
 the target (``os.replace``), so a crash leaves either the old file or the new one, never half of one.
@@ -43,8 +51,10 @@ from .data import _open_regular
 from .monitor import PlateauMonitor
 from .state import ModelState
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _SCALINGS = ("standard", "max")
+_TARGET_SCALINGS = ("standard",)
+_MAX_NAME = 1024  # characters of one header name
 
 
 class ModelFileError(ValueError):
@@ -53,15 +63,15 @@ class ModelFileError(ValueError):
 
 # ---------------------------------------------------------------------------------- save
 def save(model, path, *, scaler=None, classes=None, training=None):
-    """Write ``model`` (anything with a ``state_dict()``, i.e. a ``gpumlp.MLP``) to ``path`` (exactly
-    that name; no suffix is added), atomically.
+    """Write ``model`` (anything with a ``state_dict()``: a ``gpumlp.MLP`` or a ``gpumlp.Pipeline``)
+    to ``path`` (exactly that name; no suffix is added), atomically.
 
     ``scaler`` (a ``gpumlp.data.Scaler``), ``classes`` (label of each output) and ``training``
     (a JSON-serialisable dict) replace the model's own ``scaler_``, ``classes_`` and
     ``training_config_`` in the file when given.
     """
     if not callable(getattr(model, "state_dict", None)):
-        raise TypeError(f"model must be a gpumlp.MLP, got {type(model).__name__}")
+        raise TypeError(f"model must be a gpumlp.MLP or gpumlp.Pipeline, got {type(model).__name__}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     state = model.state_dict()
@@ -83,6 +93,8 @@ def save(model, path, *, scaler=None, classes=None, training=None):
         pre["classes"] = True
     if "classes" in arrays:
         _check_classes(arrays["classes"], meta["sizes"][-1], meta["loss"], "classes")
+    _check_preprocessing_meta(pre, meta["sizes"], meta["loss"], path)
+    _check_new_preprocessing(pre, arrays, meta["sizes"], f"preprocessing for {path}")
     meta["preprocessing"] = pre
     if training is not None:
         meta["training"] = training
@@ -388,7 +400,10 @@ def _expected_entries(meta, members, path):
              "scaling.offset": _Entry((d,), "f", per_feature, per_feature),
              "scaling.scale": _Entry((d,), "f", per_feature, per_feature),
              "classes": _Entry((q,), "biufU", f"must be ({q},) labels, one per output",
-                               f"must be ({q},) numbers or text, one per output")}
+                               f"must be ({q},) numbers or text, one per output"),
+             "impute.mean": _Entry((d,), "f", per_feature, per_feature)}
+    per_output = f"must be ({q},) floats (one per output)"
+    known.update({k: _Entry((q,), "f", per_output, per_output) for k in ("target.offset", "target.scale")})
     name, slots = _optimizer_slots(meta, path)
     for k in sorted(members):
         if k.startswith("optimizer.") and k[len("optimizer."):] not in slots:
@@ -550,10 +565,32 @@ def _check_meta(meta, path):
             or not isinstance(pre.get("classes"), bool):
         _fail(path, "preprocessing", f"an object with 'scaling' in {(None, *_SCALINGS)} and 'classes' true/false",
               pre)
+    _check_preprocessing_meta(pre, sizes, meta["loss"], path)
     _check_training_state(meta, path)
     if meta.get("training") is not None and not isinstance(meta["training"], dict):
         _fail(path, "training", "an object or null", meta["training"])
     meta.setdefault("training", None)
+
+
+def _check_preprocessing_meta(pre, sizes, loss, path):
+    """The entries format 2 added to meta['preprocessing'] (each may be absent: format 1)."""
+    for key in ("impute", "pipeline"):
+        if not isinstance(pre.get(key, False), bool):
+            _fail(path, f"preprocessing.{key}", "true or false", pre[key])
+    target = pre.get("target_scaling")
+    if target not in (None, *_TARGET_SCALINGS):
+        _fail(path, "preprocessing.target_scaling", f"null or one of {_TARGET_SCALINGS}", target)
+    if target is not None and loss == "cross_entropy":
+        _fail(path, "preprocessing.target_scaling", "null for a cross_entropy model (it has no targets to scale)",
+              target)
+    names = pre.get("feature_names")
+    if names is not None and (not isinstance(names, list) or len(names) != sizes[0]
+                              or not all(isinstance(n, str) and len(n) <= _MAX_NAME for n in names)):
+        _fail(path, "preprocessing.feature_names", f"null or a list of {sizes[0]} names (one per input, at most "
+              f"{_MAX_NAME} characters each)", _short(names))
+    label = pre.get("label_name")
+    if label is not None and (not isinstance(label, str) or len(label) > _MAX_NAME):
+        _fail(path, "preprocessing.label_name", f"null or a name of at most {_MAX_NAME} characters", _short(label))
 
 
 def _check_training_state(meta, path):
@@ -637,12 +674,42 @@ def _check_arrays(meta, arrays, path):
         _check_classes(arrays["classes"], meta["sizes"][-1], meta["loss"], f"{p}: 'classes'")
     elif "classes" in arrays:
         raise ModelFileError(f"{p}: 'classes' entry present but meta['preprocessing']['classes'] is false")
+    _check_new_preprocessing(pre, arrays, meta["sizes"], p)
     if "best_theta" in arrays:  # early stopping's best weights so far
         _check_flat(arrays, "best_theta", n, path, meta["dtype"])
-    known = {"theta", "best_theta", "scaling.offset", "scaling.scale", "classes"} | {f"optimizer.{k}" for k in present}
+    known = {"theta", "best_theta", *_PREPROCESSING} | {f"optimizer.{k}" for k in present}
     extra = sorted(set(arrays) - known)
     if extra:
         raise ModelFileError(f"{p}: unexpected entries {extra}")
+
+
+_PREPROCESSING = ("scaling.offset", "scaling.scale", "classes", "impute.mean", "target.offset", "target.scale")
+
+
+def _check_new_preprocessing(pre, arrays, sizes, where):
+    """Format 2's arrays: present exactly when meta['preprocessing'] says so, finite, of their shape."""
+    if pre.get("impute", False):
+        _check_vector(arrays, "impute.mean", sizes[0], "one per input feature", where)
+    elif "impute.mean" in arrays:
+        raise ModelFileError(f"{where}: 'impute.mean' entry present but meta['preprocessing']['impute'] is not true")
+    if pre.get("target_scaling") is not None:
+        for key in ("target.offset", "target.scale"):
+            _check_vector(arrays, key, sizes[-1], "one per output", where)
+        if not (arrays["target.scale"] > 0).all():
+            raise ModelFileError(f"{where}: 'target.scale' must be > 0 everywhere")
+    elif "target.offset" in arrays or "target.scale" in arrays:
+        raise ModelFileError(f"{where}: target scaling arrays present but meta['preprocessing']['target_scaling'] "
+                             f"is null")
+
+
+def _check_vector(arrays, key, n, says, where):
+    a = arrays.get(key)
+    if a is None:
+        raise ModelFileError(f"{where}: no {key!r} entry, but meta['preprocessing'] says it is stored")
+    if a.dtype.kind != "f" or a.shape != (n,):
+        raise ModelFileError(f"{where}: {key!r} must be ({n},) floats ({says}), got {a.dtype} {a.shape}")
+    if not np.isfinite(a).all():
+        raise ModelFileError(f"{where}: {key!r} contains NaN or infinity")
 
 
 def _check_scaling(arrays, d, where):
@@ -662,9 +729,10 @@ def _check_scaling(arrays, d, where):
 def _check_classes(classes, q, loss, where):
     if loss != "cross_entropy":
         raise ModelFileError(f"{where}: class labels only apply to cross_entropy models, this one uses {loss}")
-    if classes.dtype.kind not in "biuf" or classes.shape != (q,):
-        raise ModelFileError(f"{where}: must be ({q},) numbers, one per output, got {classes.dtype} {classes.shape}")
+    if classes.dtype.kind not in "biufU" or classes.shape != (q,):
+        raise ModelFileError(f"{where}: must be ({q},) numbers or text, one per output, got {classes.dtype} "
+                             f"{classes.shape}")
     if classes.dtype.kind == "f" and not np.isfinite(classes).all():
         raise ModelFileError(f"{where}: contains NaN or infinity")
-    if q > 1 and not (np.diff(classes) > 0).all():
+    if q > 1 and not (classes[1:] > classes[:-1]).all():
         raise ModelFileError(f"{where}: must be strictly increasing (sorted, no repeats)")

@@ -8,7 +8,9 @@ equation) and return every value of the computational graph. Training lives else
 only the model's public state: ``gpumlp.step.Step`` (one step, in two phases: ∂L/∂θ into
 ``model.grad``, then the update) and ``gpumlp.trainer.Trainer`` (epochs, batches, divergence,
 monitor, callbacks); ``fit``, ``partial_fit`` and ``step`` here are thin calls into them.
-``state_dict``/``from_state_dict`` (``gpumlp.state``) are what ``gpumlp.io`` writes and reads.
+``state_dict``/``from_state_dict`` (``gpumlp.state``) are what ``gpumlp.io`` writes and reads;
+``gpumlp.load`` (``gpumlp.pipeline``) reads a file back as the MLP, or as the ``Pipeline`` of the MLP
+and its preprocessing when the file carries some.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from . import functions as F
 from . import io, metrics, optim, schedules, state
-from .backend import BackendUnavailable, is_device_array, resolve
+from .backend import is_device_array, resolve
 from .ops import Layer, Ops
 from .step import Step
 from .state import HISTORY_KEYS
@@ -31,7 +33,7 @@ from .trainer import DivergenceError, Trainer
 from .validation import (check_classes, check_dtype, check_positive_number, check_sample_weight, check_X, check_y,
                          rescaled_weights)
 
-__all__ = ["MLP", "Forward", "Gradients", "DivergenceError", "load"]
+__all__ = ["MLP", "Forward", "Gradients", "DivergenceError"]
 
 HE_INIT = ("relu", "leaky_relu", "gelu")
 
@@ -572,16 +574,3 @@ def _check_params(arrays, shapes, what):
 def _unpickle(meta, arrays, backend):
     return MLP.from_state_dict(state.ModelState(meta, arrays), backend=backend)
 
-
-def load(path, backend="auto"):
-    """The model saved at ``path`` (``gpumlp.io``), on ``backend``, with its ``scaler_``, ``classes_``
-    and ``training_config_``. FileNotFoundError for a missing file, ``io.ModelFileError`` (a
-    ValueError) for anything wrong with it, checked before anything is built."""
-    model_state = io.read(path)
-    resolve(backend)  # a bad backend name or an unusable GPU is the caller's error, not the file's
-    try:
-        return MLP.from_state_dict(model_state, backend=backend)
-    except BackendUnavailable:
-        raise
-    except (ValueError, TypeError, KeyError) as exc:
-        raise io.ModelFileError(f"{path}: invalid model settings in meta: {exc}") from None

@@ -12,6 +12,18 @@
 ``capture(model)`` and ``restore(model, state)`` translate between the two through the model's
 public attributes only; ``constructor_arguments(state)`` are what ``MLP(...)`` is built with.
 Non-finite history values are stored as None (JSON has no NaN literal in strict readers).
+
+What a ``gpumlp.Pipeline`` does around the model is a ``Preprocessing``; ``with_preprocessing(state,
+pre)`` puts one into a state and ``preprocessing(state)`` takes it out. Its entries in meta
+["preprocessing"] (format 2; a file of format 1 has only the first two, and reads as their defaults):
+
+    scaling         null | "standard" | "max"   with arrays scaling.offset, scaling.scale (d,)
+    classes         true | false                with the array classes (q,): numbers or text
+    impute          true | false                with impute.mean (d,): missing features' values
+    target_scaling  null | "standard"           with target.offset, target.scale (q,): regression targets
+    feature_names   null | d strings            the training file's header, in the model's input order
+    label_name      null | a string             the header's name of the label column
+    pipeline        true | false                saved as a Pipeline (``gpumlp.load`` returns one)
 """
 from __future__ import annotations
 
@@ -21,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import schedules
-from .data import Scaler
+from .data import MeanImputer, Scaler
 from .monitor import PlateauMonitor
 
 # Per-epoch records kept in ``history_`` (gpumlp.trainer appends to them).
@@ -34,6 +46,20 @@ class ModelState:
 
     meta: dict
     arrays: dict
+
+
+@dataclass
+class Preprocessing:
+    """What a pipeline does around the model: the features' ``imputer`` (or None) and ``scaler``
+    (``Scaler("none")`` for none), the label of each output (``classes``, or None), the regression
+    targets' ``target_scaler`` (or None), and the training file's header names (or None)."""
+
+    scaler: Scaler
+    classes: np.ndarray | None = None
+    imputer: MeanImputer | None = None
+    target_scaler: Scaler | None = None
+    feature_names: list | None = None
+    label_name: str | None = None
 
 
 def capture(model):
@@ -109,3 +135,58 @@ def restore(model, state):
         model.scaler_ = Scaler(pre["scaling"], arrays["scaling.offset"], arrays["scaling.scale"])
     model.classes_ = arrays.get("classes")
     model.training_config_ = meta.get("training")
+
+
+# ---------------------------------------------------------------------------------- preprocessing
+_PREPROCESSING_ARRAYS = ("scaling.offset", "scaling.scale", "classes", "impute.mean", "target.offset",
+                         "target.scale")
+
+
+def with_preprocessing(model_state, pre):
+    """A copy of ``model_state`` whose preprocessing is ``pre`` (a ``Preprocessing``): every entry of
+    the model's own (its scaler_, classes_) replaced, and marked as saved by a pipeline."""
+    meta = dict(model_state.meta)
+    arrays = {k: v for k, v in model_state.arrays.items() if k not in _PREPROCESSING_ARRAYS}
+    entry = {"scaling": None, "classes": pre.classes is not None, "impute": pre.imputer is not None,
+             "target_scaling": None, "feature_names": None if pre.feature_names is None else list(pre.feature_names),
+             "label_name": pre.label_name, "pipeline": True}
+    if pre.scaler.kind != "none":
+        entry["scaling"] = pre.scaler.kind
+        arrays["scaling.offset"] = np.asarray(pre.scaler.offset, np.float64)
+        arrays["scaling.scale"] = np.asarray(pre.scaler.scale, np.float64)
+    if pre.classes is not None:
+        arrays["classes"] = np.asarray(pre.classes)
+    if pre.imputer is not None:
+        arrays["impute.mean"] = np.asarray(pre.imputer.mean, np.float64)
+    if pre.target_scaler is not None and pre.target_scaler.kind != "none":
+        entry["target_scaling"] = pre.target_scaler.kind
+        arrays["target.offset"] = np.asarray(pre.target_scaler.offset, np.float64)
+        arrays["target.scale"] = np.asarray(pre.target_scaler.scale, np.float64)
+    meta["preprocessing"] = entry
+    return ModelState(meta, arrays)
+
+
+def preprocessing(model_state):
+    """The ``Preprocessing`` a (checked) state carries; identities where it carries none."""
+    pre, arrays = model_state.meta.get("preprocessing") or {}, model_state.arrays
+    scaler = Scaler("none")
+    if pre.get("scaling") is not None:
+        scaler = Scaler(pre["scaling"], arrays["scaling.offset"], arrays["scaling.scale"])
+    target = None
+    if pre.get("target_scaling") is not None:
+        target = Scaler(pre["target_scaling"], arrays["target.offset"], arrays["target.scale"])
+    names = pre.get("feature_names")
+    return Preprocessing(scaler, arrays.get("classes") if pre.get("classes") else None,
+                         MeanImputer(arrays["impute.mean"]) if pre.get("impute") else None, target,
+                         None if names is None else list(names), pre.get("label_name"))
+
+
+def carries_preprocessing(model_state):
+    """Whether the state is more than a bare model: saved by a pipeline, or carrying scaling, classes,
+    imputation, target scaling, header names or the command line's settings (files of format 1 that
+    ``gpumlp train`` saved carry those)."""
+    meta = model_state.meta
+    pre = meta.get("preprocessing") or {}
+    return bool(pre.get("pipeline") or pre.get("scaling") or pre.get("classes") or pre.get("impute")
+                or pre.get("target_scaling") or pre.get("feature_names") is not None
+                or meta.get("training") is not None)

@@ -96,7 +96,7 @@ def test_python_api_options_reach_the_model(tmp_path):
         "float64", "--optimizer", "adam", "--lr", "0.005", "--weight-decay", "0.001", "--lr-schedule",
         "step:step_size=1,gamma=0.5", "--batch-size", "64", "--scaling", "max", "--seed", "3",
         "--save", tmp_path / "m.npz", "--quiet", check_rc=0)
-    m = gpumlp.load(tmp_path / "m.npz")
+    m = gpumlp.load(tmp_path / "m.npz", model_only=True)
     assert m.sizes == (64, 20, 12, 10) and m.activation == ["tanh", "relu"] and m.bias
     assert m.dtype == np.float64 and m.optimizer.name == "adam" and m.weight_decay == 0.001
     assert m.history_["lr"] == [0.005, 0.0025]
@@ -142,7 +142,7 @@ def test_resume_refuses_to_change_the_architecture(tmp_path):
 
 def test_checkpoint_every_writes_during_training(tmp_path):
     p = run("train", *FAST, "--checkpoint-every", "2", "--save", tmp_path / "ck.npz", check_rc=0)
-    assert gpumlp.load(tmp_path / "ck.npz").epochs_ == 3
+    assert gpumlp.load(tmp_path / "ck.npz", model_only=True).epochs_ == 3
     assert run("train", *FAST, "--checkpoint-every", "2", check_rc=2).stderr.strip().endswith(
         "--checkpoint-every needs --save MODEL")
     assert "saved the model" in p.stdout
@@ -367,7 +367,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_bit_identically(tmp_path, monke
     assert cli.main(["train", *common, "--save", str(ck), "--checkpoint-every", "2"]) == 130
     assert f"gpumlp train --resume {ck} --save {ck}" in capsys.readouterr().err  # without --save, lost
     monkeypatch.setattr(io, "save", real_save)
-    assert gpumlp.load(ck).epochs_ == 4
+    assert gpumlp.load(ck, model_only=True).epochs_ == 4
 
     assert cli.main(["train", "--resume", str(ck), "--save", str(ck), "--quiet"]) == 0
     a, b = np.load(tmp_path / "straight.npz"), np.load(ck)

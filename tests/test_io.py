@@ -52,7 +52,7 @@ def test_round_trip_keeps_everything(tmp_path, digits, kw):
     m = trained(digits, **kw)
     path = tmp_path / "m.npz"
     io.save(m, path, scaler=digits[2], classes=np.arange(10), training={"lr": 0.05})
-    m2 = gpumlp.load(path, backend="numpy")
+    m2 = gpumlp.load(path, backend="numpy", model_only=True)  # the MLP itself (load gives the Pipeline)
     assert (m2.sizes, m2.activation, m2.loss, m2.weight_decay, m2.bias, m2.dtype, m2.seed) == \
            (m.sizes, m.activation, m.loss, m.weight_decay, m.bias, m.dtype, m.seed)
     assert m2.optimizer.name == m.optimizer.name and m2.optimizer.t == m.optimizer.t
@@ -68,7 +68,7 @@ def test_round_trip_keeps_everything(tmp_path, digits, kw):
     assert m2.rng.bit_generator.state == m.rng.bit_generator.state
     # saving the loaded model again carries the scaler and classes along (attributes set by load)
     m2.save(tmp_path / "again.npz")
-    assert gpumlp.load(tmp_path / "again.npz").scaler_.kind == "standard"
+    assert gpumlp.load(tmp_path / "again.npz", model_only=True).scaler_.kind == "standard"
 
 
 def test_model_without_extras_and_path_is_exact(tmp_path, digits):

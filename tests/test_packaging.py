@@ -80,4 +80,4 @@ def test_readme_command_line_examples_keep_the_resumed_run(tmp_path):
     assert ran == 2, "the README shows a training run with --save and its --resume"
     import gpumlp
 
-    assert gpumlp.load(tmp_path / "model.npz").epochs_ == 60
+    assert gpumlp.load(tmp_path / "model.npz").named_steps["mlp"].epochs_ == 60

@@ -8,14 +8,14 @@ import numpy as np
 
 from .. import data as D
 from ..io import atomic_write
-from ..mlp import load
+from ..pipeline import load
 from .parser import DEFAULTS, UsageError
 from .report import Printer, json_line
 from .settings import csv_layout, data_settings, load_xy, prepare
 
 
 def _load_model(args):
-    return load(args.model, backend=args.backend or "auto")
+    return load(args.model, backend=args.backend or "auto", model_only=True)
 
 
 def _features(model, X):

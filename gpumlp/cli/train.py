@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import io
 from ..backend import resolve
-from ..mlp import MLP, load
+from ..mlp import MLP
+from ..pipeline import load
 from ..schedules import make_schedule
 from .parser import UsageError
 from .report import Printer, Progress, json_line, plot
@@ -141,7 +142,7 @@ def setup_training(args):
     """(model, settings, prepared data): a new model, or the resumed one with its saved settings."""
     model = saved = None
     if args.resume:
-        model = load(args.resume, backend=args.backend or "auto")
+        model = load(args.resume, backend=args.backend or "auto", model_only=True)
         saved = model.training_config_
         if saved is None:
             raise ValueError(f"{args.resume} holds no training settings (not saved by 'gpumlp train'); "
