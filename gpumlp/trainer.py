@@ -77,16 +77,25 @@ class Trainer:
         ``history_`` entry as a dict; returning True stops training.
     train_score : also record the training score every epoch (a forward pass over the data).
     verbose : print one line per epoch.
+    on_step : a callable ``on_step(k, n_steps)`` called within each epoch after step k (1-based) of
+        its n_steps, every ``step_interval`` steps (default: about 100 times an epoch), for progress
+        bars. It gets host counters only and nothing is read from the device for it, so the loop
+        never waits for the GPU: there it counts steps as they are issued, which may still be running.
     """
 
     def __init__(self, model, *, batch_size=64, lr=0.01, shuffle=True, callbacks=None, train_score=False,
-                 verbose=False):
+                 verbose=False, on_step=None, step_interval=None):
         self.model = model
         self.batch_size = check_positive_number(batch_size, "batch_size", integer=True)
         self.lr = check_positive_number(lr, "lr")
         self.shuffle = bool(shuffle)
         self.callbacks = _check_callbacks(callbacks)
         self.train_score, self.verbose = bool(train_score), bool(verbose)
+        if on_step is not None and not callable(on_step):
+            raise TypeError(f"on_step must be a callable on_step(k, n_steps), got {on_step!r}")
+        self.on_step = on_step
+        self.step_interval = None if step_interval is None else \
+            check_positive_number(step_interval, "step_interval", integer=True)
 
     # ------------------------------------------------------------------ entry points
     def fit(self, X, y, epochs=10, *, sample_weight=None, class_weight=None, validation_data=None,
@@ -275,10 +284,13 @@ class Trainer:
         start = _EpochStart(m)
         n_steps = -(-n // B)
         Js = xp.empty(n_steps + 1, m.dtype)  # each step's J, then whether θ ended finite
+        on_step, every = self.on_step, self.step_interval or max(1, n_steps // 100)
         for k, (x, y, w) in enumerate(batches):
             Js[k] = step.train(x, y, w, m.optimizer, lr)
             if not backend.is_gpu and not math.isfinite(Js[k]):
                 self._diverged(start, k, f"the objective J became {float(Js[k])}")
+            if on_step is not None and (k + 1) % every == 0:
+                on_step(k + 1, n_steps)  # host integers only: no read-back, no wait
         # J is taken before each update, so an update that overflows shows in no J of this epoch
         # (it would only in the next one, whose snapshot would then hold the non-finite weights).
         Js[-1] = xp.isfinite(m.theta).all()

@@ -202,6 +202,26 @@ def test_the_trainer_is_what_fit_runs():
     np.testing.assert_array_equal(a.theta, c.theta)
 
 
+def test_on_step_reports_host_counters_within_the_epoch_and_changes_no_bit():
+    """The per-step hook of progress bars: plain ints (k, n_steps) every step_interval steps, and the
+    training it watches is bit for bit the training without it."""
+    X, y, w = _batch(90)
+    a, b, c = _model(momentum=0.9), _model(momentum=0.9), _model(momentum=0.9)
+    Trainer(a, batch_size=16, lr=0.05).fit(X, y, 3, sample_weight=w)
+    seen, every = [], []
+    Trainer(b, batch_size=16, lr=0.05, on_step=lambda k, n: seen.append((k, n)), step_interval=2).fit(
+        X, y, 3, sample_weight=w)
+    Trainer(c, batch_size=16, lr=0.05, on_step=lambda k, n: every.append(k)).fit(X, y, 2, sample_weight=w)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert a.loss_curve_ == b.loss_curve_
+    assert seen == [(2, 6), (4, 6), (6, 6)] * 3 and all(type(k) is int and type(n) is int for k, n in seen)
+    assert every == [1, 2, 3, 4, 5, 6] * 2  # 6 steps an epoch: about 100 calls an epoch means every step
+    with pytest.raises(TypeError, match="on_step must be a callable"):
+        Trainer(a, on_step=3)
+    with pytest.raises(ValueError, match="step_interval"):
+        Trainer(a, on_step=print, step_interval=0)
+
+
 def test_the_trainer_checks_its_settings_before_anything_changes():
     m = _model()
     theta = m.theta.copy()
