@@ -55,12 +55,20 @@ import numbers
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets, unique_labels
-from sklearn.utils.validation import check_is_fitted, validate_data
+
+try:  # name the extra instead of a bare "No module named 'sklearn'" (or an old version's missing name)
+    import sklearn  # noqa: F401  (its version is named below when an import fails)
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets, unique_labels
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as exc:
+    found = getattr(globals().get("sklearn"), "__version__", None)
+    raise ImportError("gpumlp.sklearn needs scikit-learn >= 1.6, " + (f"found {found}" if found else "which is not "
+                      "installed") + ': pip install "gpumlp[sklearn]" (or pip install -U scikit-learn)',
+                      name=exc.name) from exc
 
 from . import optim, schedules
 from .data import LabelEncoder, class_sample_weights
