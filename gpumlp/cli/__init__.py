@@ -2,9 +2,10 @@
 
     gpumlp train                          the lecture's net on the embedded digits (>= 96 % test accuracy)
     gpumlp train --data mnist/train-images-idx3-ubyte.gz --test-data mnist/t10k-images-idx3-ubyte.gz
+    gpumlp train --data cancer.csv --label-column diagnosis --missing impute --save model.npz
     gpumlp train --resume model.npz --epochs 80 --save model.npz     continue a saved run up to 80 epochs
     gpumlp evaluate model.npz [--data FILE]          test accuracy (the run's own test split by default)
-    gpumlp predict model.npz --data FILE [--output predictions.csv]
+    gpumlp predict model.npz --data FILE [--output predictions.csv]   columns matched by header name
     gpumlp info                           versions, the backend "auto" picks and why, the device
 
 Exit status: 0 success, 2 usage errors (bad options), 1 anything else, with a one-line message on
@@ -17,8 +18,9 @@ The package, one module per job:
     train.py      gpumlp train                                evaluate.py   gpumlp evaluate, gpumlp predict
     info.py       gpumlp info                                 report.py     progress, JSON line, plot, errors
 
-Data preparation (loading, the split, label encoding, scaling) is ``gpumlp.data.prepare``; the model
-is used through its public API only. ``gpumlp bench`` hands its arguments to ``gpumlp.bench``.
+Data preparation (loading, the split, label encoding, imputation, scaling) is ``gpumlp.data.prepare``;
+a run's model and preprocessing are a ``gpumlp.Pipeline``, used through public names only.
+``gpumlp bench`` hands its arguments to ``gpumlp.bench``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import sys
 from .evaluate import cmd_evaluate, cmd_predict
 from .info import cmd_info
 from .parser import UsageError, build_parser
-from .report import describe
+from .report import Interrupted, describe
 from .train import cmd_train
 
 __all__ = ["main", "build_parser"]
@@ -54,13 +56,11 @@ def main(argv=None):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # train says what it saved (Interrupted); the others were reading only
         if debug:
             raise
-        hint = ""
-        if getattr(args, "checkpoint_every", None) and os.path.exists(args.save):
-            hint = f"; continue from the last checkpoint with: gpumlp train --resume {args.save} --save {args.save}"
-        print(f"gpumlp {args.command}: interrupted{hint}", file=sys.stderr)
+        what = str(exc) if isinstance(exc, Interrupted) and str(exc) else "interrupted"
+        print(f"gpumlp {args.command}: {what}", file=sys.stderr)
         return 130
     except Exception as exc:  # one line, no traceback: every failure a user can cause lands here
         if debug:

@@ -9,21 +9,28 @@ from .. import data as D
 # The defaults of `gpumlp train`: the lecture's one-hidden-layer net, tuned on the embedded digits
 # (seeds 0..7 of the split: 96.7 % to 98.6 % test accuracy, about 0.3 s of training on 2 CPU cores).
 DEFAULTS = {
-    "data": "digits", "format": "auto", "labels": None, "label_column": "-1", "delimiter": ",",
+    "data": "digits", "format": "auto", "labels": None, "label_column": "-1", "delimiter": None,
+    "header": None, "missing": "error",
     "test_data": None, "test_labels": None, "test_size": 0.2, "validation_split": 0.0,
     "hidden": [128], "activation": "relu", "loss": "cross_entropy", "weight_decay": 1e-4, "bias": False,
     "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "nesterov": False, "beta1": 0.9, "beta2": 0.999,
     "eps": 1e-8, "decoupled": False, "lr_schedule": "constant", "epochs": 50, "batch_size": 32,
-    "early_stopping": False, "n_iter_no_change": None, "tol": 1e-4, "scaling": "standard", "seed": 0,
-    "dtype": "float32",
+    "early_stopping": False, "n_iter_no_change": None, "tol": 1e-4, "scaling": "standard",
+    "target_scaling": "standard", "seed": 0, "dtype": "float32",
 }
 
+# What a run saved before a setting existed did: the value its settings imply where they lack the key.
+# (gpumlp 0.1 read "," unless told otherwise and saved it; it never scaled targets nor imputed.)
+SAVED_BEFORE = {"header": None, "missing": "error", "target_scaling": "none"}
 
 # Settings a resumed run keeps: the model's definition, and the seed and fractions that define the
-# split (a different split would let test samples into training).
+# split (a different split would let test samples into training), and the preprocessing it was fitted with.
 FIXED_ON_RESUME = ("hidden", "activation", "loss", "weight_decay", "bias", "optimizer", "momentum", "nesterov",
                    "beta1", "beta2", "eps", "decoupled", "lr_schedule", "dtype", "scaling", "seed", "test_size",
-                   "validation_split")
+                   "validation_split", "missing", "target_scaling")
+
+# The options that only one optimizer reads: given with another, they would be silently ignored.
+OPTIMIZER_OPTIONS = {"sgd": ("momentum", "nesterov"), "adam": ("beta1", "beta2", "eps", "decoupled")}
 
 
 
@@ -59,6 +66,14 @@ def _fraction(text, allow_zero=False):
 
 def _fraction0(text):
     return _fraction(text, allow_zero=True)
+
+
+def _delimiter(text):
+    """One character, or "tab" / "\\t" (as typed on a shell) for a tab."""
+    try:
+        return D.csv_delimiter("data.csv", text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _hidden(text):
@@ -106,7 +121,7 @@ def _add_common(p):
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
-def _add_data(p, train):
+def _add_data(p, train, missing=D.MISSING):
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, metavar="PATH",
                    help="'digits' (embedded, the default for train), an IDX file (raw or .gz), a CSV or an "
@@ -118,8 +133,18 @@ def _add_data(p, train):
     g.add_argument("--label-column", default=None, metavar="COL",
                    help="CSV column holding the label: index (negative counts from the end) or header name "
                         + ("(default: -1, the last)" if train else "(default: the training run's, else -1, the last)"))
-    g.add_argument("--delimiter", default=None,
-                   help="CSV field delimiter (default " + ("','" if train else "the training run's, else ','") + ")")
+    g.add_argument("--delimiter", type=_delimiter, default=None,
+                   help="CSV field delimiter: one character, or 'tab' (default " + ("" if train else "the training "
+                        "run's, else ") + "a tab for .tsv files and ',' for others)")
+    g.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="the CSV's first line names the columns (--header) or is data (--no-header); default: "
+                        "detected (a line of names over numbers, or one that counts the columns 0, 1, 2, ...)")
+    g.add_argument("--missing", choices=missing, default=None,
+                   help="CSV fields that are empty, NA, NaN, N/A or ?: " + (
+                       "error (default: the first one's row and column), drop (the rows holding them), impute "
+                       "(each feature's mean over the training split, saved with the model)" if train else
+                       "error, " + ("drop (the rows), " if "drop" in missing else "") + "impute (with the training "
+                       "means; a model trained with --missing impute does so by default)"))
     if train:
         g.add_argument("--test-data", default=None, metavar="PATH",
                        help="a separate test file (e.g. MNIST's t10k); otherwise a seeded stratified split")
@@ -132,6 +157,9 @@ def _add_data(p, train):
         g.add_argument("--scaling", choices=D.SCALINGS, default=None,
                        help="feature scaling fitted on the training split and saved with the model: "
                             "standard (mean 0, std 1; default), max (divide by the largest value), none")
+        g.add_argument("--target-scaling", choices=D.TARGET_SCALINGS, default=None,
+                       help="--loss squared: standardise the targets for training (fitted on the training "
+                            "split, saved with the model, undone at predict; default standard) or none")
 
 
 def build_parser():
@@ -164,13 +192,15 @@ def build_parser():
     o = t.add_argument_group("optimisation")
     o.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default sgd")
     o.add_argument("--lr", type=_positive(float), default=None, help="learning rate η (default 0.02)")
-    o.add_argument("--momentum", type=_fraction0, default=None, help="SGD momentum μ in [0, 1) (default 0.9)")
-    o.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
-    o.add_argument("--beta1", type=_fraction0, default=None, help="Adam β1 (default 0.9)")
-    o.add_argument("--beta2", type=_fraction0, default=None, help="Adam β2 (default 0.999)")
-    o.add_argument("--eps", type=_positive(float), default=None, help="Adam ε (default 1e-8)")
+    o.add_argument("--momentum", type=_fraction0, default=None,
+                   help="SGD momentum μ in [0, 1) (default 0.9; sgd only)")
+    o.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (sgd only)")
+    o.add_argument("--beta1", type=_fraction0, default=None, help="Adam β1 (default 0.9; adam only)")
+    o.add_argument("--beta2", type=_fraction0, default=None, help="Adam β2 (default 0.999; adam only)")
+    o.add_argument("--eps", type=_positive(float), default=None, help="Adam ε (default 1e-8; adam only)")
     o.add_argument("--decoupled", action=argparse.BooleanOptionalAction, default=None,
-                   help="AdamW: decoupled weight decay")
+                   help="AdamW: decoupled weight decay (adam only)")
     o.add_argument("--lr-schedule", type=_schedule, default=None, metavar="NAME[:K=V,...]",
                    help="constant (default), step:step_size=10,gamma=0.5, exponential:gamma=0.95, "
                         "cosine[:T_max=E,eta_min=0] (T_max defaults to --epochs), invscaling, adaptive")
@@ -186,14 +216,17 @@ def build_parser():
     o.add_argument("--seed", type=_positive(int, allow_zero=True), default=None,
                    help="seeds the split, the initial weights and the shuffling (default 0)")
     r = t.add_argument_group("output")
-    r.add_argument("--save", default=None, metavar="MODEL", help="write the trained model here (.npz)")
+    r.add_argument("--save", default=None, metavar="MODEL",
+                   help="write the trained model here (.npz); Ctrl-C writes the last finished epoch's checkpoint")
     r.add_argument("--checkpoint-every", type=_positive(int), default=None, metavar="K",
                    help="also write --save every K epochs during training")
     r.add_argument("--resume", default=None, metavar="MODEL", help="continue training a saved model")
     r.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="write the loss and accuracy curves (needs matplotlib: pip install 'gpumlp[plot]')")
+                   help='write the loss and validation curves (needs matplotlib: pip install "gpumlp[plot]")')
     r.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
-                   help="auto: a progress bar on a terminal, one line per epoch otherwise")
+                   help="auto: a progress bar on a terminal, one line per epoch otherwise (train J: the "
+                        "objective L + λ/2‖W‖² averaged over the epoch's steps; val L, val acc: the "
+                        "validation data loss and score)")
     _add_common(t)
 
     e = sub.add_parser("evaluate", help="score a saved model on data",
@@ -206,7 +239,7 @@ def build_parser():
     pr = sub.add_parser("predict", help="predict with a saved model",
                         description="Predicted labels (or values), one line per sample.")
     pr.add_argument("model", metavar="MODEL")
-    _add_data(pr, train=False)
+    _add_data(pr, train=False, missing=("error", "impute"))
     pr.add_argument("--output", "-o", default=None, metavar="FILE",
                     help="write here instead of standard output (.npy for a NumPy array, else text)")
     pr.add_argument("--proba", action="store_true", help="class probabilities instead of labels")

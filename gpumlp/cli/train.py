@@ -1,21 +1,27 @@
-"""``gpumlp train``: build or resume a model, prepare the data, train, report, save."""
+"""``gpumlp train``: build or resume a model, prepare the data, train, report, save.
+
+The run is a ``gpumlp.Pipeline``: the MLP and the preprocessing fitted on the training split
+(imputer, scaler, the labels, the targets' scaling, the header's names), saved together so that
+``gpumlp predict`` and ``gpumlp.load(path).predict(X)`` read raw data as this run did. The model file
+also records the run's settings and a digest of the data it was trained on."""
 from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 
 import numpy as np
 
-from .. import io
+from .. import functions, io
 from ..backend import resolve
 from ..mlp import MLP
-from ..pipeline import load
+from ..pipeline import Pipeline
 from ..schedules import make_schedule
+from ..trainer import Trainer
+from .evaluate import load_pipeline
 from .parser import UsageError
-from .report import Printer, Progress, json_line, plot
-from .settings import prepare, train_settings
+from .report import Interrupted, Printer, Progress, json_line, missing_extra, plot, warn
+from .settings import check_digests, describe_test_set, prepare, train_settings
 
 
 def build_model(s, d, q, backend):
@@ -40,21 +46,44 @@ def build_model(s, d, q, backend):
         raise UsageError(str(exc)) from None
 
 
-def check_output_directory(option, path):
-    """A file the run will write goes into an existing directory: checked before training, not after it."""
+def check_output_file(option, path):
+    """A file the run will write can be written: checked before training, not after it. A directory,
+    a missing directory or one this process cannot create files in is a usage error."""
     if path is None:
         return
-    directory = os.path.dirname(os.path.abspath(path))
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise UsageError(f"{option} {path} is a directory; give a file name, e.g. {os.path.join(path, 'model.npz')}")
+    if os.path.lexists(full) and not os.path.isfile(full):
+        raise UsageError(f"{option} {path} exists and is not a regular file")
+    directory = os.path.dirname(full)
     if not os.path.isdir(directory):
         raise UsageError(f"{option} {path}: no such directory {directory}")
+    probe = os.path.join(directory, f".{os.path.basename(full)}.{os.getpid()}.probe.tmp")
+    try:  # writing a file is the only honest test (permissions, read-only mounts, ACLs, root)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write files in {directory} "
+                         f"({(exc.strerror or 'error').lower()})") from None
 
 
 def check_plot_available():
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise RuntimeError("--plot needs matplotlib, which is not installed: pip install 'gpumlp[plot]' "
-                           "(or pip install matplotlib)") from None
+        raise missing_extra("--plot", "matplotlib", "plot") from None
+
+
+def save(pipeline_or_state, path):
+    """Write the run's model file; an operating-system failure names the target, never the temporary."""
+    try:
+        if isinstance(pipeline_or_state, Pipeline):
+            io.save(pipeline_or_state, path)
+        else:
+            io.write(path, pipeline_or_state)
+    except OSError as exc:
+        raise OSError(f"cannot write the model to {path}: {(exc.strerror or str(exc)).lower()}") from None
 
 
 def cmd_train(args):
@@ -64,58 +93,71 @@ def cmd_train(args):
     if args.plot:
         check_plot_available()  # before training, not after a long run
     for option, path in (("--save", args.save), ("--plot", args.plot)):
-        check_output_directory(option, path)
+        check_output_file(option, path)
     t0 = time.perf_counter()
-    model, s, d = setup_training(args)
+    pipeline, s, d = setup_training(args)
+    model = pipeline.named_steps["mlp"]
     backend = model.array_backend
     metric = "accuracy" if model.loss == "cross_entropy" else "R²"
-    # Data on the device once; each epoch is evaluated on the validation split, else the test split.
+    # Data on the device once; each epoch is evaluated on the validation split (if any), never on the test split.
     xtr, ytr = backend.asarray(d.X_train), backend.asarray(d.y_train)
     xte, yte = backend.asarray(d.X_test), backend.asarray(d.y_test)
     val = None if d.X_val is None else (backend.asarray(d.X_val), backend.asarray(d.y_val))
     n_train, n_test = int(xtr.shape[0]), int(xte.shape[0])
-    printer.say(f"gpumlp: {s['data']} ({n_train} train, {n_test} test"
-                + (f", {val[0].shape[0]} validation" if val else "") + f" samples, {model.sizes[0]} features"
-                + (f", {len(model.classes_)} classes" if model.classes_ is not None else "")
-                + f"); net {model.sizes}, {model.backend} on {backend.device_name()}")
+    printer.say(describe_run(s, d, model, val, n_train, n_test))
+    test_set = describe_test_set(s, n_test)
+    printer.say(f"test set: {test_set}, scored once, after training")
     remaining = s["epochs"] - model.epochs_
     if remaining <= 0:
-        printer.say(f"the model has trained {model.epochs_} epochs already (--epochs {s['epochs']}); "
-                    f"nothing to train")
-    history = model.training_config_["history"]
-    eval_name = "val" if val else "test"
-    progress = Progress(args, remaining, s["epochs"], eval_name, metric, n_train)
+        warn("train", f"--epochs {s['epochs']} counts the epochs in all, and the model has trained "
+                      f"{model.epochs_} already: nothing to train (--epochs {model.epochs_ + 10} trains 10 more)")
+    progress = Progress(args, model.epochs_, s["epochs"], val is not None, metric, n_train)
+    checkpoint = {"state": pipeline.state_dict() if args.save else None, "epoch": model.epochs_}
 
     def on_epoch(m, record):
-        score = record["val_score"] if val else m.score(xte, yte)
-        history["test_score"].append(None if val else float(score))
-        progress.epoch(record, score)
+        val_L = record["val_loss"] - functions.regulariser(m.weights, m.weight_decay) if val else None
+        progress.epoch(record, val_L)
+        if args.save:  # what Ctrl-C writes: the state after the last finished epoch (resumes exactly)
+            checkpoint["state"], checkpoint["epoch"] = pipeline.state_dict(), m.epochs_
         if args.checkpoint_every and record["epoch"] % args.checkpoint_every == 0:
-            io.save(m, args.save)
+            save(pipeline, args.save)
         return False
 
     before, start = model.epochs_, time.perf_counter()
+    stopped = None
     try:
         if remaining > 0:
+            trainer = Trainer(model, batch_size=s["batch_size"], lr=s["lr"], callbacks=[on_epoch],
+                              on_step=progress.step if progress.bar is not None else None)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is reported
-                model.fit(xtr, ytr, epochs=remaining, batch_size=s["batch_size"], lr=s["lr"],
-                          validation_data=val, early_stopping=s["early_stopping"],
-                          n_iter_no_change=s["n_iter_no_change"], tol=s["tol"], callbacks=[on_epoch])
-    finally:
+                trainer.fit(xtr, ytr, remaining, validation_data=val, early_stopping=s["early_stopping"],
+                            n_iter_no_change=s["n_iter_no_change"], tol=s["tol"])
+            if model.stop_reason_ not in (None, "epochs"):
+                best = f", best {model.best_epoch_}" if model.best_epoch_ else ""
+                stopped = f"stopped early ({model.stop_reason_}{best})"
+    except KeyboardInterrupt:
         progress.close()
+        raise Interrupted(interrupted(args, checkpoint)) from None
+    finally:
+        progress.close(stopped)
     backend.synchronize()
     seconds = time.perf_counter() - start
     trained = model.epochs_ - before
     if args.save:
-        io.save(model, args.save)
-    if args.plot:
-        plot(model, history, metric, eval_name, args.plot)
+        save(pipeline, args.save)
 
     test_score = model.score(xte, yte)
+    test_J, train_J = model.objective(xte, yte), model.objective(xtr, ytr)
+    s_reg = functions.regulariser(model.weights, model.weight_decay)
+    test_L, train_L = test_J - s_reg, train_J - s_reg
+    if args.plot:
+        plot(model, s, metric, args.plot, test_score)
     train_loss = model.loss_curve_[-1] if model.loss_curve_ else math.nan
     sps = trained * n_train / seconds if trained and seconds > 0 else 0.0
     stop = model.stop_reason_ if trained else None
-    summary = f"test {metric} {test_score:.4f} on {n_test} samples; train loss {train_loss:.4f}; {trained} epochs"
+    units = "" if d.target_scaler is None else " (L on standardised targets)"
+    summary = (f"test {metric} {test_score:.4f}, test L {test_L:.4f} on {n_test} samples; train L {train_L:.4f}, "
+               f"J {train_J:.4f}{units}; {trained} epochs")
     if model.epochs_ != trained:
         summary += f" ({model.epochs_} in all)"
     summary += f" in {seconds:.2f} s, {sps:,.0f} samples/s on {model.backend}"
@@ -130,37 +172,72 @@ def cmd_train(args):
     if args.json:
         key = "accuracy" if metric == "accuracy" else "r2"
         print(json_line({
-            f"test_{key}": test_score, "test_score": test_score, "metric": key, "train_loss": train_loss,
-            "epochs": model.epochs_, "epochs_trained": trained, "stop_reason": stop, "backend": model.backend,
-            "device": backend.device_name(), "seconds": seconds, "samples_per_second": sps,
-            "total_seconds": time.perf_counter() - t0, "n_train": n_train, "n_test": n_test,
-            "sizes": list(model.sizes), "model": args.save}), flush=True)
+            f"test_{key}": test_score, "test_score": test_score, "metric": key, "test_L": test_L,
+            "train_L": train_L, "train_J": train_J, "train_loss": train_loss, "epochs": model.epochs_,
+            "epochs_trained": trained, "stop_reason": stop, "best_epoch": model.best_epoch_,
+            "backend": model.backend, "device": backend.device_name(), "seconds": seconds,
+            "samples_per_second": sps, "total_seconds": time.perf_counter() - t0, "n_train": n_train,
+            "n_test": n_test, "n_validation": 0 if val is None else int(val[0].shape[0]),
+            "n_dropped": d.n_dropped + d.n_test_dropped, "test_set": test_set, "sizes": list(model.sizes),
+            "model": args.save}), flush=True)
     return 0
 
 
+def describe_run(s, d, model, val, n_train, n_test):
+    parts = [f"{n_train} train", f"{n_test} test"] + ([f"{val[0].shape[0]} validation"] if val else [])
+    text = f"gpumlp: {s['data']} ({', '.join(parts)} samples, {model.sizes[0]} features"
+    if d.classes is not None:
+        text += f", {len(d.classes)} classes"
+    dropped = d.n_dropped + d.n_test_dropped
+    if dropped:
+        text += f"; {dropped} rows with missing values dropped"
+    if d.imputer is not None:
+        text += "; missing values imputed with the training means"
+    if d.target_scaler is not None:
+        text += "; targets standardised"
+    return text + f"); net {model.sizes}, {model.backend} on {model.array_backend.device_name()}"
+
+
+def interrupted(args, checkpoint):
+    """Ctrl-C: write the last finished epoch's state to --save (it resumes exactly), and say so."""
+    if not args.save:
+        return "interrupted; nothing was saved (with --save MODEL, Ctrl-C writes a checkpoint to continue from)"
+    save(checkpoint["state"], args.save)
+    return (f"interrupted; saved the state after epoch {checkpoint['epoch']} to {args.save}; continue with: "
+            f"gpumlp train --resume {args.save} --save {args.save}")
+
+
 def setup_training(args):
-    """(model, settings, prepared data): a new model, or the resumed one with its saved settings."""
-    model = saved = None
+    """(pipeline, settings, prepared data): a new model, or the resumed one with its saved settings."""
+    pipeline = saved = None
     if args.resume:
-        model = load(args.resume, backend=args.backend or "auto", model_only=True)
-        saved = model.training_config_
+        pipeline = load_pipeline(args.resume, args.backend)
+        saved = pipeline.named_steps["mlp"].training_config_
         if saved is None:
             raise ValueError(f"{args.resume} holds no training settings (not saved by 'gpumlp train'); "
                              f"continue it from Python with MLP.fit")
     s = train_settings(args, saved)
-    backend = model.array_backend if model is not None else resolve(args.backend or "auto")
-    d = prepare(s, None if model is None else model.classes_, None if model is None else model.scaler_)
-    if model is None:
+    if pipeline is None:
+        backend = resolve(args.backend or "auto")
+        d = prepare(s)
         q = len(d.classes) if d.classes is not None else (1 if d.y_train.ndim == 1 else d.y_train.shape[1])
         model = build_model(s, d.X_train.shape[1], q, backend.name)
-        model.scaler_, model.classes_ = d.scaler, d.classes
-    elif d.X_train.shape[1] != model.sizes[0]:
-        raise ValueError(f"the data have {d.X_train.shape[1]} features, the resumed model expects {model.sizes[0]}")
-    schedule = model.lr_schedule
-    if saved is not None and schedule.name == "cosine" and s["epochs"] > schedule.T_max:
-        print(f"gpumlp train: warning: the saved run's cosine schedule ends at epoch {schedule.T_max}; "
-              f"epochs after it train at its final rate eta_min = {schedule.eta_min:g}", file=sys.stderr)
-    # What the file records of this run: the settings (for --resume and evaluate) and the per-epoch
-    # test scores (for --plot after a resume).
-    model.training_config_ = dict(s, history=(saved or {}).get("history", {"test_score": []}))
-    return model, s, d
+        pipeline = Pipeline(model, scaler=d.scaler, classes=d.classes, imputer=d.imputer,
+                            target_scaler=d.target_scaler, feature_names=d.feature_names, label_name=d.label_name)
+    else:
+        model = pipeline.named_steps["mlp"]
+        d = prepare(s, pipeline.preprocessing)
+        if d.X_train.shape[1] != model.sizes[0]:
+            raise ValueError(f"the data have {d.X_train.shape[1]} features, the resumed model expects "
+                             f"{model.sizes[0]}")
+        note = check_digests(saved, s, d, "--resume")
+        if note:
+            warn("train", note)
+        schedule = model.lr_schedule
+        if schedule.name == "cosine" and s["epochs"] > schedule.T_max:
+            warn("train", f"the saved run's cosine schedule ends at epoch {schedule.T_max}; epochs after it "
+                          f"train at its final rate eta_min = {schedule.eta_min:g}")
+    # What the file records of this run: the settings (for --resume and evaluate) and the digests of the
+    # data it was trained on (a resume or evaluate on other data is refused: its split would differ).
+    model.training_config_ = dict(s, data_digest=d.digest, test_data_digest=d.test_digest)
+    return pipeline, s, d
