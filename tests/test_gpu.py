@@ -453,6 +453,40 @@ def test_a_training_step_does_not_wait_for_the_gpu(cp):
     assert still_running and host < 0.4, f"the step waited for the GPU ({host:.3f} s on the host)"
 
 
+def test_the_progress_hook_is_called_while_the_gpu_still_works(cp):
+    """Trainer(on_step=...) reads nothing from the device: its calls come while queued work still runs."""
+    spin = cp.RawKernel(SPIN, "gpumlp_test_spin")
+    m = gpumlp.MLP((30, 64, 4), backend="cupy", seed=0, momentum=0.9)
+    X, y, _ = _data(m, 640, np.random.default_rng(12))
+    spun = cp.cuda.Event(disable_timing=True)
+    seen = []
+    # shuffle=False: the epoch uploads no permutation (a pageable copy that may wait), so what is timed
+    # here is the steps and the hook alone
+    trainer = gpumlp.Trainer(m, batch_size=64, lr=0.01, shuffle=False, step_interval=1,
+                             on_step=lambda k, n: seen.append((k, n, spun.done)))
+    data = trainer.prepare(X, y)
+    trainer.run_epoch(data, 0.01)  # warm-up: workspaces, kernels
+    spun.record()
+    cp.cuda.get_current_stream().synchronize()
+    seen.clear()
+    spin((1,), (1,), (np.int64(500_000_000),))
+    spun.record()
+    trainer.run_epoch(data, 0.01)  # its one read-back, at the end, waits for the spin and the steps
+    assert [k for k, _, _ in seen] == list(range(1, 11)) and all(n == 10 for _, n, _ in seen)
+    assert not any(done for _, _, done in seen), "on_step waited for the GPU"
+
+
+def test_a_command_line_run_on_the_gpu_predicts_from_python_on_either_backend(tmp_path):
+    from gpumlp import cli
+
+    X, y = gpumlp.data.load_digits()
+    path = tmp_path / "m.npz"
+    assert cli.main(["train", "--backend", "cupy", "--epochs", "5", "--progress", "bar", "--save", str(path)]) == 0
+    gpu, cpu = gpumlp.load(path, backend="cupy"), gpumlp.load(path, backend="numpy")
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), rtol=1e-4, atol=1e-6)
+    assert np.mean(gpu.predict(X) == cpu.predict(X)) > 0.995 and gpu.score(X, y) > 0.95
+
+
 # ------------------------------------------------------------------------------ kernels as built
 def test_cupy_generates_the_code_the_nvrtc_test_compiles(cp):
     """tests/test_kernels_nvrtc.py compiles our ElementwiseKernels in a hand-written copy of CuPy's
