@@ -18,7 +18,9 @@ would scale twice here; ``pipeline.predict(X_raw)`` is the whole of it.
 
 ``load(path)`` returns a Pipeline for a file that carries preprocessing (every file ``gpumlp train``
 saves, and every Pipeline saved with ``save``) and the plain ``MLP`` for one saved from a bare model,
-as pickling returns what was pickled; ``load(path, model_only=True)`` always gives the MLP.
+as pickling returns what was pickled; ``load(path, model_only=True)`` always gives the MLP, which
+carries ``scaler_`` and ``classes_`` but not the imputer, the targets' scaling or the header's names: to
+train on from Python and keep them, fit ``p.named_steps["mlp"]`` and save ``p``.
 """
 from __future__ import annotations
 
