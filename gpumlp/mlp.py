@@ -105,17 +105,14 @@ class MLP:
     (the backend's step operations), ``array_backend`` (the ``gpumlp.backend.Backend``), ``rng``.
     Training progress: ``epochs_``, ``samples_seen_``, ``loss_curve_``, ``history_``,
     ``stop_reason_``, ``monitor_`` (the plateau monitor of the last run). Preprocessing that a model
-    file carries: ``scaler_``, ``classes_``, ``training_config_`` (None unless set).
+    file carries: ``preprocessing_`` (a ``gpumlp.state.Preprocessing``: the imputer, scaler, classes,
+    target scaling and header names it was trained with; its ``scaler_`` and ``classes_`` read it) and
+    ``training_config_`` (the command line's settings), None unless set.
 
-    Warm starts: like a PyTorch module, an MLP keeps training from where it is. Each ``fit`` and
-    ``partial_fit`` continues from the current weights, optimizer state (velocity, Adam moments and
-    step), schedule position (``epochs_``, ``samples_seen_``) and curves. ``reset_parameters()``
-    starts over: fresh weights, optimizer and schedule state (curves and counters are kept). The
-    scikit-learn estimators in ``gpumlp.sklearn`` follow scikit-learn instead: every ``fit``
-    starts from scratch unless ``warm_start=True``.
-
-    Initialisation: W^(l) ~ U(−a, a) with a = √(6/fan_in) (He) for relu/leaky_relu/gelu hidden layers
-    and a = √(6/(fan_in + fan_out)) (Glorot) otherwise and for the output layer; biases start at 0.
+    Warm starts: like a PyTorch module, an MLP keeps training from where it is (weights, optimizer
+    state, schedule position, curves); ``reset_parameters()`` starts over (curves and counters kept).
+    ``gpumlp.sklearn``'s estimators follow scikit-learn: ``fit`` starts afresh unless ``warm_start``.
+    Initialisation: see ``reset_parameters``.
     """
 
     def __init__(self, sizes, activation="relu", loss="cross_entropy", weight_decay=0.0, bias=False,
@@ -159,7 +156,7 @@ class MLP:
         self.history_ = {k: [] for k in HISTORY_KEYS}
         self.stop_reason_ = None
         self.monitor_ = None  # plateau monitor of the current (or last) run
-        self.scaler_ = self.classes_ = self.training_config_ = None
+        self.preprocessing_ = self.training_config_ = None  # a state.Preprocessing that a file carries
         self._lock = threading.RLock()  # held while θ is trained or set (``exclusive``)
         self.reset_parameters()
 
@@ -185,8 +182,9 @@ class MLP:
 
     @_exclusive("reset_parameters")
     def reset_parameters(self):
-        """Draw fresh initial weights from ``rng`` (see the class docstring); forget the optimizer's,
-        the schedule's and the monitor's state."""
+        """Fresh initial weights from ``rng``: W^(l) ~ U(−a, a), a = √(6/fan_in) (He) for relu, leaky_relu
+        and gelu hidden layers, a = √(6/(fan_in + fan_out)) (Glorot) otherwise and for the output layer;
+        biases 0. Forgets the optimizer's, the schedule's and the monitor's state."""
         host = []
         for l, (fan_out, fan_in) in enumerate(zip(self.sizes[1:], self.sizes[:-1])):
             hidden = l < self.n_layers - 1
@@ -229,6 +227,16 @@ class MLP:
         """One ``gpumlp.ops.Layer(W, b, activation)`` per layer (activation None for the output)."""
         acts = list(self.activations) + [None]
         return [Layer(W, self._b[l] if self.bias else None, acts[l]) for l, W in enumerate(self._W)]
+
+    @property
+    def scaler_(self):
+        """The input scaler the model was trained behind (from ``preprocessing_``), or None."""
+        s = None if self.preprocessing_ is None else self.preprocessing_.scaler
+        return None if s is None or s.kind == "none" else s
+
+    @property
+    def classes_(self):
+        return None if self.preprocessing_ is None else self.preprocessing_.classes
 
     @property
     def n_layers(self):
@@ -477,16 +485,12 @@ class MLP:
         return None if self.monitor_ is None else self.monitor_.best_epoch
 
     @property
-    def best_score_(self):
-        """Best validation score of the last early-stopping run (None otherwise)."""
-        m = self.monitor_
-        return m.best if m is not None and m.mode == "val_score" else None
+    def best_score_(self):  # the best validation score of the last early-stopping run (else None)
+        return self.monitor_.best if self.monitor_ is not None and self.monitor_.mode == "val_score" else None
 
     @property
-    def best_loss_(self):
-        """Best training loss of the last run that watched it (None otherwise)."""
-        m = self.monitor_
-        return m.best if m is not None and m.mode == "loss" else None
+    def best_loss_(self):  # the best training loss of the last run that watched it (else None)
+        return self.monitor_.best if self.monitor_ is not None and self.monitor_.mode == "loss" else None
 
     # ------------------------------------------------------------------ state
     def state_dict(self):

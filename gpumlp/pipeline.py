@@ -19,8 +19,8 @@ would scale twice here; ``pipeline.predict(X_raw)`` is the whole of it.
 ``load(path)`` returns a Pipeline for a file that carries preprocessing (every file ``gpumlp train``
 saves, and every Pipeline saved with ``save``) and the plain ``MLP`` for one saved from a bare model,
 as pickling returns what was pickled; ``load(path, model_only=True)`` always gives the MLP, which
-carries ``scaler_`` and ``classes_`` but not the imputer, the targets' scaling or the header's names: to
-train on from Python and keep them, fit ``p.named_steps["mlp"]`` and save ``p``.
+carries all of it as ``preprocessing_`` (its ``scaler_`` and ``classes_`` read from there) and writes
+all of it back when it is saved: a model trained on from Python and saved keeps predicting from raw data.
 """
 from __future__ import annotations
 
@@ -275,7 +275,7 @@ def _unpickle(meta, arrays, backend):
 def load(path, backend="auto", *, model_only=False):
     """The model saved at ``path`` on ``backend``: a ``Pipeline`` when the file carries preprocessing
     (every file ``gpumlp train`` saves), else the ``MLP`` as saved; ``model_only=True``: always the
-    MLP (with the ``scaler_``, ``classes_`` and ``training_config_`` the file holds). FileNotFoundError
+    MLP (with the ``preprocessing_`` and ``training_config_`` the file holds). FileNotFoundError
     for a missing file, ``io.ModelFileError`` (a ValueError) for anything wrong with it, checked
     before anything is built."""
     model_state = io.read(path)

@@ -77,7 +77,7 @@ def capture(model):
         "history": {k: [v if math.isfinite(v) else None for v in vs] for k, vs in model.history_.items()},
         "stop_reason": model.stop_reason_,
         "monitor": None if model.monitor_ is None else model.monitor_.to_json(),
-        "preprocessing": {"scaling": None, "classes": model.classes_ is not None},
+        "preprocessing": {"scaling": None, "classes": False},
         "training": model.training_config_,
     }
     arrays = {"theta": np.array(host(model.theta))}
@@ -85,14 +85,10 @@ def capture(model):
         arrays["best_theta"] = np.array(host(model.monitor_.best_params))
     for k, v in o.state_arrays().items():
         arrays[f"optimizer.{k}"] = np.array(host(v))
-    scaler = model.scaler_
-    if scaler is not None and scaler.kind != "none":
-        meta["preprocessing"]["scaling"] = scaler.kind
-        arrays["scaling.offset"] = np.asarray(scaler.offset, np.float64)
-        arrays["scaling.scale"] = np.asarray(scaler.scale, np.float64)
-    if model.classes_ is not None:
-        arrays["classes"] = np.asarray(model.classes_)
-    return ModelState(meta, arrays)
+    state = ModelState(meta, arrays)
+    # All of the preprocessing the model was loaded or built with goes back into the file (a bare
+    # model saved again must not lose its imputer or its targets' scaling: it would predict wrongly).
+    return state if model.preprocessing_ is None else with_preprocessing(state, model.preprocessing_, pipeline=False)
 
 
 def constructor_arguments(state):
@@ -130,10 +126,7 @@ def restore(model, state):
     if model.monitor_ is not None and "best_theta" in arrays:
         model.monitor_.best_params = b.asarray(arrays["best_theta"].astype(dtype, copy=False))
     pre = meta.get("preprocessing") or {}
-    model.scaler_ = None
-    if pre.get("scaling") is not None:
-        model.scaler_ = Scaler(pre["scaling"], arrays["scaling.offset"], arrays["scaling.scale"])
-    model.classes_ = arrays.get("classes")
+    model.preprocessing_ = preprocessing(state) if any(pre.get(k) for k in _PREPROCESSING_KEYS) else None
     model.training_config_ = meta.get("training")
 
 
@@ -142,14 +135,18 @@ _PREPROCESSING_ARRAYS = ("scaling.offset", "scaling.scale", "classes", "impute.m
                          "target.scale")
 
 
-def with_preprocessing(model_state, pre):
+# The entries of meta["preprocessing"] that say a state carries some (``pipeline`` only marks how it was saved).
+_PREPROCESSING_KEYS = ("scaling", "classes", "impute", "target_scaling", "feature_names", "label_name")
+
+
+def with_preprocessing(model_state, pre, pipeline=True):
     """A copy of ``model_state`` whose preprocessing is ``pre`` (a ``Preprocessing``): every entry of
-    the model's own (its scaler_, classes_) replaced, and marked as saved by a pipeline."""
+    the state's own replaced, and marked as saved by a pipeline (``pipeline``) or a bare model."""
     meta = dict(model_state.meta)
     arrays = {k: v for k, v in model_state.arrays.items() if k not in _PREPROCESSING_ARRAYS}
     entry = {"scaling": None, "classes": pre.classes is not None, "impute": pre.imputer is not None,
              "target_scaling": None, "feature_names": None if pre.feature_names is None else list(pre.feature_names),
-             "label_name": pre.label_name, "pipeline": True}
+             "label_name": pre.label_name, "pipeline": bool(pipeline)}
     if pre.scaler.kind != "none":
         entry["scaling"] = pre.scaler.kind
         arrays["scaling.offset"] = np.asarray(pre.scaler.offset, np.float64)

@@ -197,3 +197,31 @@ def test_saving_refuses_preprocessing_that_does_not_fit_the_model(tmp_path, digi
     with pytest.raises(io.ModelFileError, match="feature_names"):
         p.save(tmp_path / "x.npz")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_bare_model_from_a_pipeline_file_saved_alone_keeps_all_its_preprocessing(tmp_path):
+    """Loaded with model_only=True (or taken out of a loaded pipeline), trained on and saved on its own,
+    a model keeps its imputer, its targets' scaling and its header's names: loading that file predicts
+    from raw data exactly as the pipeline does (not in standardised units, without an error)."""
+    from gpumlp.data import MeanImputer, Scaler
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(50.0, 10.0, size=(120, 3))
+    Y = (X @ np.array([0.5, -0.2, 0.1]) * 100.0 + 7.0).reshape(-1, 1)
+    imputer, scaler = MeanImputer(X.mean(axis=0)), Scaler("standard").fit(X)
+    target = Scaler("standard").fit(Y)
+    m = gpumlp.MLP((3, 8, 1), loss="squared", backend="numpy", dtype="float64", seed=0)
+    m.fit(scaler.transform(X, np.float64), target.transform(Y, np.float64), epochs=3, lr=0.05)
+    gpumlp.Pipeline(m, scaler=scaler, imputer=imputer, target_scaler=target,
+                    feature_names=["a", "b", "c"]).save(tmp_path / "p.npz")
+    want = gpumlp.load(tmp_path / "p.npz").predict(X)
+    for take in (lambda: gpumlp.load(tmp_path / "p.npz", model_only=True),
+                 lambda: gpumlp.load(tmp_path / "p.npz").named_steps["mlp"]):
+        bare = take()
+        assert bare.preprocessing_.target_scaler is not None and bare.scaler_.kind == "standard"
+        bare.save(tmp_path / "again.npz")
+        again = gpumlp.load(tmp_path / "again.npz")
+        assert type(again) is gpumlp.Pipeline and again.feature_names_in_.tolist() == ["a", "b", "c"]
+        np.testing.assert_array_equal(again.predict(X), want)
+    # in the targets' units (a mean in the thousands), not standardised ones (a mean near 0)
+    assert abs(want.mean() - Y.mean()) < 3 * Y.std() < abs(Y.mean())
