@@ -1,7 +1,9 @@
 """Where a training epoch's minibatches come from: three small sources with one interface.
 
     source.epoch(order, batch_size)  ->  (x, y, w) for each step, in the order of ``order``
-                                         (a host permutation of the rows, or None for their own order)
+                                         (host row indices: a permutation of the rows, or a subset of
+                                         them such as a data-parallel rank's shards; None: every row
+                                         in its own order)
 
     GatheredBatches   CPU: each batch's rows are gathered into one buffer that stays in cache, just
                       before its step (a shuffled copy of the whole set would stream through memory)
@@ -60,7 +62,8 @@ class StreamedBatches:
     def epoch(self, order, batch_size):
         from ._stream import PinnedBatches
 
-        xp, x, y, w, n = self.backend.xp, self.x, self.y, self.w, self.x.shape[0]
+        xp, x, y, w = self.backend.xp, self.x, self.y, self.w
+        n = x.shape[0] if order is None else len(order)
         if order is not None:  # y and w are on the device: shuffle them there once
             perm = self.backend.asarray(order)
             y, w = xp.take(y, perm, axis=0), None if w is None else xp.take(w, perm)

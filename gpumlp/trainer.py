@@ -9,10 +9,11 @@ want the loop itself:
 
 An epoch: the learning rate from the model's schedule; a seeded host permutation of the rows (the
 model's ``rng``, identical on every backend); the batches from a source that fits where the data live
-(``gpumlp.batches``); for each, ``Step.train`` (the seam: gradients, then the update; a data-parallel
-trainer reduces ``model.grad`` between the two); each step's J into a preallocated vector, read back
-once at the end of the epoch. Then the record of the epoch (loss, validation loss and score, lr) goes
-into ``history_``, the plateau monitor (``gpumlp.monitor``) and the callbacks.
+(``gpumlp.batches``); for each, ``Step.train`` (the seam: gradients, then the update; the data-parallel
+trainer, ``gpumlp.data_parallel``, all-reduces ``model.grad`` between the two); each step's J into a
+preallocated vector, read back once at the end of the epoch. Then the record of the epoch (loss,
+validation loss and score, lr) goes into ``history_``, the plateau monitor (``gpumlp.monitor``) and the
+callbacks (``_epoch_samples``, ``_evaluate``, ``_callbacks``: the hooks a data-parallel trainer makes global).
 
 A checkpoint saved during fit (from a callback) holds the early-stopping state (best score and
 weights, epochs without improvement, the validation split's seed): loading it and calling fit with the
@@ -234,14 +235,11 @@ class Trainer:
                 J = self.run_epoch(data, lr_epoch)
                 m.loss_curve_.append(J)
                 m.epochs_ += 1
-                m.samples_seen_ += data.n
+                m.samples_seen_ += self._epoch_samples(data)
                 record = {"epoch": m.epochs_, "lr": lr_epoch, "loss": J, "score": math.nan,
                           "val_loss": math.nan, "val_score": math.nan}
-                if self.train_score:
-                    record["score"] = m.score(data.x, data.y, data.w)
+                self._evaluate(record, data, val)
                 if val is not None:
-                    record["val_loss"] = m.objective(*val)
-                    record["val_score"] = m.score(*val)
                     m.validation_loss_curve_.append(record["val_loss"])
                     m.validation_curve_.append(record["val_score"])
                 for k in HISTORY_KEYS:
@@ -254,9 +252,8 @@ class Trainer:
                     print(f"epoch {m.epochs_}: lr = {lr_epoch:.4g}, J = {J:.6g}"
                           + (f", validation score = {record['val_score']:.4f}" if val is not None else "")
                           + (f"; stopping ({stop})" if stop else ""))
-                for cb in self.callbacks:  # every callback sees every epoch, even after one asks to stop
-                    if cb(m, dict(record)):
-                        stop = stop or "callback"
+                if self._callbacks(record):
+                    stop = stop or "callback"
                 if stop:
                     m.stop_reason_ = stop
                     break
@@ -268,6 +265,28 @@ class Trainer:
                 if finished and mon.best_params is not None and mon.best is not None:
                     m.theta[...] = mon.best_params  # early stopping: back to the best epoch
         return m
+
+    # The hooks of an epoch's end (gpumlp.data_parallel makes each of them global over the ranks).
+    def _epoch_samples(self, data):
+        """The examples one epoch trains on (``samples_seen_`` grows by it)."""
+        return data.n
+
+    def _evaluate(self, record, data, val):
+        """The epoch's measurements into ``record``: the training score, the validation loss and score."""
+        m = self.model
+        if self.train_score:
+            record["score"] = m.score(data.x, data.y, data.w)
+        if val is not None:
+            record["val_loss"] = m.objective(*val)
+            record["val_score"] = m.score(*val)
+
+    def _callbacks(self, record):
+        """Call every callback with the epoch's record; whether one of them asked to stop."""
+        stop = False
+        for cb in self.callbacks:  # every callback sees every epoch, even after one asks to stop
+            if cb(self.model, dict(record)):
+                stop = True
+        return stop
 
     def run_epoch(self, data, lr):
         """One pass over ``data`` (``prepare``'s result) at rate ``lr``; the mean J over the epoch's
