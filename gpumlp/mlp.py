@@ -26,6 +26,7 @@ import numpy as np
 from . import functions as F
 from . import io, metrics, optim, schedules, state
 from .backend import is_device_array, resolve
+from .data_parallel import make_trainer
 from .ops import Layer, Ops
 from .step import Step
 from .state import HISTORY_KEYS
@@ -426,7 +427,8 @@ class MLP:
 
     def fit(self, X, y, epochs=10, batch_size=64, lr=0.01, shuffle=True, validation_data=None,
             sample_weight=None, verbose=False, *, class_weight=None, early_stopping=False,
-            validation_fraction=0.1, n_iter_no_change=None, tol=1e-4, callbacks=None, train_score=False):
+            validation_fraction=0.1, n_iter_no_change=None, tol=1e-4, callbacks=None, train_score=False,
+            comm=None, sharded=False):
         """Minibatch training from the current weights (see the class docstring on warm starts),
         run by a ``gpumlp.Trainer``. Returns self.
 
@@ -454,9 +456,10 @@ class MLP:
 
         ``stop_reason_`` says why training ended: "epochs", "plateau", "lr_too_small" or "callback".
         Checkpoints saved from a callback resume the run exactly (see ``gpumlp.Trainer``).
+        ``comm``, ``sharded``: data-parallel training over the ranks of comm (``gpumlp.data_parallel``).
         """
-        trainer = Trainer(self, batch_size=batch_size, lr=lr, shuffle=shuffle, callbacks=callbacks,
-                          train_score=train_score, verbose=verbose)
+        trainer = make_trainer(self, comm, sharded, batch_size=batch_size, lr=lr, shuffle=shuffle,
+                               callbacks=callbacks, train_score=train_score, verbose=verbose)
         return trainer.fit(X, y, epochs, sample_weight=sample_weight, class_weight=class_weight,
                            validation_data=validation_data, early_stopping=early_stopping,
                            validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change, tol=tol)

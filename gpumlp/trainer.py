@@ -165,8 +165,13 @@ class Trainer:
             w = cw if w is None else w * cw
             if not w.sum() > 0:
                 raise ValueError("sample_weight times class_weight must have a positive sum")
-        w = None if w is None else m.array_backend.asarray(rescaled_weights(w), dtype=m.dtype)
-        return self._data(x, yy, w)
+        return self._data(x, yy, self._device_weights(w))
+
+    def _device_weights(self, w):
+        """The combined per-example weights (host, or None) as the step uses them: rescaled by a power
+        of two (``validation.rescaled_weights``), in the model's dtype, on its backend."""
+        m = self.model
+        return None if w is None else m.array_backend.asarray(rescaled_weights(w), dtype=m.dtype)
 
     def _data(self, x, y, w):
         return TrainingData(x, y, w, batch_source(self.model.array_backend, x, y, w))
