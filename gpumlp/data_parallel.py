@@ -270,8 +270,10 @@ class DataParallelTrainer(Trainer):
             if not is_collective(exc):
                 if self._in_setup and isinstance(exc, Exception):
                     self.comm.exchange(error=exc)  # re-raises exc here, and a RankError on the others
-                elif self.comm.size > 1:
-                    self.comm.abort(exc)  # the others wait in a collective that this rank will not join
+                elif self.comm.size > 1:  # the others wait in a collective that this rank will not join
+                    interrupted = f"gpumlp: rank {self.comm.rank} of {self.comm.size} interrupted"
+                    self.comm.abort(None if isinstance(exc, KeyboardInterrupt) else exc,
+                                    message=interrupted if isinstance(exc, KeyboardInterrupt) else None)
             raise
         finally:
             self._in_setup = False

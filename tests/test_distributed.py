@@ -396,6 +396,52 @@ def test_a_checkpoint_resumes_on_the_same_ranks_to_the_same_bits_and_loads_in_on
     assert relative(m.theta, first[0]) < 1e-10  # and continues it, to rounding
 
 
+# ---------------------------------------------------------------------------------- the command line
+def test_the_command_line_under_two_ranks(tmp_path):
+    """Rank 0 alone prints and writes; the result is the single process's."""
+    args = ["-m", "gpumlp", "train", "--epochs", "3", "--dtype", "float64", "--json", "--backend", "numpy",
+            "--progress", "lines", "--checkpoint-every", "2"]
+    out, err = run_ok(2, *args, "--distributed", "auto", "--save", "two.npz", "--plot", "two.png", cwd=tmp_path)
+    lines = out.strip().splitlines()
+    assert sum(line.startswith("{") for line in lines) == 1 and lines[-1].startswith("{")
+    assert sum(line.startswith("epoch 1/3") for line in lines) == 1 and sum("test accuracy" in x for x in lines) == 1
+    assert err.strip() == ""
+    two = json.loads(lines[-1])
+    assert two["ranks"] == 2 and two["distributed"] == "mpi"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, *args, "--save", "one.npz"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=TIMEOUT, env=env)
+    assert r.returncode == 0, r.stderr
+    one = json.loads(r.stdout.strip().splitlines()[-1])
+    assert two["test_accuracy"] == one["test_accuracy"] and two["epochs"] == 3
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-10)
+    a, b = (gpumlp.load(tmp_path / f, backend="numpy").named_steps["mlp"] for f in ("two.npz", "one.npz"))
+    assert relative(a.theta, b.theta) < 1e-10  # momentum SGD: the same two-phase arithmetic
+    assert (tmp_path / "two.png").stat().st_size > 0
+
+
+def test_the_command_line_reports_one_error_for_the_job(tmp_path):
+    rc, out, err = mpirun(2, "-m", "gpumlp", "train", "--epochs", "1", "--distributed", "mpi", "--data",
+                          str(tmp_path / "missing.csv"), cwd=tmp_path)
+    assert rc != 0 and out.strip() == ""
+    assert err.count("gpumlp train: error") == 1 and "missing.csv" in err
+    rc, out, err = mpirun(2, "-m", "gpumlp", "train", "--epochs", "1", "--distributed", "nccl", cwd=tmp_path)
+    if not gpumlp.backend.cupy_status()[0]:
+        assert rc != 0 and "NCCL cannot run here" in err
+
+
+def test_gpumlp_info_lists_the_engines():
+    r = subprocess.run([sys.executable, "-m", "gpumlp", "info", "--json"], capture_output=True, text=True,
+                       timeout=TIMEOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(info["distributed"]) == {"mpi", "nccl"}
+    assert all({"available", "detail"} <= set(e) for e in info["distributed"].values())
+    r = subprocess.run([sys.executable, "-m", "gpumlp", "info"], capture_output=True, text=True, timeout=TIMEOUT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert "distributed mpi:" in r.stdout and "distributed nccl:" in r.stdout
+
+
 # ---------------------------------------------------------------------------------- plans and pieces
 @pytest.mark.parametrize("n, B, P", [(49, 16, 3), (13, 2, 3), (5, 16, 4), (100, 7, 2), (64, 16, 4), (1, 3, 3)])
 def test_a_replicated_plan_splits_every_batch_into_shards_and_keeps_every_row(n, B, P):

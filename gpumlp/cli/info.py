@@ -1,4 +1,4 @@
-"""``gpumlp info``: versions, the backend "auto" picks and why, the device."""
+"""``gpumlp info``: versions, the backend "auto" picks and why, the device, the distributed engines."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,7 @@ import platform
 
 import numpy as np
 
+from .. import distributed
 from .._version import __version__
 from ..backend import ENV_VAR, cpu_name, resolve
 from .report import json_line
@@ -45,6 +46,8 @@ def cmd_info(args):
         info["device"] = cpu_name()
         info["device_memory_gib"] = _host_memory_gib()
         info["cpu_count"] = os.cpu_count()
+    info["distributed"] = {name: {"available": e.available, "detail": e.detail}
+                           for name, e in distributed.engines().items()}
     if args.json:
         print(json_line(info))
         return 0
@@ -60,6 +63,8 @@ def cmd_info(args):
     extra = f", {info.get('cpu_count')} CPU cores" if info.get("cpu_count") else \
         f", {info.get('device_memory_free_gib')} GiB free, compute capability {info.get('compute_capability')}"
     print(f"device: {info['device']} ({mem}{extra})")
+    for name, e in info["distributed"].items():
+        print(f"distributed {name}: {'available' if e['available'] else 'unavailable'} ({e['detail']})")
     return 0
 
 

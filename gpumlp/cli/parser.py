@@ -227,6 +227,11 @@ def build_parser():
                    help="auto: a progress bar on a terminal, one line per epoch otherwise (train J: the "
                         "objective L + λ/2‖W‖² averaged over the epoch's steps; val L, val acc: the "
                         "validation data loss and score)")
+    t.add_argument("--distributed", choices=("mpi", "nccl", "auto"), default=None,
+                   help="data-parallel training over the ranks of an MPI job (mpiexec -n 4 gpumlp train "
+                        "--distributed mpi ...): mpi, nccl (one GPU per rank) or auto; --batch-size is the "
+                        "global batch, rank 0 alone prints and writes --json, --save and --plot, and Ctrl-C "
+                        "ends the whole job (resume from the last --checkpoint-every file)")
     _add_common(t)
 
     e = sub.add_parser("evaluate", help="score a saved model on data",

@@ -9,18 +9,19 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 
 from .. import functions, io
 from ..backend import resolve
+from ..data_parallel import make_trainer
 from ..mlp import MLP
 from ..pipeline import Pipeline
 from ..schedules import make_schedule
-from ..trainer import Trainer
 from .evaluate import load_pipeline
 from .parser import UsageError
-from .report import Interrupted, Printer, Progress, json_line, missing_extra, plot, warn
+from .report import Interrupted, Printer, Progress, describe, json_line, missing_extra, plot, warn
 from .settings import check_digests, describe_test_set, prepare, train_settings
 
 
@@ -87,6 +88,38 @@ def save(pipeline_or_state, path):
 
 
 def cmd_train(args):
+    if not args.distributed:
+        return train(args)
+    from .. import distributed
+
+    comm = distributed.init(args.distributed)
+    phase = {"at": "setup"}  # "fit" once training starts, "done" once it has finished
+    try:
+        if comm.rank == 0:
+            return train(args, comm, phase)
+        with open(os.devnull, "w") as devnull, redirect_stdout(devnull), redirect_stderr(devnull):
+            train(args, comm, phase)  # the other ranks train in silence: rank 0 prints and writes the files
+        return 0
+    except BaseException as exc:
+        if isinstance(exc, Exception) and phase["at"] == "setup" and not distributed.is_collective(exc):
+            try:  # the other ranks learn of it at their next collective (at the latest fit's first one)
+                comm.exchange(error=exc)
+            except Exception as agreed:  # noqa: BLE001 - exc itself, now raised on every rank
+                exc = agreed
+        if not distributed.is_collective(exc) and comm.size > 1 and phase["at"] != "done":
+            # This rank alone stops (an error, Ctrl-C): the others may wait for it in a collective.
+            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {describe(exc, args)}"
+            comm.abort(message=f"gpumlp train: rank {comm.rank} of {comm.size}: {what}; ending the job")
+        if comm.rank == 0 or not distributed.is_collective(exc):
+            raise exc
+        return 1  # every rank raised it, and rank 0 reports it
+
+
+def train(args, comm=None, phase=None):
+    """The run; with ``comm`` (--distributed) data-parallel over its ranks, where rank 0 alone saves
+    and reports; ``phase["at"]`` says how far it went ("setup", "fit", "done")."""
+    phase = {} if phase is None else phase
+    root = comm is None or comm.rank == 0
     printer = Printer(args)
     if args.checkpoint_every and not args.save:
         raise UsageError("--checkpoint-every needs --save MODEL")
@@ -115,6 +148,8 @@ def cmd_train(args):
     checkpoint = {"state": pipeline.state_dict() if args.save else None, "epoch": model.epochs_}
 
     def on_epoch(m, record):
+        if not root:
+            return False
         val_L = record["val_loss"] - functions.regulariser(m.weights, m.weight_decay) if val else None
         progress.epoch(record, val_L)
         if args.save:  # what Ctrl-C writes: the state after the last finished epoch (resumes exactly)
@@ -127,8 +162,9 @@ def cmd_train(args):
     stopped = None
     try:
         if remaining > 0:
-            trainer = Trainer(model, batch_size=s["batch_size"], lr=s["lr"], callbacks=[on_epoch],
-                              on_step=progress.step if progress.bar is not None else None)
+            trainer = make_trainer(model, comm, batch_size=s["batch_size"], lr=s["lr"], callbacks=[on_epoch],
+                                   on_step=progress.step if progress.bar is not None and root else None)
+            phase["at"] = "fit"
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is reported
                 trainer.fit(xtr, ytr, remaining, validation_data=val, early_stopping=s["early_stopping"],
                             n_iter_no_change=s["n_iter_no_change"], tol=s["tol"])
@@ -143,6 +179,9 @@ def cmd_train(args):
     backend.synchronize()
     seconds = time.perf_counter() - start
     trained = model.epochs_ - before
+    phase["at"] = "done"
+    if not root:
+        return 0
     if args.save:
         save(pipeline, args.save)
 
@@ -161,6 +200,8 @@ def cmd_train(args):
     if model.epochs_ != trained:
         summary += f" ({model.epochs_} in all)"
     summary += f" in {seconds:.2f} s, {sps:,.0f} samples/s on {model.backend}"
+    if comm is not None:
+        summary += f", {comm.size} ranks ({comm.engine})"
     if stop and stop != "epochs":
         best = f", best epoch {model.best_epoch_}" if model.best_epoch_ else ""
         summary += f"; stopped early ({stop}{best})"
@@ -179,7 +220,8 @@ def cmd_train(args):
             "samples_per_second": sps, "total_seconds": time.perf_counter() - t0, "n_train": n_train,
             "n_test": n_test, "n_validation": 0 if val is None else int(val[0].shape[0]),
             "n_dropped": d.n_dropped + d.n_test_dropped, "test_set": test_set, "sizes": list(model.sizes),
-            "model": args.save}), flush=True)
+            "model": args.save, "ranks": 1 if comm is None else comm.size,
+            "distributed": None if comm is None else comm.engine}), flush=True)
     return 0
 
 
