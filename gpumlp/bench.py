@@ -492,6 +492,190 @@ def format_table(rows):
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------ data-parallel steps
+# ``gpumlp bench --ranks 1,2``: the data-parallel step (gpumlp.data_parallel) with N ranks against one
+# process, and the share of the step that the gradient's all-reduce takes. Each N runs as its own MPI
+# job (mpiexec -n N python -m gpumlp.bench --parallel-worker ...), its ranks sharing the machine's cores
+# (OPENBLAS_NUM_THREADS = cores // N, or --threads), so that N ranks get no more CPU than one process.
+PARALLEL_SHAPES = ("S", "M")
+
+
+def parallel_case(shape, comm, backend="numpy"):
+    """(step(), allreduce(), gradient bytes) of one rank: ``step()`` runs ``shape.steps_per_call``
+    data-parallel steps as ``DataParallelTrainer`` runs them (this rank's shard of the global batch
+    of ``shape.batch`` rows: gradients, share, all-reduce, update), ``allreduce()`` the gradient's
+    all-reduce alone as often. Both synchronise the device."""
+    from .data_parallel import parallel_step, split_sizes
+
+    m = _gpumlp_model(shape, backend)
+    rows = int(split_sizes(shape.batch, comm.size)[comm.rank])
+    X, y = _data(shape)
+    x, yy, _ = m.to_device(X[:rows], y[:rows])
+    step, sync, share = m.training_step(rows), m.array_backend.synchronize, rows / shape.batch
+
+    def call():
+        for _ in range(shape.steps_per_call):
+            parallel_step(step, comm, (x, yy, None), share, m.optimizer, LR)
+        sync()
+
+    def reduce():
+        for _ in range(shape.steps_per_call):
+            comm.allreduce(m.grad)
+        sync()
+    return call, reduce, int(m.grad.nbytes)
+
+
+def _two_phase(shape, backend="numpy"):
+    """One process, the whole batch, gradients() then apply(): the data-parallel arithmetic on one rank."""
+    m = _gpumlp_model(shape, backend)
+    x, yy, _ = m.to_device(*_data(shape))
+    step, sync = m.training_step(shape.batch), m.array_backend.synchronize
+
+    def call():
+        for _ in range(shape.steps_per_call):
+            step.gradients(x, yy)
+            step.apply(m.optimizer, LR)
+        sync()
+    return call
+
+
+def measure_parallel(comm, shapes, rounds=7, warmup=2, backend="numpy"):
+    """Records of this job (the same on every rank): per shape, the median over rounds of the slowest
+    rank's seconds per step and per all-reduce; with one rank also the fused and two-phase steps."""
+    records = []
+    for shape in shapes:
+        call, reduce, nbytes = parallel_case(shape, comm, backend)
+        cases = {"step": call, "allreduce": reduce}
+        if comm.size == 1:
+            cases.update(fused=gpumlp_train(shape, backend), two_phase=_two_phase(shape, backend))
+        for f in cases.values():
+            for _ in range(warmup):
+                f()
+        samples = {k: [] for k in cases}
+        for _ in range(rounds):
+            for k, f in cases.items():  # round-robin; every rank starts each call together
+                comm.barrier()
+                t0 = time.perf_counter()
+                f()
+                mine = (time.perf_counter() - t0) / shape.steps_per_call
+                samples[k].append(max(comm.exchange(mine)))
+        rec = {"shape": shape.name, "batch": shape.batch, "sizes": list(shape.sizes), "ranks": comm.size,
+               "engine": comm.engine, "gradient_bytes": nbytes, "threads_per_rank": _blas_threads()}
+        rec.update({f"{k}_s": statistics.median(v) for k, v in samples.items()})
+        records.append(rec)
+    return records
+
+
+def _blas_threads():
+    v = environment_blas().get("blas") or [{}]
+    return v[0].get("num_threads")
+
+
+# On paper (not measured): the ring all-reduce of NCCL moves 2(N−1)/N of the gradient per rank,
+# t = 2(N−1)/N · bytes / busbw + latency. Bus bandwidths are what NCCL's tests typically reach on
+# such links (about 80 % of the nominal per-direction bandwidth); the latencies are typical small-
+# message all-reduce times. The GPU step's compute is 6·B·(d·h + h·q) FLOPs at an assumed sustained
+# FP32 rate, plus a fixed per-step launch overhead: assumptions, stated, not measurements.
+LINKS = {
+    "NVLink 4 (H100 SXM, 450 GB/s per direction)": {"busbw": 370e9, "latency": 15e-6},
+    "InfiniBand NDR (400 Gb/s per GPU)": {"busbw": 45e9, "latency": 25e-6},
+}
+GPU_FLOPS, GPU_STEP_OVERHEAD = 40e12, 30e-6
+
+
+def paper_scaling(shape, ranks, link):
+    """Expected step times (seconds) on ``ranks`` GPUs over ``link``: the global batch split (strong
+    scaling) and every rank a full batch (weak scaling), with the all-reduce's time, all on paper."""
+    d, h, q = shape.sizes
+    params = d * h + h * q
+    nbytes = params * np.dtype(DTYPE).itemsize
+    L = LINKS[link]
+    allreduce = 0.0 if ranks == 1 else 2 * (ranks - 1) / ranks * nbytes / L["busbw"] + L["latency"]
+    compute = 6 * shape.batch * params / GPU_FLOPS
+    one = compute + GPU_STEP_OVERHEAD
+    strong = compute / ranks + GPU_STEP_OVERHEAD + allreduce
+    weak = one + allreduce
+    return {"shape": shape.name, "ranks": ranks, "link": link, "gradient_bytes": nbytes, "allreduce_s": allreduce,
+            "one_gpu_step_s": one, "strong_step_s": strong, "strong_speedup": one / strong,
+            "weak_efficiency": one / weak}
+
+
+def _parallel_main(args, shapes, rounds, warmup):
+    """The parent: one MPI job per rank count, then the table (measured, then on paper)."""
+    from .distributed import mpiexec
+
+    try:
+        counts = sorted({int(v) for v in args.ranks.split(",")} | {1})
+    except ValueError:
+        print(f"gpumlp bench: --ranks takes rank counts like 1,2,4, got {args.ranks!r}", file=sys.stderr)
+        return 2
+    exe = mpiexec()
+    if exe is None:
+        print("gpumlp bench: --ranks needs mpiexec (pip install 'gpumlp[mpi]' mpich)", file=sys.stderr)
+        return 1
+    cores = os.cpu_count() or 1
+    records = []
+    for n in counts:
+        threads = str(args.threads or max(1, cores // n))
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+        argv = [exe, "-n", str(n), sys.executable, "-m", "gpumlp.bench", "--parallel-worker", "--rounds", str(rounds)]
+        argv += ["--smoke"] if args.smoke else ["--shapes", ",".join(s.name for s in shapes)]
+        r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+        if r.returncode != 0:
+            print(f"gpumlp bench: the {n}-rank job failed:\n{r.stderr[-3000:]}", file=sys.stderr)
+            return 1
+        records += json.loads(r.stdout.strip().splitlines()[-1])
+    rows = parallel_rows(records)
+    paper = [paper_scaling(s, n, link) for s in shapes for link in LINKS for n in (2, 8)]
+    if args.json:
+        print(json.dumps({"environment": environment(), "measured": rows, "paper": paper}))
+        return 0
+    print(format_parallel(rows, paper))
+    return 0
+
+
+def parallel_rows(records):
+    """Each job's record with its ratios to one process of the same shape."""
+    ones = {r["shape"]: r for r in records if r["ranks"] == 1}
+    rows = []
+    for r in records:
+        one = ones.get(r["shape"], {})
+        rows.append({**r, "allreduce_share": r["allreduce_s"] / r["step_s"] if r["ranks"] > 1 else 0.0,
+                     "speedup_vs_fused": one["fused_s"] / r["step_s"] if "fused_s" in one else None,
+                     "speedup_vs_two_phase": one["two_phase_s"] / r["step_s"] if "two_phase_s" in one else None})
+    return rows
+
+
+def format_parallel(rows, paper):
+    out = ["measured here (the slowest rank, median of rounds):",
+           "shape  batch  ranks  threads/rank  ms/step  all-reduce ms  all-reduce share  vs 1 process (fused)"
+           "  vs 1 process (two-phase)  gradient MB"]
+    for r in rows:
+        vs = lambda v: "" if v is None else f"{v:.2f}x"  # noqa: E731
+        out.append(f"{r['shape']:5s}  {r['batch']:5d}  {r['ranks']:5d}  {str(r['threads_per_rank']):>12s}  "
+                   f"{r['step_s'] * 1e3:7.3f}  {r['allreduce_s'] * 1e3:13.3f}  {r['allreduce_share']:16.1%}  "
+                   f"{vs(r['speedup_vs_fused']):>20s}  {vs(r['speedup_vs_two_phase']):>24s}  "
+                   f"{r['gradient_bytes'] / 1e6:11.2f}")
+    out.append("on paper (GPUs; gpumlp.bench.LINKS, GPU_FLOPS, GPU_STEP_OVERHEAD state the assumptions):")
+    out.append("shape  ranks  link                                          all-reduce us  step us (1 GPU)"
+               "  step us (strong)  speed-up (strong)  efficiency (weak)")
+    for p in paper:
+        out.append(f"{p['shape']:5s}  {p['ranks']:5d}  {p['link']:44s}  {p['allreduce_s'] * 1e6:13.1f}  "
+                   f"{p['one_gpu_step_s'] * 1e6:15.1f}  {p['strong_step_s'] * 1e6:16.1f}  "
+                   f"{p['strong_speedup']:17.2f}  {p['weak_efficiency']:17.1%}")
+    return "\n".join(out)
+
+
+def _parallel_worker(args, shapes, rounds, warmup):
+    from . import distributed
+
+    comm = distributed.init("mpi")
+    records = measure_parallel(comm, shapes, rounds, warmup)
+    if comm.rank == 0:
+        print(json.dumps(records), flush=True)
+    return 0
+
+
 def _parser():
     p = argparse.ArgumentParser(prog="gpumlp bench", description=(
         "Training (and inference) throughput of gpumlp against PyTorch and the GEMM floor."))
@@ -504,7 +688,14 @@ def _parser():
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it imports")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 2 rounds: checks that everything runs")
     p.add_argument("--json", action="store_true", help="print one JSON object (environment and rows) instead")
+    p.add_argument("--ranks", default=None, metavar="N,N,...",
+                   help="time the data-parallel step on these numbers of MPI ranks (and 1) at S and M "
+                        "(or --shapes), with the all-reduce's share; needs mpiexec")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="with --ranks: BLAS threads per rank (default: CPU cores // ranks, so that every job "
+                        "uses the same cores)")
     p.add_argument("--pool", choices=tuple(POOLS), help=argparse.SUPPRESS)  # child process: one thread pool
+    p.add_argument("--parallel-worker", action="store_true", help=argparse.SUPPRESS)  # one rank of --ranks
     return p
 
 
@@ -527,6 +718,10 @@ def main(argv=None) -> int:
     if "gpu" in devices and args.device == "gpu" and not gpu_backend_available():
         print("gpumlp bench: --device gpu, but CuPy has no usable CUDA device", file=sys.stderr)
         return 1
+    if args.ranks or args.parallel_worker:
+        if args.shapes is None and not args.smoke:
+            shapes = [SHAPES[s] for s in PARALLEL_SHAPES]
+        return (_parallel_worker if args.parallel_worker else _parallel_main)(args, shapes, rounds, warmup)
     tasks = ("train", "infer") if args.task == "both" else (args.task,)
     if args.pool:  # child: time one pool, print its records
         print(json.dumps(measure_pool(args.pool, shapes, tasks, not args.no_torch, rounds, warmup)))

@@ -197,10 +197,16 @@ def _steps(res):
 
 @pytest.mark.parametrize("name", SHARDED)
 def test_sharded_mode_sees_every_example_once_per_epoch(ranks, name):
+    """Every example of every part once per epoch (with early stopping: every example of every part
+    but its held-out fraction), each rank its own part, in chunks of its share of the batch."""
     n, results = ranks
+    fit = dp_cases.settings(name)[1]
     N = len(dp_cases.full_data(name)[0])
     epochs = int(results[name][0]["epochs"])
-    share = dp.split_sizes(dp_cases.settings(name)[1]["batch_size"], n)
+    share = dp.split_sizes(fit["batch_size"], n)
+    held = [math.ceil(fit["validation_fraction"] * (hi - lo)) if fit.get("early_stopping") else 0
+            for lo, hi in dp_cases.parts(N, n)]
+    first = None
     for e in range(epochs):
         seen = []
         for r, res in enumerate(results[name]):
@@ -208,13 +214,29 @@ def test_sharded_mode_sees_every_example_once_per_epoch(ranks, name):
             mine = [ids for ep, ids in _steps(res) if ep == e]
             assert all(len(ids) == share[r] for ids in mine[:-1]) and 0 < len(mine[-1]) <= share[r]
             chunks = np.concatenate(mine)
-            assert ((chunks >= lo) & (chunks < hi)).all()  # its own part only
+            assert ((chunks >= lo) & (chunks < hi)).all() and len(chunks) == hi - lo - held[r]  # its own part
             seen.append(chunks)
-        np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(N))
-    assert int(results[name][0]["samples_seen"]) == epochs * N
+        seen = np.sort(np.concatenate(seen))
+        assert len(np.unique(seen)) == len(seen) == N - sum(held)
+        first = seen if first is None else first
+        np.testing.assert_array_equal(seen, first)  # the same examples every epoch
+        if not fit.get("early_stopping"):
+            np.testing.assert_array_equal(seen, np.arange(N))
+    assert int(results[name][0]["samples_seen"]) == epochs * (N - sum(held))
 
 
-@pytest.mark.parametrize("name", SHARDED)
+def test_sharded_early_stopping_decides_alike_from_the_global_validation_score(ranks):
+    n, results = ranks
+    res = results["sharded-early-stopping"]
+    for r in res:
+        for key in ("theta", "val_score", "val_loss", "digests"):
+            np.testing.assert_array_equal(r[key], res[0][key])
+    assert str(res[0]["stop_reason"]) == "plateau" and int(res[0]["epochs"]) < 12
+    assert int(res[0]["best_epoch"]) == int(np.argmax(res[0]["val_score"])) + 1
+    assert np.isfinite(res[0]["val_score"]).all() and len(set(res[0]["val_score"])) > 1
+
+
+@pytest.mark.parametrize("name", [c for c in SHARDED if not dp_cases.settings(c)[1].get("early_stopping")])
 def test_sharded_mode_equals_one_process_over_the_union_of_chunks(ranks, name):
     """The documented equivalent order: one process holding every part takes, as batch k of an
     epoch, the union of every rank's k-th chunk (two-phase steps, as the ranks do)."""
@@ -493,6 +515,36 @@ def test_digests_see_every_value_and_sample_large_arrays(monkeypatch):
     c = a.copy()
     c[99, 5] += 1
     assert distributed.digest(c) != distributed.digest(a)
+
+
+def test_partial_fit_runs_data_parallel_too():
+    """DataParallelTrainer.partial_fit: on one rank, the single process's partial_fit to the bit."""
+    X, y, w = dp_cases.full_data("nesterov-weighted")
+    a, b = (gpumlp.MLP((dp_cases.D, 8, dp_cases.Q), backend="numpy", dtype="float64", seed=0, momentum=0.9,
+                       lr_schedule="adaptive") for _ in range(2))
+    for _ in range(3):
+        a.partial_fit(X, y, batch_size=16, lr=0.1, sample_weight=w)
+        dp.DataParallelTrainer(b, distributed.SingleProcess(), batch_size=16, lr=0.1, shuffle=False).partial_fit(X, y, sample_weight=w)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert a.loss_curve_ == b.loss_curve_ and a.epochs_ == b.epochs_ == 3
+
+
+def test_the_data_parallel_benchmark_runs(capsys):
+    """gpumlp bench --ranks (tiny shapes): one MPI job per rank count; no timing is checked."""
+    from gpumlp import bench
+
+    _mpiexec()
+    assert bench.main(["--ranks", "2", "--smoke", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = {r["ranks"]: r for r in out["measured"]}
+    assert set(rows) == {1, 2} and rows[2]["gradient_bytes"] == rows[1]["gradient_bytes"] > 0
+    assert rows[2]["step_s"] > 0 and 0 <= rows[2]["allreduce_share"] and rows[1]["allreduce_share"] == 0
+    assert rows[2]["speedup_vs_fused"] > 0 and rows[1]["fused_s"] > 0
+    paper = bench.paper_scaling(bench.SHAPES["M"], 8, next(iter(bench.LINKS)))
+    assert paper["gradient_bytes"] == (784 * 1024 + 1024 * 10) * 4
+    assert 0 < paper["weak_efficiency"] < 1 and paper["allreduce_s"] > 0
+    assert bench.paper_scaling(bench.SHAPES["M"], 1, next(iter(bench.LINKS)))["strong_speedup"] == 1
+    assert bench.main(["--ranks", "two"]) == 2
 
 
 def test_make_trainer_and_fit_arguments():

@@ -45,6 +45,9 @@ CASES = {
     "sharded-class-weight": ({"optimizer": "adam", "bias": True}, {"batch_size": 9, "class_weight": "balanced",
                                                                    "train_score": True, "validation": True},
                              {"sharded": True}),
+    "sharded-early-stopping": ({"optimizer": "adam", "bias": True},
+                               {"batch_size": 9, "early_stopping": True, "validation_fraction": 0.25,
+                                "n_iter_no_change": 1, "epochs": 12}, {"sharded": True, "n": 80, "noise": 3.0}),
     "sharded-squared": ({"loss": "squared", "momentum": 0.5}, {"batch_size": 8, "train_score": True,
                                                                "validation": True}, {"sharded": True}),
 }
