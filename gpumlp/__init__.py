@@ -15,6 +15,8 @@ How the code is organised (each module one job; the arrows are imports):
     mlp.py         the model: flat parameters, forward/backward, inference, state_dict   -> step, trainer, io
     step.py        one training step in two phases: gradients (∂L/∂θ into model.grad), then the update
     trainer.py     the epoch loop: batches (batches.py, _stream.py), divergence, monitor.py, callbacks
+    distributed.py communicators for several processes: MPI (mpi4py), NCCL (CuPy); agreed errors
+    data_parallel.py  the trainer on several ranks: one all-reduce of ∂L/∂θ between the step's phases
     optim.py       the update rules; schedules.py the learning rate per epoch
     pipeline.py    the model with its preprocessing (imputer, scaler, labels, target scaling): gpumlp.load
     io.py          model files (ModelState <-> .npz), no model class; data.py data files, splits, labels
@@ -30,6 +32,7 @@ from .mlp import MLP, DivergenceError, Forward, Gradients
 from .pipeline import Pipeline, load
 from .step import Step
 from .trainer import Trainer
+from .data_parallel import DataParallelTrainer
 
-__all__ = ["MLP", "Pipeline", "Forward", "Gradients", "Step", "Trainer", "DivergenceError", "load", "get_backend",
-           "ACTIVATIONS", "LOSSES", "__version__"]
+__all__ = ["MLP", "Pipeline", "Forward", "Gradients", "Step", "Trainer", "DataParallelTrainer", "DivergenceError",
+           "load", "get_backend", "ACTIVATIONS", "LOSSES", "__version__"]

@@ -560,7 +560,8 @@ def measure_parallel(comm, shapes, rounds=7, warmup=2, backend="numpy"):
                 mine = (time.perf_counter() - t0) / shape.steps_per_call
                 samples[k].append(max(comm.exchange(mine)))
         rec = {"shape": shape.name, "batch": shape.batch, "sizes": list(shape.sizes), "ranks": comm.size,
-               "engine": comm.engine, "gradient_bytes": nbytes, "threads_per_rank": _blas_threads()}
+               "engine": comm.engine, "gradient_bytes": nbytes, "threads_per_rank": _blas_threads(),
+               "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
         rec.update({f"{k}_s": statistics.median(v) for k, v in samples.items()})
         records.append(rec)
     return records
@@ -647,15 +648,15 @@ def parallel_rows(records):
 
 
 def format_parallel(rows, paper):
-    out = ["measured here (the slowest rank, median of rounds):",
+    out = ["measured here (the slowest rank, median of rounds; load: the machine's 1-minute load average):",
            "shape  batch  ranks  threads/rank  ms/step  all-reduce ms  all-reduce share  vs 1 process (fused)"
-           "  vs 1 process (two-phase)  gradient MB"]
+           "  vs 1 process (two-phase)  gradient MB  load"]
     for r in rows:
         vs = lambda v: "" if v is None else f"{v:.2f}x"  # noqa: E731
         out.append(f"{r['shape']:5s}  {r['batch']:5d}  {r['ranks']:5d}  {str(r['threads_per_rank']):>12s}  "
                    f"{r['step_s'] * 1e3:7.3f}  {r['allreduce_s'] * 1e3:13.3f}  {r['allreduce_share']:16.1%}  "
                    f"{vs(r['speedup_vs_fused']):>20s}  {vs(r['speedup_vs_two_phase']):>24s}  "
-                   f"{r['gradient_bytes'] / 1e6:11.2f}")
+                   f"{r['gradient_bytes'] / 1e6:11.2f}  {r.get('load_average') or float('nan'):4.1f}")
     out.append("on paper (GPUs; gpumlp.bench.LINKS, GPU_FLOPS, GPU_STEP_OVERHEAD state the assumptions):")
     out.append("shape  ranks  link                                          all-reduce us  step us (1 GPU)"
                "  step us (strong)  speed-up (strong)  efficiency (weak)")

@@ -279,7 +279,7 @@ class NCCLCommunicator(Communicator):
         super().__init__(mpi_comm, mpi_module)
         error = None
         try:
-            self._cupy = cupy if cupy is not None else importlib.import_module("cupy")
+            self._cupy = cupy if cupy is not None else resolve("cupy").xp
             self._nccl = nccl if nccl is not None else nccl_module()
             self._types = {np.dtype(np.float32): self._nccl.NCCL_FLOAT32,
                            np.dtype(np.float64): self._nccl.NCCL_FLOAT64,
@@ -429,9 +429,10 @@ def _mpi_engine(probe):
 
 def nccl_module():
     """``cupy.cuda.nccl`` with NCCL loaded; ImportError naming the wheel to install otherwise."""
+    resolve("cupy")  # CuPy through the backend module (BackendUnavailable without a device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CuPy warns at import when libnccl is missing; we say it below
-        from cupy.cuda import nccl
+        nccl = importlib.import_module("cupy.cuda.nccl")
     if not getattr(nccl, "available", False):
         raise ImportError("CuPy cannot load NCCL: pip install 'gpumlp[nccl-cuda13]' (or nccl-cuda12, for your "
                           "CUDA line: they bring the nvidia-nccl-cu13/cu12 wheel)")
@@ -446,11 +447,8 @@ def _nccl_engine():
         nccl = nccl_module()
     except ImportError as exc:
         return Engine("nccl", False, str(exc))
-    import cupy
-
     v = nccl.get_version()
-    return Engine("nccl", True, f"NCCL {v // 10000}.{v // 100 % 100}.{v % 100} on "
-                                f"{cupy.cuda.runtime.getDeviceCount()} GPU(s) of this node")
+    return Engine("nccl", True, f"NCCL {v // 10000}.{v // 100 % 100}.{v % 100} with {why}")
 
 
 def _nccl_usable():
