@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -450,6 +451,16 @@ def test_the_command_line_reports_one_error_for_the_job(tmp_path):
     rc, out, err = mpirun(2, "-m", "gpumlp", "train", "--epochs", "1", "--distributed", "nccl", cwd=tmp_path)
     if not gpumlp.backend.cupy_status()[0]:
         assert rc != 0 and "NCCL cannot run here" in err
+
+
+def test_the_readme_example_runs_on_two_ranks(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Training on several processes or GPUs"):]
+    example = re.search(r"^```python\n(.*?)\n```", section, flags=re.S | re.M).group(1)
+    (tmp_path / "train.py").write_text(example)
+    out, _ = run_ok(2, tmp_path / "train.py", cwd=tmp_path)
+    assert out.strip().startswith("2 ranks (mpi): accuracy") and len(out.strip().splitlines()) == 1
+    assert gpumlp.load(tmp_path / "model.npz", backend="numpy").epochs_ == 10
 
 
 def test_gpumlp_info_lists_the_engines():
