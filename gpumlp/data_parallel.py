@@ -71,6 +71,7 @@ from . import functions as F
 from .distributed import Communicator, describe_array, digest, is_collective, mark_collective
 from .state import ModelState
 from .trainer import DivergenceError, Trainer, TrainingData, _EpochStart
+from .validation import check_sample_weight
 
 __all__ = ["DataParallelTrainer", "make_trainer", "parallel_step", "split_sizes", "replicated_plan",
            "sharded_plan", "global_objective", "global_score"]
@@ -191,8 +192,9 @@ class ParallelData(TrainingData):
 
 # ---------------------------------------------------------------------------------- global measures
 def global_objective(model, comm, x, y, w=None):
-    """J = L + s with L the weighted mean loss over every rank's (x, y, w). Collective."""
-    yy, ww = model.targets_to_device(y, x.shape[0], w)
+    """J = L + s with L the weighted mean loss over every rank's (x, y, w): the trainer's validated
+    arrays, w on one scale across ranks (``DataParallelTrainer._device_weights``). Collective."""
+    yy, ww = model.targets_to_device(y, x.shape[0])[0], w
     L = float(F.LOSSES[model.loss].forward(model.outputs(x), yy, ww))
     W = float(x.shape[0] if ww is None else ww.sum())
     parts = comm.exchange((L, W))
@@ -202,9 +204,10 @@ def global_objective(model, comm, x, y, w=None):
 
 
 def global_score(model, comm, x, y, w=None):
-    """``MLP.score`` over every rank's (x, y, w): accuracy or R² (uniform over outputs). Collective."""
+    """``MLP.score`` over every rank's (x, y, w): accuracy or R² (uniform over outputs); the arrays as
+    for ``global_objective``. Collective."""
     to_host = model.array_backend.to_host
-    yy, ww = model.targets_to_device(y, x.shape[0], w)
+    yy, ww = model.targets_to_device(y, x.shape[0])[0], w
     o = model.outputs(x)
     if model.loss == "cross_entropy":
         hit = o.argmax(axis=1) == yy
@@ -344,6 +347,9 @@ class DataParallelTrainer(Trainer):
             self.comm.require_identical("the validation data", dict(zip(("X", "y", "w"),
                                                                          map(describe_array, val))),
                                         hint="With comm=, every rank passes the same validation_data")
+        elif val is not None and val[2] is not None:  # the parts' validation weights on one scale, as above
+            w = check_sample_weight(validation_data[2], val[0].shape[0], "validation_data[2]")
+            val = (*val[:2], self._device_weights(w))  # (given on every rank: the settings check says so)
         return val
 
     def _hold_out(self, data, fraction, seed):

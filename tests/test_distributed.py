@@ -279,15 +279,16 @@ def test_sharded_scores_and_losses_are_over_all_parts(ranks, name):
     m = dp_cases.model(name)
     m.theta[...] = res["theta"]
     X, y, kw = dp_cases.fit_arguments(name, sharded_part=False)
-    Xv, yv = kw["validation_data"]
+    Xv, yv, *wv = kw["validation_data"]
+    wv = wv[0] if wv else None
     w = kw.get("sample_weight")
     if kw.get("class_weight") == "balanced":
         from gpumlp.data import class_sample_weights
 
         w = class_sample_weights("balanced", y, dp_cases.Q)
     assert res["score"][-1] == pytest.approx(m.score(X, y, w), rel=1e-12)
-    assert res["val_score"][-1] == pytest.approx(m.score(Xv, yv), rel=1e-12)
-    assert res["val_loss"][-1] == pytest.approx(m.objective(Xv, yv), rel=1e-12)
+    assert res["val_score"][-1] == pytest.approx(m.score(Xv, yv, wv), rel=1e-12)
+    assert res["val_loss"][-1] == pytest.approx(m.objective(Xv, yv, wv), rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------- the NCCL engine

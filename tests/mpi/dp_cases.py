@@ -49,7 +49,7 @@ CASES = {
                                {"batch_size": 9, "early_stopping": True, "validation_fraction": 0.25,
                                 "n_iter_no_change": 1, "epochs": 12}, {"sharded": True, "n": 80, "noise": 3.0}),
     "sharded-squared": ({"loss": "squared", "momentum": 0.5}, {"batch_size": 8, "train_score": True,
-                                                               "validation": True}, {"sharded": True}),
+                                                               "validation": "weighted"}, {"sharded": True}),
 }
 FIT_DEFAULTS = {"epochs": 4, "batch_size": 16, "lr": 0.1}
 
@@ -94,10 +94,14 @@ def parts(n, size):
 
 
 def validation_data(name):
+    """(Xv, yv), or with validation "weighted" (Xv, yv, wv): weights whose parts' largest values lie
+    in different octaves."""
     X, y, _ = full_data(name)
     rng = np.random.default_rng(11)
     Xv = X[:20] + 0.3 * rng.normal(size=(20, D))
     Xv[:, 0] = X[:20, 0]
+    if settings(name)[1].get("validation") == "weighted":
+        return Xv, y[:20], 1.3 ** np.arange(20)
     return Xv, y[:20]
 
 
@@ -113,11 +117,11 @@ def fit_arguments(name, rank=0, size=1, sharded_part=True):
     X, y, w = full_data(name)
     kw = {k: v for k, v in fit.items() if k != "validation"}
     if fit.get("validation"):
-        Xv, yv = validation_data(name)
+        val = validation_data(name)
         if data.get("sharded") and sharded_part:
-            lo, hi = parts(len(Xv), size)[rank]
-            Xv, yv = Xv[lo:hi], yv[lo:hi]
-        kw["validation_data"] = (Xv, yv)
+            lo, hi = parts(len(val[0]), size)[rank]
+            val = tuple(a[lo:hi] for a in val)
+        kw["validation_data"] = val
     if data.get("sharded") and sharded_part:
         lo, hi = parts(len(X), size)[rank]
         X, y, w = X[lo:hi], y[lo:hi], None if w is None else w[lo:hi]
