@@ -431,7 +431,7 @@ class DataParallelTrainer(Trainer):
             if local[-1] != 1:
                 self._diverged(start, steps - 1, "the weights became NaN or infinite in the update")
         except DivergenceError as exc:  # decided from global values: every rank raises it
-            raise mark_collective(exc)
+            raise mark_collective(exc) from None
         return float(J @ plan.batches) / int(plan.batches.sum())
 
     # ------------------------------------------------------------------ the end of an epoch

@@ -507,8 +507,9 @@ def init(engine="auto", *, comm=None, abort_on_error=True):
     if engine == "auto":  # every rank must pick the same engine
         usable = probe.exchange(_nccl_usable()[0])
         engine = "nccl" if all(usable) else "mpi"
-    elif engine == "nccl":
-        ok, why = _nccl_usable()
+    elif engine == "nccl":  # asked for by name: NCCL and a device suffice (the model says backend='cupy')
+        nccl = _nccl_engine()
+        ok, why = nccl.available, nccl.detail
         probe.exchange(error=None if ok else RuntimeError(
             f"distributed.init('nccl'): NCCL cannot run here: {why}. Install the nccl-cuda12/nccl-cuda13 extra "
             f"on a machine with a GPU per process, or use 'mpi'"))

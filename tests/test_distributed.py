@@ -28,7 +28,6 @@ held to the same bounds against the one-rank data-parallel run (the same two-pha
 that run against the folded one separately.
 """
 import functools
-import hashlib
 import json
 import math
 import os
@@ -536,7 +535,8 @@ def test_partial_fit_runs_data_parallel_too():
                        lr_schedule="adaptive") for _ in range(2))
     for _ in range(3):
         a.partial_fit(X, y, batch_size=16, lr=0.1, sample_weight=w)
-        dp.DataParallelTrainer(b, distributed.SingleProcess(), batch_size=16, lr=0.1, shuffle=False).partial_fit(X, y, sample_weight=w)
+        trainer = dp.DataParallelTrainer(b, distributed.SingleProcess(), batch_size=16, lr=0.1, shuffle=False)
+        trainer.partial_fit(X, y, sample_weight=w)
     np.testing.assert_array_equal(a.theta, b.theta)
     assert a.loss_curve_ == b.loss_curve_ and a.epochs_ == b.epochs_ == 3
 
@@ -588,31 +588,19 @@ def test_the_mpi_engine_stages_device_arrays_through_pinned_memory_unless_cuda_a
 
 
 # ---------------------------------------------------------------------------------- on a GPU
-def _cupy_fit(comm, optimizer="sgd"):
-    X, y, w = dp_cases.full_data("nesterov-weighted")
-    m = gpumlp.MLP((dp_cases.D, 8, dp_cases.Q), activation="tanh", dtype="float64", backend="cupy", seed=0,
-                   bias=True, weight_decay=0.01, optimizer=optimizer, **({"momentum": 0.9} if optimizer == "sgd" else {}))
-    return m.fit(X, y, epochs=3, batch_size=16, lr=0.1, sample_weight=w, comm=comm)
-
-
 @pytest.mark.gpu
 def test_gpu_one_rank_through_nccl_and_mpi_equals_the_single_process():
     """One rank on a real device: the NCCL engine (a communicator of one GPU) and the MPI engine
-    (with the pinned staging forced) give the single-process CuPy fit."""
-    ref = _cupy_fit(None)
-    for engine, aware in (("nccl", None), ("mpi", "0"), ("mpi", "1")):
-        if aware is not None:
-            os.environ[distributed.CUDA_AWARE_VAR] = aware
-        try:
-            comm = distributed.init(engine)
-            m = _cupy_fit(comm)
-        finally:
-            os.environ.pop(distributed.CUDA_AWARE_VAR, None)
-        assert relative(m.theta.get(), ref.theta.get()) < 1e-12, engine
+    give the single-process CuPy fit; the MPI engine's pinned staging leaves a buffer as it was."""
+    from gpu_fit import cupy_fit
+
+    ref = cupy_fit(None).theta.get()
+    for engine in ("nccl", "mpi"):
+        assert relative(cupy_fit(distributed.init(engine)).theta.get(), ref) < 1e-12, engine
     comm = distributed.init("mpi")
     buf = gpumlp.get_backend("cupy").xp.arange(10.0)
     comm.cuda_aware = False
-    comm._device_call(buf, comm._mpi_allreduce)  # one rank: the staging round trip leaves buf as it was
+    comm._device_call(buf, comm._mpi_allreduce)  # one rank: the round trip through pinned memory
     np.testing.assert_array_equal(buf.get(), np.arange(10.0))
 
 
@@ -620,15 +608,11 @@ def test_gpu_one_rank_through_nccl_and_mpi_equals_the_single_process():
 def test_gpu_two_ranks_through_nccl(tmp_path):
     import cupy
 
+    from gpu_fit import cupy_fit
+
     if cupy.cuda.runtime.getDeviceCount() < 2:
         pytest.skip("needs two GPUs")
-    script = tmp_path / "nccl2.py"
-    script.write_text(
-        "import sys, numpy as np\nsys.path.insert(0, %r)\nfrom gpumlp import distributed\nimport test_distributed as t\n"
-        "comm = distributed.init('nccl')\nm = t._cupy_fit(comm, 'adam')\nnp.save(%r + f'/{comm.rank}.npy', m.theta.get())\n"
-        % (str(Path(__file__).parent), str(tmp_path)))
-    rc, out, err = mpirun(2, script)
-    assert rc == 0, err[-3000:]
+    run_ok(2, MPI_DIR / "gpu_fit.py", tmp_path, "adam")
     a, b = np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy")
     np.testing.assert_array_equal(a, b)
-    assert relative(a, _cupy_fit(None, "adam").theta.get()) < 1e-10
+    assert relative(a, cupy_fit(None, "adam").theta.get()) < 1e-10

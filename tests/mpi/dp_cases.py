@@ -141,7 +141,8 @@ def result(model, digests):
     return {"theta": np.asarray(model.array_backend.to_host(model.theta)), "loss_curve": np.asarray(model.loss_curve_),
             "val_score": np.asarray(h["val_score"]), "val_loss": np.asarray(h["val_loss"]),
             "score": np.asarray(h["score"]), "lr": np.asarray(h["lr"]), "epochs": model.epochs_,
-            "stop_reason": str(model.stop_reason_), "best_epoch": -1 if model.best_epoch_ is None else model.best_epoch_,
+            "stop_reason": str(model.stop_reason_),
+            "best_epoch": -1 if model.best_epoch_ is None else model.best_epoch_,
             "digests": np.asarray(digests), "samples_seen": model.samples_seen_}
 
 

@@ -47,7 +47,8 @@ def mismatch(comm, out):
     attempt(record, "architecture", lambda: fit(sizes=(dp_cases.D, 9 if r == 1 else 8, dp_cases.Q)))
     attempt(record, "invalid on one rank", lambda: fit(y=np.where(np.arange(len(y)) == 3, 7, y) if r == 1 else y))
     attempt(record, "validation data", lambda: fit(validation_data=(X[:10] + r, y[:10])))
-    attempt(record, "sharded weights on one rank", lambda: fit(sharded=True, sample_weight=np.ones(len(y)) if r else None))
+    attempt(record, "sharded weights on one rank",
+            lambda: fit(sharded=True, sample_weight=np.ones(len(y)) if r else None))
     attempt(record, "sharded batch below ranks", lambda: fit(sharded=True, batch_size=1))
     attempt(record, "still usable", lambda: fit())
     (out / f"mismatch-{r}.json").write_text(json.dumps(record))
