@@ -256,10 +256,17 @@ class DataParallelTrainer(Trainer):
             self.verbose = False
 
     # ------------------------------------------------------------------ entry points
-    def fit(self, X, y, epochs=10, **kw):
+    def fit(self, X, y, epochs=10, *, sample_weight=None, class_weight=None, validation_data=None,
+            early_stopping=False, validation_fraction=0.1, n_iter_no_change=None, tol=1e-4):
+        """``Trainer.fit`` on every rank (collective: every rank calls it, with its data)."""
+        kw = dict(sample_weight=sample_weight, class_weight=class_weight, validation_data=validation_data,
+                  early_stopping=early_stopping, validation_fraction=validation_fraction,
+                  n_iter_no_change=n_iter_no_change, tol=tol)
         return self._collectively("fit", super().fit, (X, y, epochs), kw)
 
-    def partial_fit(self, X, y, **kw):
+    def partial_fit(self, X, y, *, sample_weight=None, class_weight=None, n_iter_no_change=10, tol=1e-4):
+        """``Trainer.partial_fit`` on every rank (collective)."""
+        kw = dict(sample_weight=sample_weight, class_weight=class_weight, n_iter_no_change=n_iter_no_change, tol=tol)
         return self._collectively("partial_fit", super().partial_fit, (X, y), kw)
 
     def _collectively(self, call, method, args, kw):
