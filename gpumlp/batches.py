@@ -35,7 +35,7 @@ class GatheredBatches:
         rows = min(batch_size, n)
         if self._buffer is None or self._buffer.shape[0] != rows:
             self._buffer = self.xp.empty((rows,) + x.shape[1:], x.dtype)
-        for i in range(0, n, batch_size):
+        for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             yield (self.xp.take(x, idx, axis=0, out=self._buffer[:len(idx)], mode="clip"), y[idx],
                    None if w is None else w[idx])
@@ -46,12 +46,12 @@ class ResidentBatches:
         self.backend, self.x, self.y, self.w = backend, x, y, w
 
     def epoch(self, order, batch_size):
-        x, y, w, n = self.x, self.y, self.w, self.x.shape[0]
+        x, y, w = self.x, self.y, self.w
         if order is not None:
             xp, perm = self.backend.xp, self.backend.asarray(order)
             x, y = xp.take(x, perm, axis=0), xp.take(y, perm, axis=0)
             w = None if w is None else xp.take(w, perm)
-        for i in range(0, n, batch_size):
+        for i in range(0, x.shape[0], batch_size):
             yield x[i:i + batch_size], y[i:i + batch_size], None if w is None else w[i:i + batch_size]
 
 

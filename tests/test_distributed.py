@@ -512,6 +512,34 @@ def test_a_sharded_plan_takes_chunks_until_the_largest_part_is_done():
         dp.sharded_plan([4, 4, 4], 2, 0)
 
 
+@pytest.mark.parametrize("source", ["gathered", "resident", "streamed"])
+def test_batch_sources_take_a_ranks_subset_of_the_rows(source):
+    """A rank's order holds only its shards' rows: every source yields exactly those, in chunks (the
+    GPU's with NumPy as the device, the streamed one with tests/test_stream.py's CuPy stand-in)."""
+    from types import SimpleNamespace
+
+    from gpumlp.batches import GatheredBatches, ResidentBatches, StreamedBatches
+
+    x = np.arange(40.0).reshape(20, 2).astype(np.float32)
+    y, w = np.arange(20), np.linspace(1, 2, 20)
+    order = np.random.default_rng(0).permutation(20)[:7]
+    if source == "streamed":
+        from test_stream import FakeCupy
+
+        cp = FakeCupy()
+        cp.take = np.take
+        src = StreamedBatches(SimpleNamespace(xp=cp, asarray=np.asarray), x, y, w)
+    elif source == "resident":
+        src = ResidentBatches(SimpleNamespace(xp=np, asarray=np.asarray), x, y, w)
+    else:
+        src = GatheredBatches(np, x, y, w)
+    got = [(np.array(b[0]), b[1], b[2]) for b in src.epoch(order, 3)]
+    assert [len(b[1]) for b in got] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), x[order])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), y[order])
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in got]), w[order])
+
+
 def test_digests_see_every_value_and_sample_large_arrays(monkeypatch):
     a = np.arange(600.0).reshape(100, 6)
     b = a.copy()
