@@ -52,6 +52,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -192,17 +193,22 @@ class Communicator:
             self.mpi.Barrier()
 
     def abort(self, exc=None, code=1, message=None):
-        """End the whole job now (MPI_Abort), after printing this rank's exception (its traceback),
-        or ``message`` instead, to standard error."""
+        """End the whole job now (MPI_Abort). First one line on standard error, ``message`` or what
+        failed here, then ``exc``'s traceback (when no message is given)."""
+        err = sys.__stderr__
         try:
-            if message is not None:
-                print(message, file=sys.__stderr__, flush=True)
-            elif exc is not None:
-                traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.__stderr__)
-            print(f"gpumlp.distributed: rank {self.rank} of {self.size} failed; ending the job (MPI_Abort)",
-                  file=sys.__stderr__, flush=True)
+            what = "" if exc is None else f": {_describe(exc)}"
+            print(message or f"gpumlp.distributed: rank {self.rank} of {self.size} failed{what}; ending the job "
+                             f"(MPI_Abort)", file=err, flush=True)
+            if exc is not None and message is None:
+                traceback.print_exception(type(exc), exc, exc.__traceback__, file=err)
+            err.flush()
+            time.sleep(0.2)  # the launcher forwards this rank's output before it ends the processes
         finally:
-            self.mpi.Abort(code)
+            try:
+                self.mpi.Abort(code)
+            finally:  # MPI_Abort may return before the launcher ends the processes: this one stops here
+                os._exit(code)
 
     # -- what the trainer asks ---------------------------------------------------------------------
     def model_problem(self, model):
@@ -536,10 +542,7 @@ def _install_abort_hook(comm):
             if c.rank in (0, getattr(exc, "gpumlp_origin", 0)):
                 previous(exc_type, exc, tb)
             return
-        previous(exc_type, exc, tb)
-        print(f"gpumlp.distributed: rank {c.rank} of {c.size} failed; ending the job (MPI_Abort)",
-              file=sys.stderr, flush=True)
-        c.mpi.Abort(1)
+        c.abort(exc)
 
     sys.excepthook = hook
 

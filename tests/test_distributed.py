@@ -443,6 +443,26 @@ def test_the_command_line_under_two_ranks(tmp_path):
     assert (tmp_path / "two.png").stat().st_size > 0
 
 
+def test_ctrl_c_ends_a_distributed_run_at_once(tmp_path):
+    """SIGINT to mpiexec (Ctrl-C) reaches the ranks between two all-reduces at different moments: the
+    job must end (MPI_Abort), not leave a rank waiting for another that has stopped."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", GPUMLP_BACKEND="numpy")
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "gpumlp", "train", "--distributed", "mpi", "--epochs",
+           "100000", "--progress", "lines"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                         start_new_session=True)
+    try:
+        for line in p.stdout:  # wait until training runs
+            if line.startswith("epoch") and line.split()[1].startswith("3/"):
+                break
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("the interrupted job did not end")
+    assert p.returncode != 0 and "interrupted" in err
+
+
 def test_the_command_line_reports_one_error_for_the_job(tmp_path):
     rc, out, err = mpirun(2, "-m", "gpumlp", "train", "--epochs", "1", "--distributed", "mpi", "--data",
                           str(tmp_path / "missing.csv"), cwd=tmp_path)
