@@ -425,12 +425,11 @@ class MLP:
         x, yy, w = self.to_device(X, y, sample_weight)
         return float(self.training_step(x.shape[0]).train(x, yy, w, self.optimizer, lr))
 
-    def fit(self, X, y, epochs=10, batch_size=64, lr=0.01, shuffle=True, validation_data=None,
-            sample_weight=None, verbose=False, *, class_weight=None, early_stopping=False,
-            validation_fraction=0.1, n_iter_no_change=None, tol=1e-4, callbacks=None, train_score=False,
-            comm=None, sharded=False):
-        """Minibatch training from the current weights (see the class docstring on warm starts),
-        run by a ``gpumlp.Trainer``. Returns self.
+    def fit(self, X, y, epochs=10, batch_size=64, lr=0.01, shuffle=True, validation_data=None, sample_weight=None,
+            verbose=False, *, class_weight=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=None,
+            tol=1e-4, callbacks=None, train_score=False, comm=None, sharded=False):
+        """Minibatch training from the current weights (see the class docstring on warm starts), run by a
+        ``gpumlp.Trainer``; with ``comm``, ``sharded``: over its ranks (``gpumlp.data_parallel``). Returns self.
 
         Each epoch appends to ``loss_curve_`` (mean J over the epoch's steps) and to ``history_``,
         a dict of per-epoch lists: ``epoch``, ``lr``, ``loss``, ``score`` (training accuracy or R²
@@ -456,7 +455,6 @@ class MLP:
 
         ``stop_reason_`` says why training ended: "epochs", "plateau", "lr_too_small" or "callback".
         Checkpoints saved from a callback resume the run exactly (see ``gpumlp.Trainer``).
-        ``comm``, ``sharded``: data-parallel training over the ranks of comm (``gpumlp.data_parallel``).
         """
         trainer = make_trainer(self, comm, sharded, batch_size=batch_size, lr=lr, shuffle=shuffle,
                                callbacks=callbacks, train_score=train_score, verbose=verbose)
