@@ -25,6 +25,8 @@ Format 2 (gpumlp 0.2) added the entries marked so; files of format 1 load as bef
 
 ``save``/``write`` write to a temporary file beside the target, flush it to disk and rename it over
 the target (``os.replace``), so a crash leaves either the old file or the new one, never half of one.
+A target that exists keeps its permission bits; the temporaries of a save that was killed are
+removed by the next save to the same place (``atomic_write``).
 ``read`` checks everything before anything is built and raises ``ModelFileError`` (a ValueError)
 naming the file, the entry and what is wrong.
 
@@ -41,6 +43,8 @@ import math
 import numbers
 import os
 import re
+import stat
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -109,15 +113,27 @@ def write(path, state):
 
 
 def atomic_write(path, write):
-    """Run write(file) on a temporary file beside ``path``, fsync it, rename it over ``path``."""
+    """Run write(file) on a temporary file beside ``path``, fsync it, rename it over ``path``.
+
+    An existing target keeps its permission bits (rwx for user, group and others; the file is new, so
+    its owner is the writer): the temporary is made private (0o600) while the data go in and gets the
+    target's bits just before the rename, so a private model is never readable by others on the way.
+    A new target gets 0o666 & ~umask, as ``open()`` would. Temporaries that a killed save left beside
+    the same target are removed first (``remove_stale_temporaries``)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() would
+    name = os.path.basename(path)
+    remove_stale_temporaries(directory, name)
+    mode = _permission_bits(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    # 0o666 & ~umask for a new file, as open() would; private until the target's bits are copied
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if mode is not None:
+                os.chmod(f.fileno() if os.chmod in os.supports_fd else tmp, mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -136,6 +152,71 @@ def atomic_write(path, write):
         pass
     finally:
         os.close(dfd)
+
+
+def _permission_bits(path):
+    """The rwx bits of an existing regular file at ``path`` (set-id and sticky bits are not carried
+    over to the new file), else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode) else None
+
+
+# A temporary of atomic_write: ".<target name>.<pid>.<8 hex digits>.tmp", beside the target.
+_TEMPORARY = r"\.(?P<pid>[0-9]{1,10})\.[0-9a-f]{8}\.tmp"
+STALE_AFTER = 3600.0  # seconds: a temporary this old is left over even if its pid lives (reused pids)
+
+
+def remove_stale_temporaries(directory, name, now=None):
+    """Delete the temporaries that saves to ``directory/name`` left behind when they were killed
+    (SIGKILL, a power cut: no ``except`` ran). Only ours: a regular file (not a link) named exactly as
+    ``atomic_write`` names them for this target, owned by this user, whose process is gone (on POSIX)
+    or which was last written more than ``STALE_AFTER`` seconds ago. A save in progress (its process
+    alive, its file fresh) is never touched. Best effort: a file that cannot be removed stays. Returns
+    the paths removed."""
+    pattern = re.compile(re.escape(f".{name}") + _TEMPORARY)
+    prefix = f".{name}."
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
+            continue
+        if now - st.st_mtime <= STALE_AFTER and _process_alive(int(match["pid"])):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(entry.path)
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid):
+    """Whether process ``pid`` exists (True when it cannot be told: then only age removes a file)."""
+    if os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # PermissionError: alive, another user's
+    return True
 
 
 def _version():
