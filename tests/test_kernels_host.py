@@ -752,7 +752,7 @@ def test_cupy_ops_training_steps_on_a_host_stand_in(host_cupy_ops, kw, dtype):
     import gpumlp
 
     models = [gpumlp.MLP((6, 9, 4), backend="numpy", dtype=dtype, seed=1, **kw) for _ in range(2)]
-    models[1]._ops = host_cupy_ops(dtype)
+    models[1].ops = host_cupy_ops(dtype)
     rng = np.random.default_rng(2)
     tol = {np.float32: 1e-5, np.float64: 1e-12}[dtype]
     for step in range(3):
@@ -926,8 +926,8 @@ def test_cupy_ops_training_steps_through_cupys_cublas_wrapper(host_cupy_ops, kw,
     import gpumlp
 
     models = [gpumlp.MLP((6, 9, 1), backend="numpy", dtype="float64", seed=1, **kw) for _ in range(2)]
-    models[1]._ops = host_cupy_ops("float64")
-    models[1]._ops._cublas, _ = _cupy_cublas_wrapper()
+    models[1].ops = host_cupy_ops("float64")
+    models[1].ops._cublas, _ = _cupy_cublas_wrapper()
     rng = np.random.default_rng(3)
     for step in range(3):
         X = rng.standard_normal((B, 6))
