@@ -19,6 +19,7 @@ How the code is organised (each module one job; the arrows are imports):
     data_parallel.py  the trainer on several ranks: one all-reduce of ∂L/∂θ between the step's phases
     optim.py       the update rules; schedules.py the learning rate per epoch
     pipeline.py    the model with its preprocessing (imputer, scaler, labels, target scaling): gpumlp.load
+    graph.py       the lecture's computational graph of a model, with its gradients (MLP.graph): DOT, SVG, PNG
     io.py          model files (ModelState <-> .npz), no model class; data.py data files, splits, labels
     cli/, sklearn.py, bench.py   clients: they use public names only
 

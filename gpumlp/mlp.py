@@ -27,6 +27,7 @@ from . import functions as F
 from . import io, metrics, optim, schedules, state
 from .backend import is_device_array, resolve
 from .data_parallel import make_trainer
+from .graph import graph as computational_graph
 from .ops import Layer, Ops
 from .step import Step
 from .state import HISTORY_KEYS
@@ -371,8 +372,7 @@ class MLP:
         return outs[0] if len(outs) == 1 else b.xp.concatenate(outs)
 
     def outputs(self, X):
-        """The outputs o (logits for cross-entropy) as a backend array: ``decision_function`` without
-        the copy to the host. X may be a host or a device array."""
+        """The outputs o as a backend array (``decision_function`` without the copy); X on host or device."""
         return self._outputs(check_X(X, "X", self.sizes[0], self.dtype))
 
     def decision_function(self, X):
@@ -409,8 +409,7 @@ class MLP:
 
     # ------------------------------------------------------------------ training: thin calls
     def training_step(self, batch_size):
-        """The ``gpumlp.step.Step`` of this model for batches of ``batch_size`` rows (made once, kept
-        for the full batches and one remainder size)."""
+        """This model's ``gpumlp.step.Step`` for batches of ``batch_size`` rows (kept for two sizes)."""
         step = self._steps.get(batch_size)
         if step is None:
             if len(self._steps) >= 2:
@@ -515,6 +514,10 @@ class MLP:
     def save(self, path):
         """Write this model to ``path`` (``gpumlp.io.save``: an .npz written atomically, no pickle)."""
         io.save(self, path)
+
+    def graph(self, batch_size=None):
+        """The lecture's computational graph of this model and its gradients (``gpumlp.graph``)."""
+        return computational_graph(self, batch_size)
 
     def __reduce__(self):
         """Pickling and deepcopy (used by scikit-learn's joblib parallelism) go through the state
