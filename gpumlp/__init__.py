@@ -20,6 +20,7 @@ How the code is organised (each module one job; the arrows are imports):
     optim.py       the update rules; schedules.py the learning rate per epoch
     pipeline.py    the model with its preprocessing (imputer, scaler, labels, target scaling): gpumlp.load
     graph.py       the lecture's computational graph of a model, with its gradients (MLP.graph): DOT, SVG, PNG
+    gradcheck.py   check_gradients: every gradient of backward against central differences, in float64
     io.py          model files (ModelState <-> .npz), no model class; data.py data files, splits, labels
     cli/, sklearn.py, bench.py   clients: they use public names only
 
@@ -29,6 +30,7 @@ Importing needs no GPU and prints nothing; CuPy is imported only when a backend 
 from ._version import __version__
 from .backend import resolve as get_backend
 from .functions import ACTIVATIONS, LOSSES
+from .gradcheck import check_gradients
 from .mlp import MLP, DivergenceError, Forward, Gradients
 from .pipeline import Pipeline, load
 from .step import Step
@@ -36,4 +38,4 @@ from .trainer import Trainer
 from .data_parallel import DataParallelTrainer
 
 __all__ = ["MLP", "Pipeline", "Forward", "Gradients", "Step", "Trainer", "DataParallelTrainer", "DivergenceError",
-           "load", "get_backend", "ACTIVATIONS", "LOSSES", "__version__"]
+           "load", "get_backend", "check_gradients", "ACTIVATIONS", "LOSSES", "__version__"]

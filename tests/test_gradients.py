@@ -1,9 +1,12 @@
 """Every gradient of the lecture against central finite differences of J, in float64.
 
 For each configuration (activation × loss × λ × depth × bias) the named gradients of
-``MLP.backward`` — ∂J/∂o, ∂J/∂h and ∂J/∂z per hidden layer, ∂J/∂W and ∂J/∂b per layer — are compared
-with (J(v + ε) − J(v − ε)) / 2ε, where v is perturbed one entry at a time and J is recomputed from
-that node of the computational graph onwards with the reference functions.
+``MLP.backward`` — ∂J/∂o, ∂J/∂h and ∂J/∂z per hidden layer, ∂J/∂W and ∂J/∂b per layer — and the
+training step's ∂J/∂W, ∂J/∂b are compared with (J(v + ε) − J(v − ε)) / 2ε, where v is perturbed one
+entry at a time and J is recomputed from that node of the computational graph onwards with the
+reference functions: ``gpumlp.check_gradients``, whose definitions (ε, the relative error, the
+central differences, J from a node) these tests use. tests/test_gradcheck.py shows that the check
+catches wrong gradients.
 
 Tolerance: ‖fd − analytic‖ / ‖analytic‖ ≤ 1e-6. With ε = 1e-6 in float64 the truncation error is
 O(ε²) and the rounding error O(1e-16/ε) = 1e-10, so 1e-6 leaves a wide margin and still catches any
@@ -16,10 +19,9 @@ import pytest
 
 import gpumlp
 from gpumlp import functions as F
+from gpumlp.gradcheck import THRESHOLD as RTOL, central_differences as fd_of, relative_error as rel_err
 
 ACTS = sorted(F.ACTIVATIONS)
-EPS = 1e-6
-RTOL = 1e-6
 
 
 def make_problem(depth, loss, bias, act, lam, seed=0, B=5, d=4, hidden=5, q=3):
@@ -46,73 +48,25 @@ def _problem(depth, loss, bias, act, lam, seed, B, d, hidden, q):
     return m, X, y
 
 
-def J_from(m, fw, kind, layer, value):
-    """J recomputed with node (kind, layer) of the graph replaced by ``value``."""
-    W, b = m.weights, m.biases
-    n_hidden = m.n_layers - 1
-
-    def lin(a, l):
-        return F.linear_forward(a, W[l], b[l] if m.bias else None)
-
-    if kind == "o":
-        o = value
-    else:
-        if kind == "z":
-            a = F.ACTIVATIONS[m.activations[layer]].forward(value)
-        else:  # "h"
-            a = value
-        for l in range(layer + 1, n_hidden):
-            a = F.ACTIVATIONS[m.activations[l]].forward(lin(a, l))
-        o = lin(a, n_hidden)
-    return float(F.LOSSES[m.loss].forward(o, fw.y)) + F.regulariser(W, m.weight_decay)
-
-
-def fd_of(f, v):
-    """Central differences of the scalar f() with respect to every entry of v (perturbed in place)."""
-    g = np.zeros_like(v)
-    for i in np.ndindex(v.shape):
-        old = v[i]
-        v[i] = old + EPS
-        fp = f()
-        v[i] = old - EPS
-        fm = f()
-        v[i] = old
-        g[i] = (fp - fm) / (2 * EPS)
-    return g
-
-
-def rel_err(fd, an):
-    return np.linalg.norm(fd - an) / max(np.linalg.norm(an), 1e-300)
-
-
 CONFIGS = list(itertools.product(ACTS, ["squared", "cross_entropy"], [0.0, 0.1], [1, 2, 3], [False, True]))
 
 
 @pytest.mark.parametrize("act,loss,lam,depth,bias", CONFIGS)
 def test_gradients_match_finite_differences(act, loss, lam, depth, bias):
     m, X, y = make_problem(depth, loss, bias, act, lam)
-    fw = m.forward(X, y)
-    g = m.backward(fw)
-    errors = {}
-
-    # ∂J/∂o
-    o = fw.o.copy()
-    errors["do"] = rel_err(fd_of(lambda: J_from(m, fw, "o", None, o), o), g.do)
-    # ∂J/∂h and ∂J/∂z per hidden layer
-    for l in range(depth):
-        h = fw.h[l].copy()
-        errors[f"dh{l}"] = rel_err(fd_of(lambda: J_from(m, fw, "h", l, h), h), g.dh[l])
-        z = fw.z[l].copy()
-        errors[f"dz{l}"] = rel_err(fd_of(lambda: J_from(m, fw, "z", l, z), z), g.dz[l])
-    # ∂J/∂W and ∂J/∂b per layer: perturb the model's own parameters, full forward each time
-    for l, W in enumerate(m.weights):
-        errors[f"dW{l}"] = rel_err(fd_of(lambda: m.forward(X, y).J, W), g.dW[l])
-    if bias:
-        for l, b in enumerate(m.biases):
-            errors[f"db{l}"] = rel_err(fd_of(lambda: m.forward(X, y).J, b), g.db[l])
-
-    worst = max(errors, key=errors.get)
-    assert errors[worst] <= RTOL, f"{worst}: relative error {errors[worst]:.2e} (all: {errors})"
+    result = gpumlp.check_gradients(m, X, y, max_entries=None)
+    # every tensor of backward, output layer first (and the step's parameter gradients), entry by entry
+    names = ["∂J/∂o"]
+    for l in reversed(range(depth + 1)):
+        names += [f"∂J/∂W{l + 1}"] + ([f"∂J/∂b{l + 1}"] if bias else [])
+        if l:
+            hidden = "" if depth == 1 else str(l)
+            names += [f"∂J/∂h{hidden}", f"∂J/∂z{hidden}"]
+    step = [f"{n} [step]" for n in names if "W" in n or "b" in n]
+    assert result.names == tuple(names + step)
+    assert all(t.n_checked == np.prod(t.shape) for t in result)
+    assert result.passed, str(result)
+    assert result.max_rel_error <= RTOL
 
 
 def test_forward_matches_the_lecture_by_hand():
