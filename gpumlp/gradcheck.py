@@ -122,10 +122,11 @@ class TensorCheck:
     unresolved: bool = False  # the gradient is below the rounding noise of central differences
 
     def to_dict(self):
+        """JSON-ready (a non-finite number as None)."""
         return {"name": self.name, "source": self.source, "shape": list(self.shape), "n_checked": self.n_checked,
-                "size": math.prod(self.shape), "rel_error": self.rel_error, "passed": self.passed,
-                "worst_index": list(self.worst_index), "worst_fd": self.worst_fd,
-                "worst_analytic": self.worst_analytic, "unresolved": self.unresolved}
+                "size": math.prod(self.shape), "rel_error": _finite(self.rel_error), "passed": self.passed,
+                "worst_index": list(self.worst_index), "worst_fd": _finite(self.worst_fd),
+                "worst_analytic": _finite(self.worst_analytic), "unresolved": self.unresolved}
 
 
 @dataclass(frozen=True)
@@ -172,9 +173,10 @@ class GradientCheck:
         return len(self.tensors)
 
     def to_dict(self):
-        return {"passed": self.passed, "max_rel_error": self.max_rel_error, "threshold": self.threshold,
+        """JSON-ready (a non-finite number as None)."""
+        return {"passed": self.passed, "max_rel_error": _finite(self.max_rel_error), "threshold": self.threshold,
                 "eps": self.eps, "model": self.model, "backend": self.backend, "n_samples": self.n_samples,
-                "J": self.J, "notes": list(self.notes), "tensors": [t.to_dict() for t in self.tensors]}
+                "J": _finite(self.J), "notes": list(self.notes), "tensors": [t.to_dict() for t in self.tensors]}
 
     def __str__(self):
         head = [(f"gradient check of {self.model} on {self.n_samples} examples ({self.backend}, float64 copy; "
@@ -191,17 +193,20 @@ class GradientCheck:
             rows.append((t.name, t.source, str(t.shape), checked, f"{t.rel_error:.2e}", verdict))
         widths = [max(len(r[i]) for r in rows) for i in range(6)]
         lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return "\n".join(head + lines + ["", self.summary] + [f"note: {n}" for n in self.notes])
+
+    @property
+    def summary(self):
+        """The verdict in one line (the worst entry named when a gradient disagrees)."""
         bad = self.failed
         if not bad:
-            tail = f"all {len(self.tensors)} gradients agree with central differences (largest relative error " \
-                   f"{self.max_rel_error:.2e})"
-        else:
-            worst = max(bad, key=lambda t: t.rel_error)
-            tail = (f"{len(bad)} of {len(self.tensors)} gradients disagree with central differences: "
-                    f"{', '.join(dict.fromkeys(t.name for t in bad))}; the worst entry of {worst.name} is "
-                    f"{list(worst.worst_index)}: finite difference {worst.worst_fd:.6g}, {worst.source} "
-                    f"{worst.worst_analytic:.6g}")
-        return "\n".join(head + lines + [""] + [tail] + [f"note: {n}" for n in self.notes])
+            return (f"all {len(self.tensors)} gradients agree with central differences (largest relative error "
+                    f"{self.max_rel_error:.2e})")
+        worst = max(bad, key=lambda t: t.rel_error)
+        return (f"{len(bad)} of {len(self.tensors)} gradients disagree with central differences: "
+                f"{', '.join(dict.fromkeys(t.name for t in bad))}; the worst entry of {worst.name} is "
+                f"{list(worst.worst_index)}: finite difference {worst.worst_fd:.6g}, {worst.source} "
+                f"{worst.worst_analytic:.6g}")
 
 
 # ------------------------------------------------------------------------------ the check
@@ -338,6 +343,10 @@ def _float64_copy(model):
                bias=model.bias, dtype="float64", backend=model.backend)
     copy.set_weights(model.get_weights(), model.get_biases())
     return copy
+
+
+def _finite(v):
+    return v if math.isfinite(v) else None
 
 
 def _positive(v, name):

@@ -7,6 +7,8 @@
     gpumlp evaluate model.npz [--data FILE]          test accuracy (the run's own test split by default)
     gpumlp predict model.npz --data FILE [--output predictions.csv]   columns matched by header name
     gpumlp info                           versions, the backend "auto" picks and why, the device
+    gpumlp graph -o graph.svg             the lecture's computational graph of the net, with its gradients
+    gpumlp check-gradients [MODEL]        every gradient of backpropagation against central differences
 
 Exit status: 0 success, 2 usage errors (bad options), 1 anything else, with a one-line message on
 standard error (the traceback too with --debug). With --json the last line of standard output is a
@@ -17,6 +19,7 @@ The package, one module per job:
     parser.py     options, their types and defaults          settings.py   a run's settings and data files
     train.py      gpumlp train                                evaluate.py   gpumlp evaluate, gpumlp predict
     info.py       gpumlp info                                 report.py     progress, JSON line, plot, errors
+    graph.py      gpumlp graph                                gradcheck.py  gpumlp check-gradients
 
 Data preparation (loading, the split, label encoding, imputation, scaling) is ``gpumlp.data.prepare``;
 a run's model and preprocessing are a ``gpumlp.Pipeline``, used through public names only.
@@ -28,6 +31,8 @@ import os
 import sys
 
 from .evaluate import cmd_evaluate, cmd_predict
+from .gradcheck import cmd_check_gradients
+from .graph import cmd_graph
 from .info import cmd_info
 from .parser import UsageError, build_parser
 from .report import Interrupted, describe
@@ -44,8 +49,8 @@ def main(argv=None):
     args = parser.parse_args(argv)  # exits 2 with a usage message on bad options
     debug = getattr(args, "debug", False)
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info}[
-            args.command](args)
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info,
+                "graph": cmd_graph, "check-gradients": cmd_check_gradients}[args.command](args)
     except UsageError as exc:
         if debug:
             raise

@@ -162,6 +162,23 @@ def _add_data(p, train, missing=D.MISSING):
                             "split, saved with the model, undone at predict; default standard) or none")
 
 
+def _add_model(p):
+    """The model's options (train, and a new net for graph and check-gradients)."""
+    m = p.add_argument_group("model")
+    m.add_argument("--hidden", type=_hidden, nargs="+", default=None, metavar="N",
+                   help="hidden layer widths, e.g. --hidden 256 128 (default 128)")
+    m.add_argument("--activation", default=None,
+                   help="relu (default), leaky_relu, sigmoid, tanh, gelu, softplus, identity; or one per "
+                        "hidden layer, comma-separated")
+    m.add_argument("--loss", choices=("cross_entropy", "squared"), default=None,
+                   help="cross_entropy (classification, default) or squared (regression on the target column)")
+    m.add_argument("--weight-decay", type=_positive(float, allow_zero=True), default=None, metavar="LAMBDA",
+                   help="λ in J = L + λ/2 Σ‖W‖² (default 1e-4)")
+    m.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="add a bias to every layer (default: no, as the lecture's net)")
+    m.add_argument("--dtype", choices=("float32", "float64"), default=None, help="default float32")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="gpumlp", description="Multilayer perceptrons with hand-derived backpropagation, on CuPy or NumPy.",
@@ -176,19 +193,7 @@ def build_parser():
                        description="Train an MLP and report its test accuracy (or R² for --loss squared). "
                                    "Every option left out takes its default, or with --resume the saved run's.")
     _add_data(t, train=True)
-    m = t.add_argument_group("model")
-    m.add_argument("--hidden", type=_hidden, nargs="+", default=None, metavar="N",
-                   help="hidden layer widths, e.g. --hidden 256 128 (default 128)")
-    m.add_argument("--activation", default=None,
-                   help="relu (default), leaky_relu, sigmoid, tanh, gelu, softplus, identity; or one per "
-                        "hidden layer, comma-separated")
-    m.add_argument("--loss", choices=("cross_entropy", "squared"), default=None,
-                   help="cross_entropy (classification, default) or squared (regression on the target column)")
-    m.add_argument("--weight-decay", type=_positive(float, allow_zero=True), default=None, metavar="LAMBDA",
-                   help="λ in J = L + λ/2 Σ‖W‖² (default 1e-4)")
-    m.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
-                   help="add a bias to every layer (default: no, as the lecture's net)")
-    m.add_argument("--dtype", choices=("float32", "float64"), default=None, help="default float32")
+    _add_model(t)
     o = t.add_argument_group("optimisation")
     o.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default sgd")
     o.add_argument("--lr", type=_positive(float), default=None, help="learning rate η (default 0.02)")
@@ -253,7 +258,58 @@ def build_parser():
     i = sub.add_parser("info", help="versions, backend and device")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    _add_graph(sub)
+    _add_check_gradients(sub)
 
     sub.add_parser("bench", help="throughput benchmarks (see 'gpumlp bench --help')", add_help=False)
     return parser
 
+
+def _add_graph(sub):
+    g = sub.add_parser("graph", help="draw the lecture's computational graph of a model, with its gradients",
+                       description="The computational graph of forward propagation as the lecture draws it "
+                                   "(variables as boxes, operators as circles), every tensor's shape, and the "
+                                   "backward pass's gradients beside it with what computes them. Of a saved MODEL, "
+                                   "or of the net the model options describe (default: gpumlp train's net on the "
+                                   "digits, 64-128-10).")
+    g.add_argument("model", nargs="?", default=None, metavar="MODEL", help="a saved model (.npz)")
+    _add_model(g)
+    n = g.add_argument_group("a new net")
+    n.add_argument("--inputs", type=_positive(int), default=None, metavar="D", help="input features (default 64)")
+    n.add_argument("--outputs", type=_positive(int), default=None, metavar="Q",
+                   help="outputs: classes, or regression targets (default 10)")
+    r = g.add_argument_group("output")
+    r.add_argument("--batch-size", type=_positive(int), default=None, metavar="B",
+                   help="the batch size of the shapes (default: the symbol B)")
+    r.add_argument("--output", "-o", default=None, metavar="FILE",
+                   help="write here: .dot or .gv (Graphviz DOT), .svg, .png (needs matplotlib: pip install "
+                        '"gpumlp[plot]"); default: standard output')
+    r.add_argument("--format", choices=("dot", "svg", "png"), default=None,
+                   help="the output format (default: from --output's suffix, else dot)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no message on standard error")
+    g.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def _add_check_gradients(sub):
+    c = sub.add_parser("check-gradients", help="check every gradient of backpropagation against finite differences",
+                       description="Compare every gradient of the backward pass (∂J/∂o, ∂J/∂h, ∂J/∂z, ∂J/∂W, ∂J/∂b "
+                                   "per layer) and of the training step with central finite differences of J, in "
+                                   "float64 (gpumlp.check_gradients), on a few rows of data: of a saved MODEL on its "
+                                   "training split (or on --data), or of a new net built from the same options as "
+                                   "'gpumlp train' on its data. Exit status 1 when a gradient disagrees.")
+    c.add_argument("model", nargs="?", default=None, metavar="MODEL", help="a saved model (.npz)")
+    _add_data(c, train=True)
+    _add_model(c)
+    k = c.add_argument_group("the check")
+    k.add_argument("--rows", type=_positive(int), default=16, metavar="N",
+                   help="rows of the data to check on, a seeded sample (default 16); every entry costs two "
+                        "forward passes over them")
+    k.add_argument("--max-entries", type=_positive(int), default=1000, metavar="N",
+                   help="entries compared per tensor at most, a seeded sample of larger ones (default 1000)")
+    k.add_argument("--threshold", type=_positive(float), default=1e-6,
+                   help="the largest relative error ‖fd − g‖/‖g‖ that passes (default 1e-6)")
+    k.add_argument("--fd-eps", type=_positive(float), default=1e-6, metavar="EPS",
+                   help="the step ε of the central differences (default 1e-6)")
+    k.add_argument("--seed", type=_positive(int, allow_zero=True), default=None,
+                   help="seeds a new net's weights and data split, and the rows and entries checked (default 0)")
+    _add_common(c)
