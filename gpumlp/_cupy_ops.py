@@ -10,8 +10,8 @@ in ``kernels/``).
     bias_grad      d.sum(axis=0)          cuBLAS gemv with a ones vector
     act_forward    φ(z)                   ElementwiseKernel gpumlp_<φ>_forward:  h = φ(z)
     act_backward   dh ⊙ φ′(z)             ElementwiseKernel gpumlp_<φ>_backward: dz = dh ⊙ φ′(z)
-    loss_grad      L and ∂L/∂o            RawKernel gpumlp_<loss>: row max, log-sum-exp, loss terms,
-                                          ∂L/∂o and the batch sum, one launch
+    loss_grad      L and ∂L/∂o            RawKernel gpumlp_<loss>: the loss terms (cross-entropy: row max
+                                          and log-sum-exp first), ∂L/∂o and the batch sum, one launch
     sq_norm        Σa²                    RawKernel gpumlp_sum (square = 1), one launch
     sgd_update     optim.SGD.update       RawKernel gpumlp_sgd_update: all of θ in one launch
     adam_update    optim.Adam.update      RawKernel gpumlp_adam_update: all of θ in one launch; the
@@ -172,8 +172,8 @@ class CupyOps(Ops):
         if name == "cross_entropy":
             kernel = "gpumlp_cross_entropy"
             y = xp.ascontiguousarray(y, dtype=np.int64)  # no copy for MLP's int64 labels
-        elif name == "squared":
-            kernel = "gpumlp_squared"
+        elif name in ("squared", "binary_cross_entropy", "poisson"):  # targets (B, q), a term per element
+            kernel = f"gpumlp_{name}"
             y = xp.ascontiguousarray(y, dtype=self.dtype).reshape(B, q)
         else:
             raise ValueError(f"unknown loss {name!r}")

@@ -4,7 +4,8 @@ The CUDA lives in ``kernels/`` (installed as the data package ``gpumlp.kernels``
 
     gpumlp_math.cuh     __device__ math: φ and φ′ of every activation, the loss terms, the update rules
     gpumlp_reduce.cuh   warp/block/grid sums for the RawKernels (deterministic, one launch)
-    loss.cu             gpumlp_cross_entropy_*, gpumlp_squared_*   loss and ∂L/∂o in one pass
+    loss.cu             gpumlp_cross_entropy_*, gpumlp_squared_*,  loss and ∂L/∂o in one pass
+                        gpumlp_binary_cross_entropy_*, gpumlp_poisson_*
     optim.cu            gpumlp_sgd_update_*, gpumlp_adam_update_*  one launch over the flat θ (Adam's
                         step counter on the device)
     reduce.cu           gpumlp_sum_*                                Σa or Σa² into a 0-d array
@@ -29,7 +30,7 @@ DTYPE_SUFFIX = {"float32": "_f32", "float64": "_f64"}
 RAW_OPTIONS = ("--std=c++17",)
 # The extern "C" kernels of each .cu file, without the dtype suffix.
 RAW_KERNELS = {
-    "loss.cu": ("gpumlp_cross_entropy", "gpumlp_squared"),
+    "loss.cu": ("gpumlp_cross_entropy", "gpumlp_squared", "gpumlp_binary_cross_entropy", "gpumlp_poisson"),
     "optim.cu": ("gpumlp_sgd_update", "gpumlp_adam_update"),
     "reduce.cu": ("gpumlp_sum",),
 }

@@ -241,6 +241,14 @@ class NumpyOps(Ops):
             else:
                 do *= wn[:, None]
             return L
+        if name in ("binary_cross_entropy", "poisson"):
+            per_example = self._pointwise_loss(name, o, y, do)
+            L = per_example.mean() if wn is None else np.dot(wn, per_example)
+            if wn is None:
+                do /= B
+            else:
+                do *= wn[:, None]
+            return L
         L = F.LOSSES[name].forward(o, y, w)
         do[...] = F.LOSSES[name].backward(o, y, w)
         return L
@@ -272,6 +280,22 @@ class NumpyOps(Ops):
             return np.add.reduce(per_example) / B
         np.multiply(e.T, wn[:, None], out=do)
         return np.dot(wn, per_example)
+
+    @staticmethod
+    def _pointwise_loss(name, o, y, do):
+        """The loss terms of each row (returned, (B,)) and ∂l/∂o (into do) of the two losses whose terms
+        are per element, with functions.py's formulas and their order of operations: the exponential
+        is taken once for both (the outputs are (B, q) with q small: these temporaries are cheap)."""
+        if name == "binary_cross_entropy":  # e = e^−|o|: l = max(o, 0) − y o + log1p(e), σ(o) = (1 or e)/(1 + e)
+            e = np.exp(-np.abs(o))
+            terms = np.maximum(o, 0) - y * o + np.log1p(e)
+            np.divide(np.where(o >= 0, 1, e), 1 + e, out=do)
+        else:  # poisson: l = (e^o − y) − y (o − log y), ∂l/∂o = e^o − y
+            mu = np.exp(o)
+            terms = (mu - y) - y * (o - np.log(np.where(y > 0, y, 1)))
+            np.copyto(do, mu)
+        do -= y
+        return terms.sum(axis=1)
 
     def _arange(self, n):
         r = self._scratch.get(("arange", n))

@@ -10,6 +10,7 @@ functions, and so is the C++ device math in ``kernels/``.
     h = φ(z)                        ACTIVATIONS[name].forward
     o = W2 h                        linear_forward
     L = l(o, y)                     LOSSES[name].forward  (mean over the batch)
+    ŷ = ψ(o)                        LOSSES[name].output   (the output unit: softmax, sigmoid, exp, identity)
     s = λ/2 (‖W1‖² + ‖W2‖²)         regulariser
     J = L + s                       MLP.forward
     ∂J/∂o = ∂L/∂o                   LOSSES[name].backward
@@ -210,14 +211,86 @@ def cross_entropy_backward(o, y, w=None):
     return g / o.shape[0] if wn is None else g * wn[:, None]
 
 
+def binary_cross_entropy_forward(o, y, w=None):
+    """Logistic outputs, one per label: l = Σ_j −[y_j log σ(o_j) + (1 − y_j) log(1 − σ(o_j))], y_j in [0, 1].
+
+    Written as l = Σ_j softplus(o_j) − y_j o_j = Σ_j max(o_j, 0) − y_j o_j + log1p(e^−|o_j|): exact and
+    finite for logits of any size (PyTorch's BCEWithLogitsLoss, summed over labels). One label is a
+    binary problem, several are multilabel targets (an indicator matrix)."""
+    xp = array_module(o)
+    per_example = (xp.maximum(o, 0) - y * o + xp.log1p(xp.exp(-xp.abs(o)))).sum(axis=1)
+    wn = _batch_weights(w, o.shape[0], o.dtype)
+    return per_example.mean() if wn is None else (wn * per_example).sum()
+
+
+def binary_cross_entropy_backward(o, y, w=None):
+    """∂L/∂o = (σ(o) − y)/B (or weighted): the logistic unit and its loss taken together."""
+    wn = _batch_weights(w, o.shape[0], o.dtype)
+    r = sigmoid_forward(o) - y
+    return r / o.shape[0] if wn is None else r * wn[:, None]
+
+
+def poisson_forward(o, y, w=None):
+    """Exponential outputs μ = e^o (o is log μ), half the Poisson deviance, y_j >= 0 (counts or rates):
+    l = Σ_j y_j log(y_j/μ_j) − y_j + μ_j = Σ_j (e^{o_j} − y_j) − y_j (o_j − log y_j)   (0 log 0 = 0).
+
+    scikit-learn's MLPRegressor(loss="poisson"), constant term y log y − y included, so l >= 0 and
+    l = 0 at μ = y. Written with the differences taken first (e^o − y, o − log y): each is small near
+    the fit, where y log y and y·o apart would be large and cancel. PyTorch's PoissonNLLLoss(
+    log_input=True) is the same l without the constant."""
+    xp = array_module(o)
+    log_y = xp.log(xp.where(y > 0, y, 1))  # y = 0 contributes y (o − log y) = 0
+    per_example = ((xp.exp(o) - y) - y * (o - log_y)).sum(axis=1)
+    wn = _batch_weights(w, o.shape[0], o.dtype)
+    return per_example.mean() if wn is None else (wn * per_example).sum()
+
+
+def poisson_backward(o, y, w=None):
+    """∂L/∂o = (e^o − y)/B (or weighted)."""
+    xp = array_module(o)
+    wn = _batch_weights(w, o.shape[0], o.dtype)
+    r = xp.exp(o) - y
+    return r / o.shape[0] if wn is None else r * wn[:, None]
+
+
+def exp_output(o):
+    xp = array_module(o)
+    return xp.exp(o)
+
+
+# What a loss's outputs predict: class labels (the index of the largest logit), 0/1 per label
+# (probability above ½), or the mean ψ(o) itself (regression).
+def _argmax_labels(o):
+    return o.argmax(axis=1)
+
+
+def _indicators(o):
+    return (sigmoid_forward(o) > 0.5).astype("int64")
+
+
 @dataclass(frozen=True)
 class Loss:
+    """A loss with its output unit. ``output`` is ψ, the model's prediction from the outputs o (class
+    probabilities, or the mean of y); ``predict`` the decision (labels, indicators, or ψ(o)); ``targets``
+    what y holds: "labels" (integers in [0, q)), "binary" (values in [0, 1]), "real", "counts" (>= 0)."""
+
     name: str
     forward: Callable
     backward: Callable
+    output: Callable = identity_forward
+    predict: Callable = identity_forward
+    targets: str = "real"
+
+    @property
+    def is_classification(self):
+        return self.targets in ("labels", "binary")
 
 
 LOSSES = {
     "squared": Loss("squared", squared_forward, squared_backward),
-    "cross_entropy": Loss("cross_entropy", cross_entropy_forward, cross_entropy_backward),
+    "cross_entropy": Loss("cross_entropy", cross_entropy_forward, cross_entropy_backward, softmax, _argmax_labels,
+                          "labels"),
+    "binary_cross_entropy": Loss("binary_cross_entropy", binary_cross_entropy_forward, binary_cross_entropy_backward,
+                                 sigmoid_forward, _indicators, "binary"),
+    "poisson": Loss("poisson", poisson_forward, poisson_backward, exp_output, exp_output, "counts"),
 }

@@ -1,6 +1,8 @@
 """Scores of outputs against targets, on NumPy or CuPy arrays alike: what ``MLP.score`` reports.
 
     accuracy(o, y, w)   the (weighted) fraction of rows whose largest output is the label
+    subset_accuracy(p, y, w)   the (weighted) fraction of rows whose every predicted label p is right
+                        (indicator rows, binary or multilabel: sklearn.metrics.accuracy_score's)
     r2(o, y, w)         R² per output column, averaged uniformly (sklearn.metrics.r2_score's default);
                         1 for a perfectly predicted constant column, 0 for an imperfectly predicted one
 """
@@ -11,6 +13,11 @@ from .backend import array_module
 
 def accuracy(o, y, w=None):
     hit = o.argmax(axis=1) == y
+    return float(hit.mean() if w is None else (w * hit).sum() / w.sum())
+
+
+def subset_accuracy(prediction, y, w=None):
+    hit = (prediction == y).all(axis=1)
     return float(hit.mean() if w is None else (w * hit).sum() / w.sum())
 
 

@@ -88,7 +88,9 @@ class MLP:
     sizes : (d, h1, ..., hk, q) layer widths; (d, h, q) is the lecture's one-hidden-layer net.
     activation : φ for every hidden layer, or a list of one name per hidden layer
         (relu, leaky_relu, sigmoid, tanh, gelu, softplus, identity).
-    loss : "cross_entropy" (integer labels, softmax outputs) or "squared" (l = ½‖o − y‖²).
+    loss : "cross_entropy" (integer labels, softmax outputs), "squared" (l = ½‖o − y‖²),
+        "binary_cross_entropy" (a logistic output per label: binary problems with q = 1, multilabel
+        indicator targets with q labels) or "poisson" (exponential outputs, half the Poisson deviance).
     weight_decay : λ in s = λ/2 Σ‖W‖²_F; ∂J/∂W includes λW (PyTorch's ``weight_decay``).
         scikit-learn's ``alpha`` penalises alpha/(2·batch) Σ‖W‖², i.e. λ = alpha / batch_size.
     bias : add a bias to every layer (never weight-decayed).
@@ -376,21 +378,21 @@ class MLP:
         return self._outputs(check_X(X, "X", self.sizes[0], self.dtype))
 
     def decision_function(self, X):
-        """The outputs o (logits for cross-entropy) as a host NumPy array."""
+        """The outputs o (logits for the classification losses, log μ for poisson) as a host NumPy array."""
         return self.array_backend.to_host(self.outputs(X))
 
     def predict_proba(self, X):
-        if self.loss != "cross_entropy":
-            raise ValueError("predict_proba needs loss='cross_entropy'")
-        return self.array_backend.to_host(F.softmax(self.outputs(X)))
+        """Class probabilities: softmax (cross_entropy), or the sigmoid of each output, label by label
+        (binary_cross_entropy: (n, q), they need not sum to one)."""
+        if not F.LOSSES[self.loss].is_classification:
+            raise ValueError(f"predict_proba needs loss='cross_entropy' or 'binary_cross_entropy', not {self.loss!r}")
+        return self.array_backend.to_host(F.LOSSES[self.loss].output(self.outputs(X)))
 
     def predict(self, X):
-        """Class labels (cross-entropy) or outputs (squared; 1-D when q = 1), as NumPy arrays."""
-        o = self.outputs(X)
-        if self.loss == "cross_entropy":
-            return self.array_backend.to_host(o.argmax(axis=1))
-        o = self.array_backend.to_host(o)
-        return o[:, 0] if o.shape[1] == 1 else o
+        """As NumPy arrays: class labels (cross_entropy); 0/1 per label (binary_cross_entropy, probability
+        above ½); the outputs (squared) or the means e^o (poisson). 1-D when q = 1 (labels always)."""
+        p = self.array_backend.to_host(F.LOSSES[self.loss].predict(self.outputs(X)))
+        return p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p
 
     def _checked(self, X, y, sample_weight):
         x = check_X(X, "X", self.sizes[0], self.dtype)  # left where it is: _outputs moves it in chunks
@@ -402,10 +404,16 @@ class MLP:
         return float(F.LOSSES[self.loss].forward(self._outputs(x), yy, w)) + F.regulariser(self._W, self.weight_decay)
 
     def score(self, X, y, sample_weight=None):
-        """Accuracy for cross-entropy, R² (uniform average over outputs) for squared; weighted as
-        scikit-learn's metrics when sample_weight is given."""
+        """Accuracy for cross_entropy, the fraction of rows with every label right for
+        binary_cross_entropy (scikit-learn's subset accuracy), R² (uniform average over outputs) of the
+        prediction for squared and poisson; weighted as scikit-learn's metrics with sample_weight."""
         x, yy, w = self._checked(X, y, sample_weight)
-        return (metrics.accuracy if self.loss == "cross_entropy" else metrics.r2)(self._outputs(x), yy, w)
+        o, loss = self._outputs(x), F.LOSSES[self.loss]
+        if self.loss == "cross_entropy":
+            return metrics.accuracy(o, yy, w)
+        if loss.is_classification:  # logistic outputs: each label predicted 1 where its probability exceeds ½
+            return metrics.subset_accuracy(loss.predict(o), yy, w)
+        return metrics.r2(loss.output(o), yy, w)
 
     # ------------------------------------------------------------------ training: thin calls
     def training_step(self, batch_size):

@@ -5,7 +5,8 @@ before any state changes, so a call that raises leaves the model exactly as it w
 on the device (CuPy) are checked there, without a copy to the host.
 
     check_X(X, name, n_features, dtype)           2-D, non-empty, real, finite as ``dtype``
-    check_y(y, loss, n, n_outputs, name, dtype)   labels in [0, q) or (n, q) targets
+    check_y(y, loss, n, n_outputs, name, dtype)   labels in [0, q), or (n, q) targets: real (squared),
+                                                  in [0, 1] (binary_cross_entropy), >= 0 (poisson)
     check_sample_weight(w, n, name)               (n,) finite, >= 0, positive sum (a number: n copies)
     rescaled_weights(w)                           w · 2ᵏ with max ∈ [1, 2): safe to cast to float32
     check_positive_number(v, name, ...)           a finite number (or integer) > 0 or >= 0
@@ -92,8 +93,9 @@ def check_X(X, name="X", n_features=None, dtype=None):
 
 
 def check_y(y, loss, n_samples, n_outputs, name="y", dtype=None):
-    """Targets for ``loss``: integer labels in [0, q) for cross-entropy, (n, q) floats for squared
-    (checked finite as ``dtype``, like ``check_X``)."""
+    """Targets for ``loss``: integer labels in [0, q) for cross-entropy; else (n, q) numbers (1-D
+    when q = 1), checked finite as ``dtype`` like ``check_X``: any real value for squared, values in
+    [0, 1] for binary_cross_entropy (0/1 indicators, or probabilities), values >= 0 for poisson."""
     if is_device_array(y):
         arr, xp = y, __import__("cupy")
     else:
@@ -115,8 +117,14 @@ def check_y(y, loss, n_samples, n_outputs, name="y", dtype=None):
     if arr.ndim == 1 and n_outputs == 1:
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2 or arr.shape[1] != n_outputs:
-        raise ValueError(f"{name} must have shape (n_samples, {n_outputs}) for the squared loss, got {arr.shape}")
-    return _finite_as(arr, xp, dtype, name)
+        raise ValueError(f"{name} must have shape (n_samples, {n_outputs}) for the {loss} loss, got {arr.shape}")
+    arr = _finite_as(arr, xp, dtype, name)
+    if loss == "binary_cross_entropy" and not bool(((arr >= 0) & (arr <= 1)).all()):
+        raise ValueError(f"{name} must hold values in [0, 1] for binary_cross_entropy (0/1 per label, or "
+                         f"probabilities), got values in [{float(arr.min())}, {float(arr.max())}]")
+    if loss == "poisson" and bool((arr < 0).any()):
+        raise ValueError(f"{name} must be non-negative for the poisson loss, got a minimum of {float(arr.min())}")
+    return arr
 
 
 def check_sample_weight(w, n_samples, name="sample_weight"):

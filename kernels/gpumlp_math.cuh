@@ -92,6 +92,20 @@ template <typename F> __device__ __forceinline__ F gpumlp_squared_term(F o, F y)
     return F(0.5) * r * r;
 }
 template <typename F> __device__ __forceinline__ F gpumlp_squared_grad(F o, F y) { return o - y; }
+// Binary cross-entropy of a logistic output, y in [0, 1] (functions.binary_cross_entropy_forward/backward):
+//   l = max(o, 0) − y o + log1p(e^−|o|)  (softplus(o) − y o: finite for logits of any size);
+//   ∂l/∂o = σ(o) − y  (the stable sigmoid above).
+template <typename F> __device__ __forceinline__ F gpumlp_bce_term(F o, F y) {
+    return (o > F(0) ? o : F(0)) - y * o + gpumlp_math_log1p(gpumlp_math_exp(-gpumlp_math_abs(o)));
+}
+template <typename F> __device__ __forceinline__ F gpumlp_bce_grad(F o, F y) { return gpumlp_sigmoid(o) - y; }
+// Poisson with an exponential output μ = e^o, half the deviance, y >= 0 (functions.poisson_forward/backward):
+//   l = (e^o − y) − y (o − log y)  (0 log 0 = 0: the second term vanishes at y = 0);   ∂l/∂o = e^o − y.
+template <typename F> __device__ __forceinline__ F gpumlp_poisson_term(F o, F y) {
+    const F log_y = y > F(0) ? gpumlp_math_log(y) : F(0);
+    return (gpumlp_math_exp(o) - y) - y * (o - log_y);
+}
+template <typename F> __device__ __forceinline__ F gpumlp_poisson_grad(F o, F y) { return gpumlp_math_exp(o) - y; }
 
 // ---- update rules for one parameter θ with raw loss gradient g (gpumlp/optim.py) -----------------
 // lam is λ for weights and 0 for biases (the caller decides by the element's index).

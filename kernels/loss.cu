@@ -1,6 +1,6 @@
 // Fused losses: for each row of the outputs o (B, q), the loss term and ∂L/∂o in one pass, and the
 // batch loss L = Σ_i scale_i l_i reduced in the same launch (gpumlp_grid_sum). NumPy twins:
-// functions.cross_entropy_forward/backward and functions.squared_forward/backward.
+// functions.<loss>_forward/backward for cross_entropy, squared, binary_cross_entropy and poisson.
 //
 // scale_i = 1/B (the mean), or w_i / Σw with per-example weights w (functions._batch_weights);
 // Σw is computed on the device beforehand (gpumlp_sum_*) and passed by pointer, so nothing is read
@@ -44,11 +44,25 @@ __device__ void gpumlp_cross_entropy(const F* __restrict__ o, const long long* _
     gpumlp_grid_sum(gpumlp_block_sum(acc), partial, counter, loss);
 }
 
-// Squared loss with targets y (B, q): ∂L/∂o = (o − y)·scale and l = ½ Σ_j (o_j − y_j)².
-template <typename F>
-__device__ void gpumlp_squared(const F* __restrict__ o, const F* __restrict__ y, const F* __restrict__ w,
-                               const F* __restrict__ wsum, F* __restrict__ dout, F* loss, F* partial,
-                               unsigned int* counter, int B, int q) {
+// The losses whose terms are per element, with targets y (B, q): l = Σ_j term(o_j, y_j) and
+// ∂L/∂o_j = grad(o_j, y_j)·scale. Each is a tag type naming its two functions of gpumlp_math.cuh.
+struct gpumlp_squared_loss {  // ½ (o − y)², o − y
+    template <typename F> static __device__ __forceinline__ F term(F o, F y) { return gpumlp_squared_term(o, y); }
+    template <typename F> static __device__ __forceinline__ F grad(F o, F y) { return gpumlp_squared_grad(o, y); }
+};
+struct gpumlp_bce_loss {  // logistic output: softplus(o) − y o, σ(o) − y
+    template <typename F> static __device__ __forceinline__ F term(F o, F y) { return gpumlp_bce_term(o, y); }
+    template <typename F> static __device__ __forceinline__ F grad(F o, F y) { return gpumlp_bce_grad(o, y); }
+};
+struct gpumlp_poisson_loss {  // exponential output: half the Poisson deviance, e^o − y
+    template <typename F> static __device__ __forceinline__ F term(F o, F y) { return gpumlp_poisson_term(o, y); }
+    template <typename F> static __device__ __forceinline__ F grad(F o, F y) { return gpumlp_poisson_grad(o, y); }
+};
+
+template <typename F, typename Loss>
+__device__ void gpumlp_pointwise_loss(const F* __restrict__ o, const F* __restrict__ y, const F* __restrict__ w,
+                                      const F* __restrict__ wsum, F* __restrict__ dout, F* loss, F* partial,
+                                      unsigned int* counter, int B, int q) {
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     F acc = F(0);
     for (long long row = (long long)blockIdx.x * warps + (threadIdx.x >> 5); row < B;
@@ -59,8 +73,8 @@ __device__ void gpumlp_squared(const F* __restrict__ o, const F* __restrict__ y,
         const F scale = gpumlp_row_scale(w, wsum, row, B);
         F l = F(0);
         for (int j = lane; j < q; j += 32) {
-            drow[j] = gpumlp_squared_grad(orow[j], yrow[j]) * scale;
-            l += gpumlp_squared_term(orow[j], yrow[j]);
+            drow[j] = Loss::grad(orow[j], yrow[j]) * scale;
+            l += Loss::term(orow[j], yrow[j]);
         }
         l = gpumlp_warp_sum(l);
         if (lane == 0) acc += scale * l;
@@ -77,7 +91,17 @@ __device__ void gpumlp_squared(const F* __restrict__ o, const F* __restrict__ y,
     extern "C" __global__ void gpumlp_squared##SUFFIX(const F* o, const F* y, const F* w, const F* wsum, \
                                                       F* dout, F* loss, F* partial, unsigned int* counter, \
                                                       int B, int q) {                                    \
-        gpumlp_squared<F>(o, y, w, wsum, dout, loss, partial, counter, B, q);                           \
+        gpumlp_pointwise_loss<F, gpumlp_squared_loss>(o, y, w, wsum, dout, loss, partial, counter, B, q); \
+    }                                                                                                    \
+    extern "C" __global__ void gpumlp_binary_cross_entropy##SUFFIX(                                      \
+        const F* o, const F* y, const F* w, const F* wsum, F* dout, F* loss, F* partial,                 \
+        unsigned int* counter, int B, int q) {                                                           \
+        gpumlp_pointwise_loss<F, gpumlp_bce_loss>(o, y, w, wsum, dout, loss, partial, counter, B, q);     \
+    }                                                                                                    \
+    extern "C" __global__ void gpumlp_poisson##SUFFIX(const F* o, const F* y, const F* w, const F* wsum, \
+                                                      F* dout, F* loss, F* partial, unsigned int* counter, \
+                                                      int B, int q) {                                    \
+        gpumlp_pointwise_loss<F, gpumlp_poisson_loss>(o, y, w, wsum, dout, loss, partial, counter, B, q); \
     }
 
 GPUMLP_LOSS_KERNELS(float, _f32)

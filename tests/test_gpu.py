@@ -1,7 +1,7 @@
 """The CuPy backend on a GPU against the NumPy reference. Marked ``gpu``: skipped (tests/conftest.py)
 where CuPy or a CUDA device is missing; nothing here touches CuPy at import.
 
-- every kernel of ``CupyOps`` (GEMMs, φ forward/backward, the fused losses, Σ/Σ², and the TF32 opt-in)
+- every kernel of ``CupyOps`` (GEMMs, φ forward/backward, the fused losses of every loss, Σ/Σ², and the TF32 opt-in)
   against gpumlp.functions in float32 and float64, outputs poisoned first so an unwritten element shows;
   (the fused optimizer kernels are checked against gpumlp.optim in tests/test_optim.py);
 - a full training step and a few epochs of ``fit`` against the NumPy backend from the same initial weights;
@@ -106,22 +106,35 @@ def test_activation_kernels_on_strided_views(cp):
 
 
 # ------------------------------------------------------------------------------ losses
+def targets(loss, rng, B, q, dtype=np.float64):
+    """Labels (cross-entropy), reals (squared), 0/1 with soft labels (binary cross-entropy), counts (Poisson)."""
+    if loss == "cross_entropy":
+        return rng.integers(0, q, B).astype(np.int64)
+    if loss == "binary_cross_entropy":
+        y = rng.integers(0, 2, (B, q)).astype(dtype)
+        y.flat[::7] = 0.25
+        return y
+    if loss == "poisson":
+        return rng.poisson(2.0, (B, q)).astype(dtype)
+    return rng.standard_normal((B, q)).astype(dtype)
+
+
 LOSS_SHAPES = [(1, 1), (7, 3), (33, 10), (256, 33), (9000, 10), (64, 1000)]  # q > 32 loops lanes; 9000 rows > one grid
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
+@pytest.mark.parametrize("loss", sorted(F.LOSSES))
 @pytest.mark.parametrize("B,q", LOSS_SHAPES)
 def test_loss_kernel_matches_functions(cp, loss, B, q, weighted, dtype):
     ops = make_ops(dtype)
     rng = np.random.default_rng(B * 1000 + q)
-    o = (rng.standard_normal((B, q)) * (30 if loss == "cross_entropy" else 1)).astype(dtype)
-    if loss == "cross_entropy":
-        o[0] += 1e4  # huge logits in one row: exp would overflow without the max-shift
-        y = rng.integers(0, q, B).astype(np.int64)
-    else:
-        y = rng.standard_normal((B, q)).astype(dtype)
+    o = (rng.standard_normal((B, q)) * {"cross_entropy": 30, "binary_cross_entropy": 10}.get(loss, 1)).astype(dtype)
+    y = targets(loss, rng, B, q, dtype)
+    if loss in ("cross_entropy", "binary_cross_entropy"):
+        o[0] += 1e4  # huge logits in one row: exp would overflow without the max-shift / the stable softplus
+    elif loss == "poisson":
+        o[0] -= 50  # means that underflow
     w = rng.uniform(0.0, 2.0, B).astype(dtype) if weighted else None
     # reference in float64 from the same inputs: what both dtypes should approximate
     L_ref = F.LOSSES[loss].forward(o.astype(np.float64), y if loss == "cross_entropy" else y.astype(np.float64),
@@ -140,14 +153,14 @@ def test_loss_kernel_matches_functions(cp, loss, B, q, weighted, dtype):
     assert float(ops.loss_grad(loss, *args, do)) == L_first
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
+@pytest.mark.parametrize("loss", sorted(F.LOSSES))
 def test_loss_kernel_of_a_batch_of_zero_weights_is_zero(cp, loss):
     # Σw = 0: L = 0 and ∂L/∂o = 0 as NumPy's loss_grad, not 0/0 = NaN.
     ops = make_ops("float32")
     rng = np.random.default_rng(12)
     B, q = 50, 3
     o = rng.standard_normal((B, q)).astype(np.float32)
-    y = rng.integers(0, q, B) if loss == "cross_entropy" else rng.standard_normal((B, q)).astype(np.float32)
+    y = targets(loss, rng, B, q, np.float32)
     do = poisoned(cp, (B, q), "float32")
     L = ops.loss_grad(loss, cp.asarray(o), cp.asarray(y), cp.zeros(B, np.float32), do)
     assert float(L) == 0 and bool((do == 0).all())
@@ -264,6 +277,8 @@ STEP_CASES = [
     dict(activation=a) for a in _kernels.ACTIVATIONS
 ] + [
     dict(loss="squared"),
+    dict(loss="binary_cross_entropy"),
+    dict(loss="poisson", sizes=(20, 48, 1), activation="tanh"),
     dict(optimizer="sgd", momentum=0.9),
     dict(optimizer="sgd", momentum=0.9, nesterov=True),
     dict(optimizer="adam"),
@@ -283,7 +298,7 @@ def _pair(dtype, **kw):
 
 def _data(m, B, rng, weighted=False):
     X = rng.standard_normal((B, m.sizes[0]))
-    y = rng.standard_normal((B, m.sizes[-1])) if m.loss == "squared" else rng.integers(0, m.sizes[-1], B)
+    y = targets(m.loss, rng, B, m.sizes[-1])
     w = rng.uniform(0.2, 2.0, B) if weighted else None
     return X, y, w
 
@@ -342,7 +357,7 @@ def test_backward_api_still_returns_every_gradient_on_the_gpu():
 
 # ------------------------------------------------------------------------------ no allocation, no sync
 ALLOC_CASES = [dict(), dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam"), dict(loss="squared"),
-               dict(weighted=True)]
+               dict(weighted=True), dict(loss="binary_cross_entropy", weighted=True)]
 
 
 @pytest.mark.parametrize("phases", ["train", "gradients+apply"])

@@ -44,11 +44,23 @@ def _problem(depth, loss, bias, act, lam, seed, B, d, hidden, q):
     if bias:  # non-zero biases, so their gradient paths are exercised
         m.set_weights(m.get_weights(), [rng.normal(size=n) for n in sizes[1:]])
     X = rng.normal(size=(B, d))
-    y = rng.integers(0, q, size=B) if loss == "cross_entropy" else rng.normal(size=(B, q))
-    return m, X, y
+    return m, X, targets(loss, rng, B, q)
 
 
-CONFIGS = list(itertools.product(ACTS, ["squared", "cross_entropy"], [0.0, 0.1], [1, 2, 3], [False, True]))
+def targets(loss, rng, B, q):
+    """Labels (cross-entropy), reals (squared), 0/1 and soft labels (binary cross-entropy), counts (Poisson)."""
+    if loss == "cross_entropy":
+        return rng.integers(0, q, size=B)
+    if loss == "binary_cross_entropy":
+        y = rng.integers(0, 2, size=(B, q)).astype(float)
+        y[0, 0] = 0.3
+        return y
+    if loss == "poisson":
+        return rng.poisson(1.5, size=(B, q)).astype(float)
+    return rng.normal(size=(B, q))
+
+
+CONFIGS = list(itertools.product(ACTS, sorted(F.LOSSES), [0.0, 0.1], [1, 2, 3], [False, True]))
 
 
 @pytest.mark.parametrize("act,loss,lam,depth,bias", CONFIGS)
@@ -104,7 +116,7 @@ def test_backward_matches_the_lecture_by_hand():
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
+@pytest.mark.parametrize("loss", sorted(F.LOSSES))
 def test_sample_weight_gradients_match_finite_differences(loss):
     """With per-example weights L is Σ w_i l_i / Σ w_i; the gradients follow."""
     m, X, y = make_problem(2, loss, True, "gelu", 0.05)

@@ -126,6 +126,22 @@ static void squared_rows(const F* o, const F* y, const F* w, F* dout, F* loss, i
     }
     *loss = total;
 }
+// The per-element losses of kernels/loss.cu (binary cross-entropy, Poisson): term and grad per element.
+template <typename F, F (*term)(F, F), F (*grad)(F, F)>
+static void pointwise_rows(const F* o, const F* y, const F* w, F* dout, F* loss, int B, int q) {
+    F wsum = 0, total = 0;
+    if (w) for (int i = 0; i < B; ++i) wsum += w[i];
+    for (long long row = 0; row < B; ++row) {
+        const F scale = w ? w[row] / wsum : F(1) / F(B);
+        F l = 0;
+        for (int j = 0; j < q; ++j) {
+            dout[row * q + j] = grad(o[row * q + j], y[row * q + j]) * scale;
+            l += term(o[row * q + j], y[row * q + j]);
+        }
+        total += scale * l;
+    }
+    *loss = total;
+}
 // kernels/optim.cu, the same loop body.
 template <typename F>
 static void sgd_update(F* theta, const F* grad, F* velocity, long long n, long long n_decay, F lr, F lam, F mu,
@@ -150,6 +166,21 @@ static void adam_update(F* theta, const F* grad, F* m, F* v, long long n, long l
     }                                                                                                        \
     extern "C" void squared_##S(const F* o, const F* y, const F* w, F* d, F* L, int B, int q) {              \
         squared_rows<F>(o, y, w, d, L, B, q);                                                                \
+    }                                                                                                        \
+    extern "C" void binary_cross_entropy_##S(const F* o, const F* y, const F* w, F* d, F* L, int B, int q) {   \
+        pointwise_rows<F, gpumlp_bce_term<F>, gpumlp_bce_grad<F>>(o, y, w, d, L, B, q);                      \
+    }                                                                                                        \
+    extern "C" void poisson_##S(const F* o, const F* y, const F* w, F* d, F* L, int B, int q) {              \
+        pointwise_rows<F, gpumlp_poisson_term<F>, gpumlp_poisson_grad<F>>(o, y, w, d, L, B, q);              \
+    }                                                                                                        \
+    extern "C" void bce_elements_##S(const F* o, const F* y, F* term, F* grad, long long n) {                \
+        for (long long i = 0; i < n; ++i) { term[i] = gpumlp_bce_term(o[i], y[i]); grad[i] = gpumlp_bce_grad(o[i], y[i]); } \
+    }                                                                                                        \
+    extern "C" void poisson_elements_##S(const F* o, const F* y, F* term, F* grad, long long n) {            \
+        for (long long i = 0; i < n; ++i) {                                                                  \
+            term[i] = gpumlp_poisson_term(o[i], y[i]);                                                       \
+            grad[i] = gpumlp_poisson_grad(o[i], y[i]);                                                       \
+        }                                                                                                    \
     }                                                                                                        \
     extern "C" void sgd_update_##S(F* t, const F* g, F* v, long long n, long long nd, F lr, F lam, F mu, int nes) { \
         sgd_update<F>(t, g, v, n, nd, lr, lam, mu, nes);                                                     \
@@ -292,6 +323,60 @@ def test_squared_rows_match_functions(lib, dtype, weighted):
     f(ptr(o), ptr(y), ptr(w), ptr(do), ptr(L), ctypes.c_int(B), ctypes.c_int(q))
     assert_close(L, np.asarray(F.squared_forward(o, y, w), dtype), dtype, "squared L")
     assert_close(do, F.squared_backward(o, y, w), dtype, "squared dL/do")
+
+
+def loss_targets(loss, rng, shape, dtype):
+    """Targets of each loss: labels (cross-entropy), reals (squared), 0/1 with some probabilities in
+    between (binary cross-entropy: soft labels are allowed), counts with zeros (Poisson)."""
+    if loss == "cross_entropy":
+        return rng.integers(0, shape[1], shape[0]).astype(np.int64)
+    if loss == "squared":
+        return rng.standard_normal(shape).astype(dtype)
+    if loss == "binary_cross_entropy":
+        y = rng.integers(0, 2, shape).astype(dtype)
+        y.flat[::7] = 0.25
+        return y
+    y = rng.poisson(2.0, shape).astype(dtype)
+    y.flat[::5] += 0.5  # rates, not only counts
+    return y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("loss", ["binary_cross_entropy", "poisson"])
+def test_pointwise_loss_rows_match_functions(lib, loss, dtype, weighted):
+    rng = np.random.default_rng(4)
+    B, q = 31, 5
+    o = (rng.standard_normal((B, q)) * 3).astype(dtype)
+    o[0] = [-40, -20, 0, 20, 40] if loss == "binary_cross_entropy" else [-40, -20, 0, 5, 20]  # saturated units
+    y = loss_targets(loss, rng, (B, q), dtype)
+    w = rng.uniform(0.1, 2.0, B).astype(dtype) if weighted else None
+    do, L = np.full((B, q), np.nan, dtype), np.full((), np.nan, dtype)
+    _loss_args(lib, loss, dtype, B, q)(ptr(o), ptr(y), ptr(w), ptr(do), ptr(L), ctypes.c_int(B), ctypes.c_int(q))
+    assert np.isfinite(L) and np.isfinite(do).all()
+    assert_close(L, np.asarray(F.LOSSES[loss].forward(o, y, w), dtype), dtype, f"{loss} L")
+    assert_close(do, F.LOSSES[loss].backward(o, y, w), dtype, f"{loss} dL/do")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ["binary_cross_entropy", "poisson"])
+def test_pointwise_loss_terms_at_the_edges_match_functions(lib, loss, dtype):
+    """Each element's term and ∂l/∂o (the __device__ functions themselves) against functions.py, one
+    element per row: the edge inputs (±1e30, ±inf, NaN, the overflow thresholds of exp) for each target."""
+    o = np.repeat(edge_and_random(dtype, np.random.default_rng(5)), 3)
+    y = np.tile(np.array([0.0, 1.0, 0.25] if loss == "binary_cross_entropy" else [0.0, 0.5, 3.0], dtype), o.size // 3)
+    term, grad = np.full_like(o, np.nan), np.full_like(o, np.nan)
+    f = getattr(lib, f"{'bce' if loss == 'binary_cross_entropy' else loss}_elements_{CTYPE[dtype][1]}")
+    f.restype = None
+    f(ptr(o), ptr(y), ptr(term), ptr(grad), ctypes.c_longlong(o.size))
+    with np.errstate(all="ignore"):  # inf − inf and 0·inf are NaN on both sides
+        want_term = np.array([F.LOSSES[loss].forward(o[i:i + 1, None], y[i:i + 1, None]) for i in range(o.size)], dtype)
+        want_grad = np.concatenate([F.LOSSES[loss].backward(o[i:i + 1, None], y[i:i + 1, None])[0] for i in range(o.size)])
+    assert_close(term, want_term, dtype, f"{loss} term")
+    assert_close(grad, want_grad, dtype, f"{loss} dl/do")
+    big = np.abs(o) == dtype(1e4)
+    if loss == "binary_cross_entropy":  # softplus(o) − y·o: finite for logits of any finite size
+        assert np.isfinite(term[big]).all() and np.isfinite(grad[big]).all()
 
 
 OPTIMIZERS = [
@@ -453,6 +538,16 @@ LAUNCHERS = r"""
                                     int q) {                                                                   \
         launch(g, b, order, [&] { gpumlp_squared_##S(o, y, w, wsum, d, L, part, counter, B, q); });           \
     }                                                                                                          \
+    extern "C" void run_binary_cross_entropy_##S(unsigned g, unsigned b, const int* order, const F* o,         \
+                                                 const F* y, const F* w, const F* wsum, F* d, F* L, F* part,   \
+                                                 unsigned* counter, int B, int q) {                            \
+        launch(g, b, order, [&] { gpumlp_binary_cross_entropy_##S(o, y, w, wsum, d, L, part, counter, B, q); }); \
+    }                                                                                                          \
+    extern "C" void run_poisson_##S(unsigned g, unsigned b, const int* order, const F* o, const F* y,           \
+                                    const F* w, const F* wsum, F* d, F* L, F* part, unsigned* counter, int B,  \
+                                    int q) {                                                                   \
+        launch(g, b, order, [&] { gpumlp_poisson_##S(o, y, w, wsum, d, L, part, counter, B, q); });           \
+    }                                                                                                          \
     extern "C" void run_sum_##S(unsigned g, unsigned b, const int* order, const F* a, long long n, int square, \
                                 F* out, F* part, unsigned* counter) {                                          \
         launch(g, b, order, [&] { gpumlp_sum_##S(a, n, square, out, part, counter); });                       \
@@ -519,6 +614,11 @@ LOSS_LAUNCHES = [
     ("squared", 1, True, np.float64, None, 256, True),
     ("cross_entropy", 45, True, np.float32, None, 256, False),
     ("squared", 45, False, np.float32, 3, 64, True),
+    ("binary_cross_entropy", 1, False, np.float64, None, 256, False),  # q = 1: a binary problem
+    ("binary_cross_entropy", 40, True, np.float32, None, 64, True),  # multilabel, lanes loop
+    ("binary_cross_entropy", 3, True, np.float64, 2, 32, False),
+    ("poisson", 1, True, np.float32, None, 256, True),
+    ("poisson", 40, False, np.float64, 3, 64, False),
 ]
 LAUNCH_SHAPES = [(None, 64, False), (3, 32, True)]  # (grid or natural, block, reverse order)
 
@@ -530,9 +630,9 @@ def test_loss_kernels_run_on_the_host(grid_lib, loss, q, weighted, dtype, grid, 
     run = Grid(grid_lib, dtype)
     rng = np.random.default_rng(q)
     B = 37
-    o = (rng.standard_normal((B, q)) * 5).astype(dtype)
-    o[0] += 1e4  # a row of huge logits
-    y = rng.integers(0, q, B).astype(np.int64) if loss == "cross_entropy" else rng.standard_normal((B, q)).astype(dtype)
+    o = (rng.standard_normal((B, q)) * (1 if loss == "poisson" else 5)).astype(dtype)
+    o[0] += -50 if loss == "poisson" else 1e4  # a row of huge logits (Poisson: of means that underflow to 0)
+    y = loss_targets(loss, rng, (B, q), dtype)
     w = rng.uniform(0.1, 2.0, B).astype(dtype) if weighted else None
     if grid is None:  # as CupyOps launches it: one warp per row
         grid = max(1, min(-(-B // (block // 32)), MAX_BLOCKS))
@@ -552,7 +652,7 @@ def test_loss_kernels_run_on_the_host(grid_lib, loss, q, weighted, dtype, grid, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared", "binary_cross_entropy", "poisson"])
 def test_loss_kernels_give_zero_for_a_batch_of_zero_weights(grid_lib, loss, dtype):
     """Σw = 0 (a shuffled batch of zero-weight examples): L = 0 and ∂L/∂o = 0 as NumPy's loss_grad,
     not w/Σw = 0/0 = NaN, which fit would report as divergence on the GPU only."""
@@ -560,7 +660,7 @@ def test_loss_kernels_give_zero_for_a_batch_of_zero_weights(grid_lib, loss, dtyp
     rng = np.random.default_rng(8)
     B, q, block = 19, 5, 64
     o = rng.standard_normal((B, q)).astype(dtype)
-    y = rng.integers(0, q, B).astype(np.int64) if loss == "cross_entropy" else rng.standard_normal((B, q)).astype(dtype)
+    y = loss_targets(loss, rng, (B, q), dtype)
     w = np.zeros(B, dtype)
     grid = -(-B // (block // 32))
     partial, counter = np.full(grid, np.nan, dtype), np.zeros(1, np.uint32)
@@ -743,6 +843,8 @@ HOST_STEP_CASES = [
     dict(activation="tanh", optimizer="sgd", momentum=0.9, nesterov=True, bias=True, weight_decay=0.01),
     dict(activation="softplus", optimizer="adam", decoupled=True, bias=True, weight_decay=0.01),
     dict(activation="leaky_relu", loss="squared", optimizer="adam", weight_decay=0.01),
+    dict(activation="sigmoid", loss="binary_cross_entropy", momentum=0.9, bias=True, weight_decay=0.01),
+    dict(activation="relu", loss="poisson", optimizer="adam", bias=True),
 ]
 
 
@@ -757,12 +859,13 @@ def test_cupy_ops_training_steps_on_a_host_stand_in(host_cupy_ops, kw, dtype):
     tol = {np.float32: 1e-5, np.float64: 1e-12}[dtype]
     for step in range(3):
         X = rng.standard_normal((12, 6))
-        y = rng.standard_normal((12, 4)) if models[0].loss == "squared" else rng.integers(0, 4, 12)
+        y = loss_targets(models[0].loss, rng, (12, 4), np.float64)
         w = rng.uniform(0.5, 2.0, 12) if step == 1 else None
         J = [m.step(X, y, lr=0.05, sample_weight=w) for m in models]
         np.testing.assert_allclose(J[1], J[0], rtol=tol, err_msg=f"J at step {step}")
         np.testing.assert_allclose(models[1].theta, models[0].theta, rtol=tol, atol=tol,
                                    err_msg=f"θ after step {step}")
+    assert f"gpumlp_{models[0].loss}" in models[1].ops._kernels  # the stand-in's loss kernel ran
 
 
 # =====================================================================================================

@@ -159,7 +159,9 @@ def test_loss_grad_matches_reference(dtype, weighted, name):
     rng = np.random.default_rng(4)
     B, q = 9, 4
     o = _rand(rng, (B, q), dtype) * 5
-    y = rng.integers(0, q, B) if name == "cross_entropy" else _rand(rng, (B, q), dtype)
+    y = {"cross_entropy": lambda: rng.integers(0, q, B), "squared": lambda: _rand(rng, (B, q), dtype),
+         "binary_cross_entropy": lambda: rng.uniform(0, 1, (B, q)).round(1).astype(dtype),
+         "poisson": lambda: rng.poisson(3.0, (B, q)).astype(dtype)}[name]()
     w = rng.random(B).astype(dtype) + 0.1 if weighted else None
     do = np.full_like(o, np.nan)
     L = ops.loss_grad(name, o, y, w, do)

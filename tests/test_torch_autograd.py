@@ -19,8 +19,24 @@ TORCH_ACT = {
 }
 
 
+LOSSES = ["squared", "cross_entropy", "binary_cross_entropy", "poisson"]
+
+
+def torch_loss(loss, o, y):
+    """PyTorch's own losses, as ours: mean over the batch of the per-example sum over outputs."""
+    B = o.shape[0]
+    if loss == "cross_entropy":
+        return torch.nn.functional.cross_entropy(o, y)
+    if loss == "binary_cross_entropy":
+        return torch.nn.BCEWithLogitsLoss(reduction="sum")(o, y) / B
+    if loss == "poisson":  # PoissonNLLLoss(log_input=True) is e^o − y·o; ours adds the constant y log y − y
+        return torch.nn.PoissonNLLLoss(log_input=True, full=False, reduction="sum")(o, y) / B \
+            + (torch.special.xlogy(y, y) - y).sum() / B
+    return 0.5 * ((o - y) ** 2).sum(dim=1).mean()
+
+
 @pytest.mark.parametrize("act,loss,lam,depth,bias", list(itertools.product(
-    sorted(TORCH_ACT), ["squared", "cross_entropy"], [0.0, 0.1], [1, 2, 3], [False, True])))
+    sorted(TORCH_ACT), LOSSES, [0.0, 0.1], [1, 2, 3], [False, True])))
 def test_matches_torch_autograd(act, loss, lam, depth, bias):
     rng = np.random.default_rng(7)
     sizes = (4,) + (6,) * depth + (3,)
@@ -29,7 +45,9 @@ def test_matches_torch_autograd(act, loss, lam, depth, bias):
     if bias:
         m.set_weights(m.get_weights(), [rng.normal(size=n) for n in sizes[1:]])
     X = rng.normal(size=(8, 4))
-    y = rng.integers(0, 3, size=8) if loss == "cross_entropy" else rng.normal(size=(8, 3))
+    y = {"cross_entropy": lambda: rng.integers(0, 3, size=8), "squared": lambda: rng.normal(size=(8, 3)),
+         "binary_cross_entropy": lambda: rng.uniform(0, 1, size=(8, 3)).round(),
+         "poisson": lambda: rng.poisson(2.0, size=(8, 3)).astype(float)}[loss]()
     fw = m.forward(X, y)
     g = m.backward(fw)
 
@@ -44,10 +62,7 @@ def test_matches_torch_autograd(act, loss, lam, depth, bias):
         hs.append(a)
     o = a @ Ws[-1].T + (bs[-1] if bias else 0)
     o.retain_grad()
-    if loss == "cross_entropy":
-        L = torch.nn.functional.cross_entropy(o, torch.tensor(y))
-    else:
-        L = 0.5 * ((o - torch.tensor(y)) ** 2).sum(dim=1).mean()
+    L = torch_loss(loss, o, torch.tensor(y))
     J = L + lam / 2 * sum((W**2).sum() for W in Ws)
     J.backward()
 

@@ -156,7 +156,7 @@ REGRESSOR_CASES = {
     "fit y beyond float32": (lambda m: m.fit(X, np.where(YR > 1, 1e39, YR)), ValueError,
                              r"y has values beyond the range of float32"),
     "score y rows": (lambda m: m.score(X, YR[:7]), ValueError, r"y has 7 rows"),
-    "predict_proba": (lambda m: m.predict_proba(X), ValueError, r"predict_proba needs loss='cross_entropy'"),
+    "predict_proba": (lambda m: m.predict_proba(X), ValueError, r"predict_proba needs loss='cross_entropy' or 'binary_cross_entropy'"),
     "class_weight": (lambda m: m.fit(X, YR, class_weight="balanced"), ValueError, r"class_weight needs"),
 }
 
