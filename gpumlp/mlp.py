@@ -28,6 +28,7 @@ from . import io, metrics, optim, schedules, state
 from .backend import is_device_array, resolve
 from .data_parallel import make_trainer
 from .graph import graph as computational_graph
+from .lbfgs import LBFGSTrainer
 from .ops import Layer, Ops
 from .step import Step
 from .state import HISTORY_KEYS
@@ -98,8 +99,9 @@ class MLP:
     backend : "auto" | "numpy" | "cupy" (or $GPUMLP_BACKEND when "auto").
     seed : seeds the initial weights and the shuffling (``rng``); the same seed gives the same
         initial weights on every backend (drawn on the host in float64, then cast).
-    optimizer : "sgd" (momentum, nesterov) or "adam" (beta1, beta2, eps, decoupled=AdamW);
-        see ``gpumlp.optim`` for the update rules (PyTorch's conventions).
+    optimizer : "sgd" (momentum, nesterov) or "adam" (beta1, beta2, eps, decoupled=AdamW), see
+        ``gpumlp.optim`` for the update rules (PyTorch's conventions); or "lbfgs": full-batch L-BFGS
+        (SciPy's L-BFGS-B, ``gpumlp.lbfgs``), trained by ``fit`` only.
     lr_schedule : None ("constant"), a name, or a ``gpumlp.schedules.Schedule`` such as
         ``Cosine(T_max=50)``: the learning rate of each epoch from the ``lr`` given to ``fit``.
 
@@ -270,11 +272,11 @@ class MLP:
 
     def get_params(self, deep=True):
         """The constructor's arguments (scikit-learn's convention; ``deep`` is accepted and unused)."""
-        o = optim.make_optimizer("sgd" if self.optimizer.name == "adam" else "adam")  # the other's defaults
+        others = {k: v for name in ("sgd", "adam") for k, v in optim.make_optimizer(name).hyperparameters().items()}
         return {"sizes": self.sizes, "activation": self.activation, "loss": self.loss,
                 "weight_decay": self.weight_decay, "bias": self.bias, "dtype": self.dtype.name,
                 "backend": self.backend, "seed": self.seed, "optimizer": self.optimizer.name,
-                **o.hyperparameters(), **self.optimizer.hyperparameters(), "lr_schedule": self.lr_schedule}
+                **others, **self.optimizer.hyperparameters(), "lr_schedule": self.lr_schedule}
 
     @_exclusive("set_params")
     def set_params(self, **params):
@@ -434,9 +436,11 @@ class MLP:
 
     def fit(self, X, y, epochs=10, batch_size=64, lr=0.01, shuffle=True, validation_data=None, sample_weight=None,
             verbose=False, *, class_weight=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=None,
-            tol=1e-4, callbacks=None, train_score=False, comm=None, sharded=False):
+            tol=1e-4, callbacks=None, train_score=False, comm=None, sharded=False, max_fun=15000):
         """Minibatch training from the current weights (see the class docstring on warm starts), run by a
         ``gpumlp.Trainer``; with ``comm``, ``sharded``: over its ranks (``gpumlp.data_parallel``). Returns self.
+        optimizer="lbfgs": ``gpumlp.lbfgs.LBFGSTrainer``, at most ``epochs`` iterations and ``max_fun``
+        evaluations of J, tolerance ``tol`` on ∂J/∂θ (one process).
 
         Each epoch appends to ``loss_curve_`` (mean J over the epoch's steps) and to ``history_``,
         a dict of per-epoch lists: ``epoch``, ``lr``, ``loss``, ``score`` (training accuracy or R²
@@ -460,9 +464,14 @@ class MLP:
         callbacks : a callable or a list of them, called as ``cb(model, record)`` after each epoch
             (``record`` is that epoch's ``history_`` entry as a dict); returning True stops training.
 
-        ``stop_reason_`` says why training ended: "epochs", "plateau", "lr_too_small" or "callback".
+        ``stop_reason_`` says why training ended: "epochs", "plateau", "lr_too_small" or "callback"
+        (L-BFGS also "converged", "max_fun" or "line_search").
         Checkpoints saved from a callback resume the run exactly (see ``gpumlp.Trainer``).
         """
+        if self.optimizer.name == "lbfgs" and comm is None:
+            return LBFGSTrainer(self, callbacks=callbacks, train_score=train_score, verbose=verbose).fit(
+                X, y, epochs, max_fun=max_fun, tol=tol, sample_weight=sample_weight, class_weight=class_weight,
+                validation_data=validation_data, early_stopping=early_stopping, n_iter_no_change=n_iter_no_change)
         trainer = make_trainer(self, comm, sharded, batch_size=batch_size, lr=lr, shuffle=shuffle,
                                callbacks=callbacks, train_score=train_score, verbose=verbose)
         return trainer.fit(X, y, epochs, sample_weight=sample_weight, class_weight=class_weight,

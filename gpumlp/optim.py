@@ -36,6 +36,7 @@ State: SGD keeps ``velocity`` (made at the first momentum step, zero-initialised
 PyTorch's "v starts at g"); Adam keeps ``m``, ``v`` and ``step``, its step counter, a one-element
 int64 array on the device that the update kernel reads and advances (``t`` reads it). Plain SGD
 (μ = 0) has no state and no update call of its own: the step folds it into the weight-gradient GEMM.
+``LBFGS`` is the name of full-batch L-BFGS (``gpumlp.lbfgs``): no update rule, no state.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ from .backend import array_module, to_host
 from .ops import Ops
 from .validation import check_positive_number
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "lbfgs")
 
 
 def _copy(value):
@@ -182,8 +183,34 @@ class Adam(Optimizer):
                         self.decoupled)
 
 
+class LBFGS(Optimizer):
+    """L-BFGS is not a per-step rule: ``MLP.fit`` minimises J over the full batch with SciPy's L-BFGS-B
+    (``gpumlp.lbfgs``). It keeps no state between fits (each starts with an empty curvature memory,
+    as scikit-learn's warm starts) and has no settings of its own: max_iter (``epochs``), max_fun and
+    tol are ``fit``'s. ``t`` counts its iterations over all fits."""
+
+    name = "lbfgs"
+    _snapshot = ("t",)
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.t = 0
+
+    def hyperparameters(self):
+        return {}
+
+    def update(self, theta, grad, lr, lam, n_decay, ops=None):
+        raise ValueError("optimizer='lbfgs' has no per-step update: MLP.fit runs L-BFGS on the full batch "
+                         "(gpumlp.lbfgs); step and partial_fit need optimizer='sgd' or 'adam'")
+
+
 def make_optimizer(name, **kw):
-    """Build by name: sgd -> SGD(momentum, nesterov); adam -> Adam(beta1, beta2, eps, decoupled)."""
+    """Build by name: sgd -> SGD(momentum, nesterov); adam -> Adam(beta1, beta2, eps, decoupled);
+    lbfgs -> LBFGS() (the others' settings are ignored)."""
+    if name == "lbfgs":
+        return LBFGS()
     if name == "sgd":
         return SGD(kw.get("momentum", 0.0), kw.get("nesterov", False))
     if name == "adam":

@@ -21,7 +21,14 @@ same settings and the remaining epochs continues that run exactly.
 
 Divergence: the state at the start of each epoch (θ and the optimizer's state) is kept; a non-finite
 J (on the CPU noticed at once, on the GPU at the end of the epoch) or non-finite weights after the
-last update restore it and raise ``DivergenceError``, naming the epoch and step.
+last update restore it and raise ``DivergenceError``, naming the epoch and step. With
+``on_divergence="record"`` and early stopping (which keeps the best weights anyway) the epoch is
+recorded instead, its loss and validation score NaN, and training goes on from the restored state,
+as scikit-learn's MLP does (the estimators of ``gpumlp.sklearn`` ask for it); the plateau monitor
+counts it as an epoch without improvement.
+
+``DivergenceError`` is a FloatingPointError and a ValueError (what scikit-learn raises for it).
+Full-batch L-BFGS is ``gpumlp.lbfgs.LBFGSTrainer``; it shares ``prepare`` and ``end_epoch`` with this one.
 """
 from __future__ import annotations
 
@@ -39,8 +46,9 @@ from .state import HISTORY_KEYS
 from .validation import check_positive_number, check_sample_weight, check_X, rescaled_weights
 
 
-class DivergenceError(FloatingPointError):
-    """Training produced a non-finite objective; the model keeps its last finite weights."""
+class DivergenceError(FloatingPointError, ValueError):
+    """Training produced a non-finite objective; the model keeps its last finite weights. A ValueError
+    too, as scikit-learn's "Solver produced non-finite parameter weights"."""
 
 
 @dataclass
@@ -82,10 +90,15 @@ class Trainer:
         its n_steps, every ``step_interval`` steps (default: about 100 times an epoch), for progress
         bars. It gets host counters only and nothing is read from the device for it, so the loop
         never waits for the GPU: there it counts steps as they are issued, which may still be running.
+    on_divergence : "raise" (``DivergenceError``) or "record": with early stopping, record the epoch
+        with a NaN loss and validation score and go on (module docstring).
     """
 
     def __init__(self, model, *, batch_size=64, lr=0.01, shuffle=True, callbacks=None, train_score=False,
-                 verbose=False, on_step=None, step_interval=None):
+                 verbose=False, on_step=None, step_interval=None, on_divergence="raise"):
+        if on_divergence not in ("raise", "record"):
+            raise ValueError(f"on_divergence must be 'raise' or 'record', got {on_divergence!r}")
+        self.on_divergence = on_divergence
         self.model = model
         self.batch_size = check_positive_number(batch_size, "batch_size", integer=True)
         self.lr = check_positive_number(lr, "lr")
@@ -103,6 +116,7 @@ class Trainer:
             early_stopping=False, validation_fraction=0.1, n_iter_no_change=None, tol=1e-4):
         """``epochs`` epochs over (X, y) (see ``MLP.fit`` for every argument). Returns the model.
         Another thread training the same model meanwhile gets a RuntimeError (``MLP.exclusive``)."""
+        _check_minibatch(self.model)
         with self.model.exclusive("fit"):
             return self._fit(X, y, epochs, sample_weight, class_weight, validation_data, early_stopping,
                              validation_fraction, n_iter_no_change, tol)
@@ -134,6 +148,7 @@ class Trainer:
 
     def partial_fit(self, X, y, *, sample_weight=None, class_weight=None, n_iter_no_change=10, tol=1e-4):
         """One epoch over (X, y), continuing the plateau monitor of earlier calls ("adaptive" schedule)."""
+        _check_minibatch(self.model)
         with self.model.exclusive("partial_fit"):
             return self._partial_fit(X, y, sample_weight, class_weight, n_iter_no_change, tol)
 
@@ -232,33 +247,21 @@ class Trainer:
 
     def _run(self, data, epochs, val):
         m = self.model
+        _check_minibatch(m)
         m.stop_reason_ = "epochs"
         finished = False
         try:
             for _ in range(epochs):
                 lr_epoch = m.lr_schedule.lr(self.lr, m.epochs_, m.samples_seen_)
-                J = self.run_epoch(data, lr_epoch)
-                m.loss_curve_.append(J)
-                m.epochs_ += 1
-                m.samples_seen_ += self._epoch_samples(data)
-                record = {"epoch": m.epochs_, "lr": lr_epoch, "loss": J, "score": math.nan,
-                          "val_loss": math.nan, "val_score": math.nan}
-                self._evaluate(record, data, val)
-                if val is not None:
-                    m.validation_loss_curve_.append(record["val_loss"])
-                    m.validation_curve_.append(record["val_score"])
-                for k in HISTORY_KEYS:
-                    m.history_[k].append(record[k])
-                stop = None
-                if m.monitor_ is not None:
-                    watched = record["val_score" if m.monitor_.mode == "val_score" else "loss"]
-                    stop = m.monitor_.watch(watched, m.epochs_, m.theta, m.lr_schedule, self.lr)
-                if self.verbose:
-                    print(f"epoch {m.epochs_}: lr = {lr_epoch:.4g}, J = {J:.6g}"
-                          + (f", validation score = {record['val_score']:.4f}" if val is not None else "")
-                          + (f"; stopping ({stop})" if stop else ""))
-                if self._callbacks(record):
-                    stop = stop or "callback"
+                try:
+                    J, diverged = self.run_epoch(data, lr_epoch), False
+                except DivergenceError:
+                    # Early stopping keeps the best weights, so a diverged epoch (its weights restored)
+                    # may be recorded with a NaN validation score while training goes on, as scikit-learn's.
+                    if self.on_divergence == "raise" or m.monitor_ is None or m.monitor_.mode != "val_score":
+                        raise
+                    J, diverged = math.nan, True
+                stop = self.end_epoch(data, J, lr_epoch, val, diverged)
                 if stop:
                     m.stop_reason_ = stop
                     break
@@ -270,6 +273,35 @@ class Trainer:
                 if finished and mon.best_params is not None and mon.best is not None:
                     m.theta[...] = mon.best_params  # early stopping: back to the best epoch
         return m
+
+    def end_epoch(self, data, J, lr, val=None, diverged=False):
+        """Record an epoch over ``data`` that ended with objective J at rate ``lr``: ``loss_curve_``,
+        ``history_``, the validation curves, the plateau monitor, the printout and the callbacks.
+        A ``diverged`` epoch has no score (NaN). Returns the reason to stop, or None."""
+        m = self.model
+        m.loss_curve_.append(J)
+        m.epochs_ += 1
+        m.samples_seen_ += self._epoch_samples(data)
+        record = {"epoch": m.epochs_, "lr": lr, "loss": J, "score": math.nan,
+                  "val_loss": math.nan, "val_score": math.nan}
+        if not diverged:
+            self._evaluate(record, data, val)
+        if val is not None:
+            m.validation_loss_curve_.append(record["val_loss"])
+            m.validation_curve_.append(record["val_score"])
+        for k in HISTORY_KEYS:
+            m.history_[k].append(record[k])
+        stop = None
+        if m.monitor_ is not None:
+            watched = record["val_score" if m.monitor_.mode == "val_score" else "loss"]
+            stop = m.monitor_.watch(watched, m.epochs_, m.theta, m.lr_schedule, self.lr)
+        if self.verbose:
+            print(f"epoch {m.epochs_}: " + (f"lr = {lr:.4g}, " if math.isfinite(lr) else "") + f"J = {J:.6g}"
+                  + (f", validation score = {record['val_score']:.4f}" if val is not None else "")
+                  + (f"; stopping ({stop})" if stop else ""))
+        if self._callbacks(record):
+            stop = stop or "callback"
+        return stop
 
     # The hooks of an epoch's end (gpumlp.data_parallel makes each of them global over the ranks).
     def _epoch_samples(self, data):
@@ -301,6 +333,7 @@ class Trainer:
 
     def _run_epoch(self, data, lr):
         m = self.model
+        _check_minibatch(m)
         backend, xp, n, B = m.array_backend, m.array_backend.xp, data.n, self.batch_size
         order = m.rng.permutation(n) if self.shuffle else None
         batches = data.source.epoch(order, B)
@@ -334,6 +367,13 @@ class Trainer:
         raise DivergenceError(
             f"training diverged: {what} in epoch {m.epochs_ + 1}, step {step + 1}. The weights were restored "
             f"to those at the start of that epoch. Try a smaller learning rate.")
+
+
+def _check_minibatch(model):
+    if model.optimizer.name == "lbfgs":
+        raise ValueError("optimizer='lbfgs' minimises J over the whole training set at once: train it with "
+                         "MLP.fit (gpumlp.lbfgs); partial_fit, step and gpumlp.Trainer need a minibatch "
+                         "optimizer ('sgd' or 'adam')")
 
 
 def _check_callbacks(callbacks):

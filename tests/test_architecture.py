@@ -70,7 +70,8 @@ def test_the_modules_import_no_cycle():
 
 def test_the_file_format_and_the_step_do_not_know_the_model_class():
     graph = _imports()
-    for module in ("gpumlp.io", "gpumlp.state", "gpumlp.step", "gpumlp.trainer", "gpumlp.ops", "gpumlp.optim"):
+    for module in ("gpumlp.io", "gpumlp.state", "gpumlp.step", "gpumlp.trainer", "gpumlp.ops", "gpumlp.optim",
+                   "gpumlp.lbfgs"):
         assert "gpumlp.mlp" not in graph[module], module
 
 

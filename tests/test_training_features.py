@@ -360,6 +360,25 @@ def test_divergence_closes_the_run():
     assert not m.monitor_.open
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
+def test_divergence_with_early_stopping_can_be_recorded_while_training_goes_on():
+    """on_divergence="record" (what the scikit-learn estimators ask for): a diverged epoch is restored
+    and recorded with a NaN loss and validation score, the monitor counts it, and the run goes on."""
+    X, y = blobs()
+    m = gpumlp.MLP((4, 5, 3), seed=0, **KW)
+    theta = m.theta.copy()
+    trainer = gpumlp.Trainer(m, lr=1e10, on_divergence="record")
+    trainer.fit(X * 1e150, y, epochs=30, validation_data=(X, y), early_stopping=True, n_iter_no_change=3)
+    assert m.epochs_ == 4 and m.stop_reason_ == "plateau"  # four epochs in a row without improvement > 3
+    assert all(math.isnan(v) for v in m.validation_curve_ + m.loss_curve_ + m.history_["val_loss"])
+    np.testing.assert_array_equal(m.theta, theta)  # each diverged epoch was restored to its start
+    assert not m.monitor_.open
+    with pytest.raises(gpumlp.DivergenceError):  # without early stopping nothing keeps good weights: it raises
+        gpumlp.Trainer(m, lr=1e10, on_divergence="record").fit(X * 1e150, y, epochs=3)
+    with pytest.raises(ValueError, match="on_divergence"):
+        gpumlp.Trainer(m, on_divergence="ignore")
+
+
 # ---------------------------------------------------------------------- get_params / set_params
 def test_get_and_set_params():
     m = gpumlp.MLP((4, 5, 3), optimizer="sgd", momentum=0.9, seed=3, **KW)
