@@ -36,6 +36,7 @@ import os
 import numpy as np
 
 from . import _kernels
+from .backend import is_sparse
 from .ops import Ops
 
 BLOCK = 256  # threads per block of our RawKernels (8 warps)
@@ -105,9 +106,9 @@ class CupyOps(Ops):
             cublas.setMathMode(handle, mode)
 
     def linear(self, x, W, b, out=None):
-        """out = x Wᵀ (+ b).   x (B, in), W (out, in), out (B, out)."""
-        if out is None:
-            return super().linear(x, W, b)
+        """out = x Wᵀ (+ b).   x (B, in), W (out, in), out (B, out). A sparse x: cuSPARSE, via cupyx."""
+        if out is None or is_sparse(x):
+            return super().linear(x, W, b, out)
         self._gemm("N", "T", x, W, out)
         if b is not None:
             self.xp.add(out, b, out=out)
@@ -115,7 +116,9 @@ class CupyOps(Ops):
 
     def weight_grad(self, d, x, out, alpha=1.0, beta=0.0):
         """out = alpha dᵀx + beta out.   d (B, out), x (B, in), out (out, in); beta = 1 − ηλ,
-        alpha = −η make it the plain-SGD update of out = W."""
+        alpha = −η make it the plain-SGD update of out = W. A sparse x: (xᵀd)ᵀ through cuSPARSE."""
+        if is_sparse(x):
+            return super().weight_grad(d, x, out, alpha, beta)
         return self._gemm("T", "N", d, x, out, alpha, beta)
 
     def input_grad(self, d, W, out):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import functions as F
+from .backend import is_sparse
 from .ops import Ops, adam_corrections
 
 # ---------------------------------------------------------------------------------------------
@@ -154,14 +155,16 @@ class NumpyOps(Ops):
 
     # -- linear layer ---------------------------------------------------------------------
     def linear(self, x, W, b, out=None):
-        if out is None:
-            return super().linear(x, W, b)
+        if out is None or is_sparse(x):
+            return super().linear(x, W, b, out)
         np.matmul(x, W.T, out=out)
         if b is not None:
             out += b
         return out
 
     def weight_grad(self, d, x, out, alpha=1.0, beta=0.0):
+        if is_sparse(x):
+            return super().weight_grad(d, x, out, alpha, beta)
         if beta == 0.0 and alpha == 1.0:
             return np.matmul(d.T, x, out=out)
         if self.gemm is not None and self.gemm(d.T, x, out, alpha, beta):

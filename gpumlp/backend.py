@@ -6,7 +6,8 @@ otherwise NumPy, silently. The driver is looked for first, through the CUDA driv
 (``libcuda``, via ctypes): on a machine without one, CuPy is never imported (importing it costs about
 half a second even where it cannot run). ``import gpumlp`` imports no CuPy either.
 
-``is_device_array(a)`` answers whether ``a`` is a CuPy array without importing CuPy.
+``is_device_array(a)`` answers whether ``a`` is a CuPy array without importing CuPy, ``is_sparse(a)``
+whether it is a SciPy or CuPy sparse matrix without importing either.
 ``BackendUnavailable`` (a RuntimeError) is what asking for ``backend="cupy"`` raises where it cannot run.
 """
 from __future__ import annotations
@@ -30,6 +31,13 @@ class BackendUnavailable(RuntimeError):
 def is_device_array(a) -> bool:
     """Whether ``a`` is a CuPy array (answered from its type, without importing CuPy)."""
     return type(a).__module__.startswith("cupy")
+
+
+def is_sparse(a) -> bool:
+    """Whether ``a`` is a SciPy sparse matrix or array, or a CuPy one (``cupyx.scipy.sparse``), answered
+    from its type (neither SciPy nor CuPy is imported)."""
+    module = type(a).__module__
+    return module.startswith("scipy.sparse") or module.startswith("cupyx.scipy.sparse")
 
 
 def array_module(a):
@@ -117,11 +125,26 @@ class Backend:
         return is_device_array(a) if self.is_gpu else isinstance(a, np.ndarray)
 
     def asarray(self, a, dtype=None):
-        """Host or device array -> this backend's array (one copy at most)."""
+        """Host or device array -> this backend's array (one copy at most). A sparse matrix (SciPy or
+        cupyx, any format) becomes a CSR matrix of this backend: SciPy's on NumPy, cupyx's on CuPy."""
+        if is_sparse(a):
+            return self._csr(a, dtype)
         return self.xp.asarray(a, dtype=dtype)
 
+    def _csr(self, a, dtype):
+        on_device = is_device_array(a)  # cupyx.scipy.sparse
+        if self.is_gpu and not on_device:
+            import cupyx.scipy.sparse
+
+            a = cupyx.scipy.sparse.csr_matrix(a.tocsr())  # host -> device: data, indices, indptr
+        elif not self.is_gpu and on_device:
+            a = a.get()
+        a = a.tocsr()
+        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+
     def to_host(self, a):
-        """Backend array -> NumPy array (a copy for CuPy, the array itself for NumPy)."""
+        """Backend array -> NumPy array (a copy for CuPy, the array itself for NumPy); a cupyx sparse
+        matrix -> SciPy's."""
         return a.get() if is_device_array(a) else a
 
     def synchronize(self):

@@ -13,12 +13,18 @@
                       shuffled on the device once, the rows of x stream through pinned memory,
                       double-buffered on a second stream
 
+    SparseBatches     sparse x (SciPy CSR on the CPU, cupyx CSR on the GPU): each batch's rows are
+                      gathered into a CSR batch of their own; the first layer multiplies it as it is
+                      (``Ops.linear``, ``Ops.weight_grad``), so neither X nor a batch is densified
+
 ``batch_source(backend, x, y, w)`` picks the one that fits where ``x`` lives. The shuffle is the same
 host permutation on every backend, so a seed gives the same batches everywhere.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .backend import is_sparse
 
 
 class GatheredBatches:
@@ -72,8 +78,22 @@ class StreamedBatches:
             yield next(rows), y[i:i + batch_size], None if w is None else w[i:i + batch_size]
 
 
+class SparseBatches:
+    def __init__(self, backend, x, y, w):
+        self.backend, self.x, self.y, self.w = backend, x, y, w
+
+    def epoch(self, order, batch_size):
+        x, y, w, n = self.x, self.y, self.w, self.x.shape[0]
+        perm = None if order is None else self.backend.asarray(order)  # on the data's device, once
+        for i in range(0, n, batch_size):
+            rows = slice(i, i + batch_size) if perm is None else perm[i:i + batch_size]
+            yield x[rows], y[rows], None if w is None else w[rows]
+
+
 def batch_source(backend, x, y, w):
     """The source for training data ``x`` (a host array on the GPU backend means: stream it)."""
+    if is_sparse(x):
+        return SparseBatches(backend, x, y, w)
     if not backend.is_gpu:
         return GatheredBatches(backend.xp, x, y, w)
     if isinstance(x, np.ndarray):

@@ -8,6 +8,10 @@ arguments (the tests hold each override to this reference):
     NumpyOps  (gpumlp/_numpy_ops.py)   in place through preallocated buffers, OpenBLAS alpha/beta GEMM
     CupyOps   (gpumlp/_cupy_ops.py)    cuBLAS and our CUDA kernels (kernels/), one launch per pass
 
+Sparse inputs: ``x`` of ``linear`` and ``weight_grad`` (the first layer's input, nowhere else) may be a
+SciPy or cupyx CSR matrix; those two products then stay sparse-dense (this base class's code, which the
+fast backends call for them), and X is never densified.
+
 The interface (``out`` buffers are the step's workspace; a method returns what it wrote):
 
     forward(layers, x, z, h, o)               the lecture's forward chain over every layer (below)
@@ -35,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import functions as F
+from .backend import is_sparse
 
 
 class Layer(NamedTuple):
@@ -71,13 +76,16 @@ class Ops:
     def linear(self, x, W, b, out=None):
         if out is None:
             return F.linear_forward(x, W, b)
-        self.xp.matmul(x, W.T, out=out)
+        if is_sparse(x):  # the sparse-dense product (SciPy, cupyx): x is never densified
+            out[...] = x @ W.T
+        else:
+            self.xp.matmul(x, W.T, out=out)
         if b is not None:
             out += b
         return out
 
     def weight_grad(self, d, x, out, alpha=1.0, beta=0.0):
-        g = d.T @ x
+        g = (x.T @ d).T if is_sparse(x) else d.T @ x  # sparse x: xᵀd, a sparse-dense product
         if alpha != 1.0:
             g *= alpha
         if beta == 0.0:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import schedules
-from .backend import is_device_array
+from .backend import is_device_array, is_sparse
 from .batches import batch_source
 from .data import class_sample_weights, split_indices
 from .monitor import PlateauMonitor
@@ -194,7 +194,7 @@ class Trainer:
     def _training_X(self, X):
         m = self.model
         backend = m.array_backend
-        if not backend.is_gpu or is_device_array(X):
+        if not backend.is_gpu or is_device_array(X) or is_sparse(X):  # sparse data go to the device whole
             return m.to_device(X)[0]
         from ._stream import fits_on_device
 
@@ -222,7 +222,8 @@ class Trainer:
         def pick(a, rows):  # x may be on the host (streamed training data), y and w are on the device
             if a is None or isinstance(a, np.ndarray):
                 return None if a is None else np.take(a, rows, axis=0)
-            return m.array_backend.xp.take(a, m.array_backend.asarray(rows), axis=0)
+            rows = m.array_backend.asarray(rows)
+            return a[rows] if is_sparse(a) else m.array_backend.xp.take(a, rows, axis=0)
 
         train = self._data(pick(data.x, kept), pick(data.y, kept), pick(data.w, kept))
         return train, (pick(data.x, held), pick(data.y, held), pick(data.w, held))

@@ -4,7 +4,7 @@ Each check raises ValueError or TypeError naming the argument and what was expec
 before any state changes, so a call that raises leaves the model exactly as it was. Arrays already
 on the device (CuPy) are checked there, without a copy to the host.
 
-    check_X(X, name, n_features, dtype)           2-D, non-empty, real, finite as ``dtype``
+    check_X(X, name, n_features, dtype)           2-D, non-empty, real, finite as ``dtype`` (dense or sparse)
     check_y(y, loss, n, n_outputs, name, dtype)   labels in [0, q), or (n, q) targets: real (squared),
                                                   in [0, 1] (binary_cross_entropy), >= 0 (poisson)
     check_sample_weight(w, n, name)               (n,) finite, >= 0, positive sum (a number: n copies)
@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from .backend import is_device_array
+from .backend import is_device_array, is_sparse
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -75,7 +75,11 @@ def _finite_as(arr, xp, dtype, name):
 
 def check_X(X, name="X", n_features=None, dtype=None):
     """A 2-D, non-empty, finite, real array. Returns a NumPy view or copy (dtype untouched, except that
-    with ``dtype`` given, data of a wider float type come back cast to it, checked finite after the cast)."""
+    with ``dtype`` given, data of a wider float type come back cast to it, checked finite after the cast).
+    A sparse matrix (SciPy or cupyx, any format) is checked on its stored values and comes back in CSR
+    (the format whose rows batches and chunks take), where it was; it is never densified."""
+    if is_sparse(X):
+        return _check_sparse_X(X, name, n_features, dtype)
     if is_device_array(X):
         arr = X  # validated on the device, without a copy to the host
         xp = __import__("cupy")
@@ -90,6 +94,22 @@ def check_X(X, name="X", n_features=None, dtype=None):
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features, the model expects {n_features}")
     return _finite_as(arr, xp, dtype, name)
+
+
+def _check_sparse_X(X, name, n_features, dtype):
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    if len(X.shape) != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features, the model expects {n_features}")
+    X = X.tocsr()
+    data = _finite_as(X.data, __import__("cupy") if is_device_array(X) else np, dtype, name)  # cupyx: on the device
+    if data.dtype != X.data.dtype:
+        X = X.astype(data.dtype)
+    return X
 
 
 def check_y(y, loss, n_samples, n_outputs, name="y", dtype=None):

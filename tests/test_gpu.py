@@ -355,6 +355,58 @@ def test_backward_api_still_returns_every_gradient_on_the_gpu():
     np.testing.assert_allclose(g_gpu.do.get(), g_ref.do, rtol=1e-12, atol=1e-14)
 
 
+# ------------------------------------------------------------------------------ L-BFGS and sparse inputs
+def test_lbfgs_on_the_gpu_follows_the_numpy_backend():
+    """Full-batch L-BFGS in float64, J and ∂J/∂θ computed on the device: the NumPy run's iterates (the
+    two backends' products round differently, so the line searches see slightly different values)."""
+    ref, gpu = _pair("float64", optimizer="lbfgs", activation="tanh")
+    X, y, w = _data(ref, 300, np.random.default_rng(13), weighted=True)
+    for m in (ref, gpu):
+        m.fit(X, y, epochs=15, sample_weight=w)
+    assert gpu.epochs_ == ref.epochs_ == 15
+    np.testing.assert_allclose(gpu.loss_curve_, ref.loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(gpu.theta.get(), ref.theta, rtol=1e-6, atol=1e-8)
+
+
+def test_an_lbfgs_evaluation_moves_theta_in_and_the_gradient_out(monkeypatch):
+    from gpumlp import backend as backend_module
+    from gpumlp.lbfgs import Objective
+
+    m = gpumlp.MLP((20, 32, 5), backend="cupy", optimizer="lbfgs", bias=True, seed=0)
+    x, y, _ = m.to_device(*_data(m, 64, np.random.default_rng(14))[:2])
+    f = Objective(m, x, y)
+    f(np.zeros(m.theta.size))  # warm-up: kernels compiled
+    calls = []
+    for name in ("asarray", "to_host"):
+        original = getattr(backend_module.Backend, name)
+        monkeypatch.setattr(backend_module.Backend, name,
+                            lambda self, a, *args, _f=original, _n=name, **kw: calls.append(_n) or _f(self, a, *args, **kw))
+    J, g = f(np.full(m.theta.size, 0.01))
+    assert calls == ["asarray", "to_host"] and np.isfinite(J) and g.shape == (m.theta.size,)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_sparse_training_on_the_gpu_follows_the_dense_run(cp, optimizer):
+    """Host SciPy CSR (moved once as a cupyx CSR) and cupyx CSR given directly: cuSPARSE products for
+    the first layer, the dense run's weights to rounding."""
+    import cupyx.scipy.sparse as csp
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(15)
+    X = sp.random(300, 40, density=0.1, format="csr", random_state=15, data_rvs=rng.standard_normal)
+    y = rng.integers(0, 5, 300)
+    runs = []
+    for Xin in (X.toarray(), X, csp.csr_matrix(X)):
+        m = gpumlp.MLP((40, 32, 5), backend="cupy", dtype="float64", optimizer=optimizer, bias=True, seed=3,
+                       weight_decay=1e-3, activation="tanh")
+        m.fit(Xin, y, epochs=5, batch_size=32, lr=0.05)
+        runs.append(m)
+    assert isinstance(runs[1].to_device(X)[0], csp.csr_matrix)  # moved to the device as it is: sparse
+    for m in runs[1:]:
+        np.testing.assert_allclose(m.theta.get(), runs[0].theta.get(), rtol=1e-9, atol=1e-11)
+        np.testing.assert_array_equal(m.predict(X), runs[0].predict(X.toarray()))
+
+
 # ------------------------------------------------------------------------------ no allocation, no sync
 ALLOC_CASES = [dict(), dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam"), dict(loss="squared"),
                dict(weighted=True), dict(loss="binary_cross_entropy", weighted=True)]

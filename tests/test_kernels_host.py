@@ -1038,3 +1038,18 @@ def test_cupy_ops_training_steps_through_cupys_cublas_wrapper(host_cupy_ops, kw,
         J = [m.step(X, y, lr=0.05) for m in models]
         np.testing.assert_allclose(J[1], J[0], rtol=1e-12, err_msg=f"J at step {step}")
         np.testing.assert_allclose(models[1].theta, models[0].theta, rtol=1e-12, atol=1e-12)
+
+
+def test_cupy_ops_take_a_sparse_first_layer_input_on_a_host_stand_in(host_cupy_ops):
+    """CupyOps hands a sparse x (cupyx CSR on a GPU; SciPy's here) to the sparse-dense products of
+    gpumlp.ops instead of cuBLAS, for the forward product and the weight gradient, folded update included."""
+    sp = pytest.importorskip("scipy.sparse")
+    ops = host_cupy_ops("float64")
+    rng = np.random.default_rng(9)
+    X = sp.random(12, 7, density=0.3, format="csr", random_state=9)
+    Xd, W, b, d = X.toarray(), rng.standard_normal((5, 7)), rng.standard_normal(5), rng.standard_normal((12, 5))
+    np.testing.assert_allclose(ops.linear(X, W, b, np.full((12, 5), np.nan)), Xd @ W.T + b, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(ops.weight_grad(d, X, np.full((5, 7), np.nan)), d.T @ Xd, rtol=1e-13, atol=1e-14)
+    W2 = W.copy()
+    ops.weight_grad(d, X, W2, alpha=-0.1, beta=0.99)
+    np.testing.assert_allclose(W2, 0.99 * W - 0.1 * d.T @ Xd, rtol=1e-13, atol=1e-14)
