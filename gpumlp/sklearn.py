@@ -5,53 +5,98 @@
 
 They are thin: each holds a ``gpumlp.MLP`` (``model_``) and maps scikit-learn's settings onto it.
 Needs scikit-learn >= 1.6 (``pip install gpumlp[sklearn]``); ``import gpumlp`` never imports it.
+scikit-learn's own test file for its MLP (sklearn/neural_network/tests/test_mlp.py) runs against
+these classes in our suite (tests/test_sklearn_upstream.py).
 
 Parameters shared with scikit-learn's MLP and what they become:
 
     hidden_layer_sizes    MLP sizes (n_features, *hidden_layer_sizes, n_outputs); biases always on
     activation            "relu", "tanh", "identity", "logistic" (= our "sigmoid")
-    solver                "sgd" | "adam" ("lbfgs" is not offered: it is not a minibatch method)
-    alpha                 λ = alpha / (batch_size · mean sample weight). scikit-learn adds
-                          alpha/(2 Σ_batch w) ‖W‖² to each batch's loss, i.e. λ = alpha / (size of the
-                          batch) without weights: identical for full batches, and for the last,
-                          smaller batch of an epoch scikit-learn regularises slightly more.
+    solver                "lbfgs": full-batch L-BFGS (``gpumlp.lbfgs``: SciPy's L-BFGS-B with
+                          scikit-learn's options, maxiter=max_iter, maxfun=max_fun, gtol=tol);
+                          "sgd" | "adam": minibatch training (``gpumlp.Trainer``)
+    alpha                 λ = alpha / (batch_size · mean sample weight) (L-BFGS: the batch is all
+                          of X). scikit-learn adds alpha/(2 Σ_batch w) ‖W‖² to each batch's loss,
+                          i.e. λ = alpha / (size of the batch) without weights: identical for full
+                          batches, and for the last, smaller batch of an epoch scikit-learn
+                          regularises slightly more.
     batch_size            "auto" = min(200, n_samples); larger values are clipped with a warning
     learning_rate         "constant" | "invscaling" (power_t) | "adaptive", used with solver="sgd"
     learning_rate_init    the base η
     momentum, nesterovs_momentum   SGD momentum (PyTorch's convention: identical iterates to
                           scikit-learn's while η is constant; see ``gpumlp.optim``)
     beta_1, beta_2, epsilon        Adam
-    max_iter, tol, n_iter_no_change, early_stopping, validation_fraction, shuffle, random_state,
-    warm_start, verbose   as scikit-learn: training stops when the training loss (or, with early
-                          stopping, the validation score on a stratified ``validation_fraction``)
-                          fails to improve by more than tol for more than n_iter_no_change epochs;
-                          early stopping restores the best weights; ConvergenceWarning at max_iter.
+    max_iter, max_fun, tol, n_iter_no_change (np.inf: never stop early), early_stopping,
+    validation_fraction, shuffle, random_state, warm_start, verbose   as scikit-learn: minibatch
+                          training stops when the training loss (or, with early stopping, the
+                          validation score on a stratified ``validation_fraction``) fails to improve
+                          by more than tol for more than n_iter_no_change epochs; early stopping
+                          restores the best weights; ConvergenceWarning at max_iter. L-BFGS stops by
+                          SciPy's rules and warns when SciPy reports no convergence (status != 0).
+                          verbose prints scikit-learn's "Iteration N, loss = ..." lines.
 
-Extra parameters: ``class_weight`` (classifier: None, "balanced" or {label: weight}), ``backend``
-("auto" | "numpy" | "cupy") and ``dtype`` (None follows X as scikit-learn does: float32 stays
-float32, anything else becomes float64; or "float32"/"float64").
+Outputs, as scikit-learn's: multiclass problems have softmax outputs (cross-entropy); binary
+problems one logistic unit (``n_outputs_`` 1, ``out_activation_`` "logistic", binary cross-entropy)
+and multilabel indicator targets one logistic unit per label (``predict`` returns the indicator
+matrix, ``predict_proba`` the probability of each label); the regressor has identity outputs
+(loss="squared_error") or exponential ones (loss="poisson", half the Poisson deviance; y >= 0).
+
+Input: dense arrays, lists, pandas, or sparse matrices (SciPy CSR/CSC; other formats converted to
+CSR, and cupyx.scipy.sparse matrices on the GPU): sparse X is never densified, its batches are CSR
+row subsets and the first layer multiplies them as they are (``gpumlp.ops``). The model moves X to
+the device once.
+
+Extra parameters: ``class_weight`` (classifier: None, "balanced" or {label: weight}; not for
+multilabel targets), ``backend`` ("auto" | "numpy" | "cupy") and ``dtype`` (None follows X as
+scikit-learn does: float32 stays float32, anything else becomes float64; or "float32"/"float64").
 
 Initial weights and intercepts are drawn exactly as scikit-learn draws them (Glorot uniform,
 bound √(6/(fan_in + fan_out)), √(2/…) for "logistic", from ``random_state``), and the early-stopping
 split is scikit-learn's ``train_test_split`` on the same random stream: with the same random_state,
-full batches and shuffle=False, SGD gives scikit-learn's loss curve to rounding (tested). The split
-is stratified for every classification problem, as scikit-learn documents; scikit-learn's code
-stratifies only binary problems, so for multiclass early stopping the two hold out different rows.
+full batches and shuffle=False, SGD gives scikit-learn's loss curve to rounding, binary problems
+included (tested). The split is stratified for every single-label classification problem, as
+scikit-learn documents; scikit-learn's code stratifies only binary problems, so for multiclass early
+stopping the two hold out different rows. Multilabel splits are not stratified (as scikit-learn).
 
-Differences that remain: the shuffling order of minibatches (drawn from the model's seed);
-binary problems use two softmax outputs rather than one logistic unit; multilabel
-targets are not supported; for multi-output regression ``loss_curve_`` holds ½‖o − y‖² summed over
-outputs (scikit-learn divides its reported loss by n_outputs, while its gradient is that of the sum,
-as ours). Inputs are host arrays (NumPy, lists, pandas); the model moves them to the device.
+``coefs_`` and ``intercepts_`` (coefs_[i] is (fan_in, fan_out), our W transposed) are the model's
+parameters, not copies: with the NumPy backend each array is a view into the model's θ, so an
+in-place edit (``coefs_[0][:] = 0``) changes the model at once; with CuPy they are host copies and
+an in-place edit of the last lists handed out is written back to the device when the estimator next
+uses the model (predict, score, fit, partial_fit). Assigning an element (``coefs_[1] = array``) or
+the whole list (``coefs_ = [...]``) checks the shapes and copies the values in. Assigned before any
+fit, as scikit-learn allows, they are the starting weights of a later ``partial_fit`` (or a
+``fit`` with warm_start=True).
+
+Divergence (a non-finite objective) raises scikit-learn's ValueError, "Solver produced non-finite
+parameter weights..." (a ``gpumlp.DivergenceError``, which is a ValueError); with early stopping the
+diverged epoch is recorded with a NaN validation score and training goes on, as scikit-learn does.
+``partial_fit`` exists only for the stochastic solvers (scikit-learn's ``available_if``).
+
+Names of scikit-learn's private internals that code reads, provided where they are honest:
+``_no_improvement_count`` (epochs in a row without improvement, the plateau monitor's count),
+``_optimizer.learning_rate`` (the rate of the next epoch; Adam's with its bias correction, as
+scikit-learn's AdamOptimizer reports it) and ``_loss_grad_lbfgs(packed, X, Y, sample_weight, ...)``
+(J and ∂J/∂θ in scikit-learn's packing, with scikit-learn's binarized targets; its buffers unused).
+
+Differences that remain: the shuffling order of minibatches (drawn from the model's seed); for
+multi-output regression ``loss_curve_`` holds ½‖o − y‖² summed over outputs (scikit-learn divides its
+reported loss by n_outputs, while its gradient is that of the sum, as ours; its L-BFGS then sees a
+value and a gradient of different functions, ours a consistent pair); the logistic loss is computed
+from the logits (softplus(o) − y·o) rather than from probabilities clipped to [eps, 1 − eps], so the
+two differ for logits beyond about ±36 (float64), where scikit-learn's saturates; L-BFGS on float32
+data computes in float32 (scikit-learn's returns float64 coefs_ after L-BFGS); with solver="lbfgs"
+``loss_curve_`` holds J after each iteration (scikit-learn sets none).
 
 warm_start: as scikit-learn. ``fit`` starts from fresh weights unless warm_start=True, in which case
 it continues from the fitted weights with a fresh optimizer and schedule (scikit-learn builds a new
-optimizer in every fit). ``partial_fit`` always continues, optimizer state included.
+optimizer in every fit; L-BFGS starts with an empty memory). ``partial_fit`` always continues,
+optimizer state included.
 """
 from __future__ import annotations
 
 import copy
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -61,8 +106,9 @@ try:  # name the extra instead of a bare "No module named 'sklearn'" (or an old 
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
-    from sklearn.utils import check_random_state
-    from sklearn.utils.multiclass import check_classification_targets, unique_labels
+    from sklearn.utils import check_random_state, column_or_1d
+    from sklearn.utils.metaestimators import available_if
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as exc:
     found = getattr(globals().get("sklearn"), "__version__", None)
@@ -71,25 +117,30 @@ except ImportError as exc:
                       name=exc.name) from exc
 
 from . import optim, schedules
+from .backend import is_sparse
 from .data import LabelEncoder, class_sample_weights
+from .lbfgs import LBFGSTrainer, Objective
 from .mlp import MLP
+from .trainer import DivergenceError, Trainer
 from .validation import check_sample_weight
 
 ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "identity": "identity", "logistic": "sigmoid"}
-SOLVERS = ("sgd", "adam")
+SOLVERS = ("lbfgs", "sgd", "adam")
+STOCHASTIC = ("sgd", "adam")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
+NONFINITE = ("Solver produced non-finite parameter weights. The input data may contain large values and need to "
+             "be preprocessed.")
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 
 class _BaseMLP(BaseEstimator):
-    _loss = None  # the MLP's loss, set by subclasses
-
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, backend="auto", dtype=None):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, backend="auto",
+                 dtype=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -112,6 +163,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.backend = backend
         self.dtype = dtype
 
@@ -128,7 +180,7 @@ class _BaseMLP(BaseEstimator):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS} (gpumlp has no 'lbfgs'), got {self.solver!r}")
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.learning_rate not in LEARNING_RATES:
             raise ValueError(f"learning_rate must be one of {LEARNING_RATES}, got {self.learning_rate!r}")
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, numbers.Integral)
@@ -138,12 +190,22 @@ class _BaseMLP(BaseEstimator):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0 or not np.isfinite(v):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        for name in ("max_iter", "n_iter_no_change"):
+        for name in ("max_iter", "n_iter_no_change", "max_fun"):
             v = getattr(self, name)
+            if name == "n_iter_no_change" and v == np.inf:
+                continue  # scikit-learn's "never stop early"
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise ValueError(f"{name} must be a positive integer" + (" or np.inf" if name == "n_iter_no_change"
+                                                                          else "") + f", got {v!r}")
         if not (isinstance(self.validation_fraction, numbers.Real) and 0 < self.validation_fraction < 1):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+
+    def _check_solver(self):
+        """partial_fit's availability (scikit-learn's ``available_if``): stochastic solvers only."""
+        if self.solver not in STOCHASTIC:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is not "
+                                 f"stochastic.")
+        return True
 
     def _model_dtype(self, X):
         if self.dtype is not None:
@@ -169,13 +231,15 @@ class _BaseMLP(BaseEstimator):
             b.append(rs.uniform(-bound, bound, fan_out))
         model.set_weights(W, b)
 
-    def _optimizer(self):
+    def _make_optimizer(self):
         if self.solver == "sgd":
             return optim.make_optimizer("sgd", momentum=self.momentum,
                                         nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
-        return optim.make_optimizer("adam", beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon)
+        if self.solver == "adam":
+            return optim.make_optimizer("adam", beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon)
+        return optim.make_optimizer("lbfgs")
 
-    def _schedule(self):
+    def _make_schedule(self):
         if self.solver != "sgd" or self.learning_rate == "constant":
             return schedules.Constant()
         if self.learning_rate == "invscaling":
@@ -187,37 +251,104 @@ class _BaseMLP(BaseEstimator):
         self._check_settings()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
-        first = not hasattr(self, "model_") or (not self.warm_start and not incremental)
-        X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32),
-                             multi_output=self._loss == "squared", y_numeric=self._loss == "squared")
-        targets = self._targets(y, first, incremental, classes)
-        n_outputs = len(self.classes_) if self._loss == "cross_entropy" else targets.shape[1]
+        self._write_back()
+        fitted = "model_" in self.__dict__
+        assigned = not fitted and "_assigned_coefs" in self.__dict__ and "_assigned_intercepts" in self.__dict__
+        first = not (fitted or assigned) or (not self.warm_start and not incremental)
+        X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), accept_sparse=["csr", "csc"],
+                             multi_output=True, y_numeric=not isinstance(self, ClassifierMixin))
+        if y.ndim == 2 and y.shape[1] == 1 and not self._keeps_2d_y(y):
+            y = column_or_1d(y, warn=True)
+        targets, loss, labels = self._targets(y, incremental, classes)
+        n_outputs = self._n_outputs(targets, loss)
         sw = check_sample_weight(sample_weight, X.shape[0])
         sw = None if sw is None else sw.astype(np.float64)
-        if not first and self.model_.sizes[-1] != n_outputs:
-            raise ValueError(f"y has {n_outputs} outputs, the fitted model has {self.model_.sizes[-1]}")
         rs = check_random_state(self.random_state)  # one stream per call, as scikit-learn's _fit
         if first:
-            sizes = (X.shape[1], *self._hidden(), n_outputs)
-            model = MLP(sizes, activation=ACTIVATIONS[self.activation], loss=self._loss, bias=True,
-                        dtype=self._model_dtype(X), backend=self.backend, seed=self._seed(rs), optimizer=self.solver)
+            model = self._new_model(X, n_outputs, loss, rs)
             self._init_weights(model, rs)  # the seed then drives the shuffling
-            self.model_ = model
-        model = self.model_
+        elif not fitted:
+            model = self._model_from_assigned(X, n_outputs, loss, rs)
+        else:
+            model = self.model_
+        if model.sizes[-1] != n_outputs or model.loss != loss:
+            raise ValueError(f"y needs {n_outputs} {loss} outputs, the fitted model has {model.sizes[-1]} "
+                             f"{model.loss} outputs")
+        self.model_ = model
         if first or not incremental or model.optimizer.name != self.solver:
-            model.optimizer = self._optimizer()  # a new optimizer per fit, as scikit-learn
-            model.lr_schedule = self._schedule()
+            model.optimizer = self._make_optimizer()  # a new optimizer per fit, as scikit-learn
+            model.lr_schedule = self._make_schedule()
+        epochs_before = model.epochs_
+        try:
+            if self.solver == "lbfgs":
+                self._fit_lbfgs(model, X, targets, sw, labels)
+            else:
+                self._fit_stochastic(model, X, targets, sw, labels, incremental, rs)
+        except DivergenceError as exc:
+            raise DivergenceError(f"{NONFINITE} ({exc})") from None
+        self.n_iter_ = model.epochs_ - epochs_before
+        self._publish()
+        return self
 
+    def _new_model(self, X, n_outputs, loss, rs):
+        sizes = (X.shape[1], *self._hidden(), n_outputs)
+        return MLP(sizes, activation=ACTIVATIONS[self.activation], loss=loss, bias=True,
+                   dtype=self._model_dtype(X), backend=self.backend, seed=self._seed(rs),
+                   optimizer="lbfgs" if self.solver == "lbfgs" else self.solver)
+
+    def _model_from_assigned(self, X, n_outputs, loss, rs):
+        """The model whose starting weights are coefs_/intercepts_ assigned before any fit (scikit-learn
+        then skips its initialisation)."""
+        coefs = [np.asarray(c) for c in self.__dict__.pop("_assigned_coefs")]
+        intercepts = [np.asarray(b) for b in self.__dict__.pop("_assigned_intercepts")]
+        if len(coefs) != len(intercepts) or any(c.ndim != 2 for c in coefs):
+            raise ValueError("coefs_ and intercepts_ assigned before fit must hold one (fan_in, fan_out) array and "
+                             "one (fan_out,) array per layer")
+        sizes = (coefs[0].shape[0], *(c.shape[1] for c in coefs))
+        if sizes[0] != X.shape[1] or sizes[-1] != n_outputs:
+            raise ValueError(f"the assigned coefs_ are of a net {sizes}: X has {X.shape[1]} features and y needs "
+                             f"{n_outputs} outputs")
+        model = MLP(sizes, activation=ACTIVATIONS[self.activation], loss=loss, bias=True,
+                    dtype=self._model_dtype(X), backend=self.backend, seed=self._seed(rs),
+                    optimizer="lbfgs" if self.solver == "lbfgs" else self.solver)
+        model.set_weights([c.T for c in coefs], intercepts)
+        return model
+
+    def _regularise(self, model, n, w):
+        mean_w = 1.0 if w is None else float(np.mean(w))
+        if mean_w <= 0:
+            raise ValueError("sample_weight (times class_weight) is all zero: at least one weight must be positive")
+        model.set_params(weight_decay=self.alpha / (n * mean_w))
+
+    def _fit_lbfgs(self, model, X, targets, sw, labels):
+        w = self._with_class_weight(sw, labels)
+        self._regularise(model, X.shape[0], w)  # L-BFGS's batch is all of X: λ = alpha / Σw
+        trainer = LBFGSTrainer(model, callbacks=self._printer(model.epochs_, None))
+        trainer.fit(X, targets, max_iter=self.max_iter, max_fun=self.max_fun, tol=self.tol, sample_weight=w)
+        result = self._lbfgs_result = trainer.result
+        if result.status != 0:
+            n_iter = min(int(result.nit), self.max_iter)
+            msg = f"lbfgs failed to converge after {n_iter} iteration(s) (status={result.status}):\n{result.message}\n"
+            if n_iter == self.max_iter:
+                msg += f"\nIncrease the number of iterations to improve the convergence (max_iter={self.max_iter})."
+            msg += ("\nYou might also want to scale the data as shown in:\n"
+                    "    https://scikit-learn.org/stable/modules/preprocessing.html")
+            warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+
+    def _fit_stochastic(self, model, X, targets, sw, labels, incremental, rs):
         val = None
-        X_train, y_train, w_train = X, targets, sw
+        X_train, y_train, w_train, labels_train = X, targets, sw, labels
         if self.early_stopping:
-            # Stratified for every classification problem, as scikit-learn documents. (Its code
-            # stratifies only binary problems: for multiclass it splits without stratification.)
-            stratify = targets if self._loss == "cross_entropy" else None
-            parts = train_test_split(X, targets, *([] if sw is None else [sw]), test_size=self.validation_fraction,
-                                     random_state=rs, stratify=stratify)
+            # Stratified for every single-label problem, as scikit-learn documents (its code stratifies
+            # only binary problems, on the binarized column, whose error messages we share).
+            stratify = None if labels is None else (targets if labels is targets else targets.astype(bool))
+            separate = labels is not None and labels is not targets  # binary: the labels beside the 0/1 column
+            arrays = [X, targets] + ([] if sw is None else [sw]) + ([labels] if separate else [])
+            parts = train_test_split(*arrays, test_size=self.validation_fraction, random_state=rs, stratify=stratify)
             X_train, X_val, y_train, y_val = parts[:4]
-            w_train, w_val = (parts[4], parts[5]) if sw is not None else (None, None)
+            rest = parts[4:]
+            w_train, w_val = (rest[0], rest[1]) if sw is not None else (None, None)
+            labels_train = rest[-2] if separate else (None if labels is None else y_train)
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
                                  "of your dataset.")
@@ -229,220 +360,401 @@ class _BaseMLP(BaseEstimator):
             if self.batch_size > n:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
             batch = int(np.clip(self.batch_size, 1, n))
-        cw = self._class_weight(y_train)
-        if cw is not None:  # folded into the sample weights here, so that λ below sees them too
-            cw = class_sample_weights(cw, y_train, model.sizes[-1])
-            w_train = cw if w_train is None else w_train * cw
-        mean_w = 1.0 if w_train is None else float(np.mean(w_train))
-        if mean_w <= 0:
-            raise ValueError("sample_weight (times class_weight) is all zero: at least one weight must be "
-                             "positive")
-        model.set_params(weight_decay=self.alpha / (batch * mean_w))
-
-        epochs_before = model.epochs_
+        w_train = self._with_class_weight(w_train, labels_train)  # folded in here, so that λ sees them too
+        self._regularise(model, batch, w_train)
+        patience = sys.maxsize if self.n_iter_no_change == np.inf else int(self.n_iter_no_change)
+        trainer = Trainer(model, batch_size=batch, lr=self.learning_rate_init, shuffle=self.shuffle,
+                          callbacks=self._printer(model.epochs_, val), on_divergence="record")
         if incremental:
-            model.partial_fit(X_train, y_train, batch_size=batch, lr=self.learning_rate_init, shuffle=self.shuffle,
-                              sample_weight=w_train, n_iter_no_change=self.n_iter_no_change, tol=self.tol,
-                              verbose=self.verbose)
+            trainer.partial_fit(X_train, y_train, sample_weight=w_train, n_iter_no_change=patience, tol=self.tol)
         else:
-            model.fit(X_train, y_train, epochs=self.max_iter, batch_size=batch, lr=self.learning_rate_init,
-                      shuffle=self.shuffle, validation_data=val, sample_weight=w_train,
-                      early_stopping=self.early_stopping,
-                      n_iter_no_change=self.n_iter_no_change, tol=self.tol, verbose=self.verbose)
-        self.n_iter_ = model.epochs_ - epochs_before
-        if not incremental and model.stop_reason_ == "epochs":
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                          f"optimization hasn't converged yet.", ConvergenceWarning)
-        return self
+            trainer.fit(X_train, y_train, self.max_iter, sample_weight=w_train, validation_data=val,
+                        early_stopping=self.early_stopping, n_iter_no_change=patience, tol=self.tol)
+            if model.stop_reason_ == "epochs":
+                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                              f"optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
 
-    def _class_weight(self, y_train):
-        return None
+    def _with_class_weight(self, w, labels):
+        return w
+
+    def _keeps_2d_y(self, y):
+        return False
+
+    def _is_multilabel(self):
+        return False
+
+    def _printer(self, epochs_before, val):
+        """With verbose, a callback printing scikit-learn's progress lines, one per epoch (iteration)."""
+        if not self.verbose:
+            return None
+        state = {"reductions": 0}
+
+        def show(model, record):
+            print("Iteration %d, loss = %.8f" % (record["epoch"] - epochs_before, record["loss"]))
+            if val is not None:
+                print("Validation score: %f" % record["val_score"])
+            mon, schedule = model.monitor_, model.lr_schedule
+            if mon is None or self.solver == "lbfgs":
+                return False
+            what = "Validation score" if self.early_stopping else "Training loss"
+            msg = f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
+            reductions = getattr(schedule, "n_reductions", 0)
+            if mon.count > mon.patience:
+                print(msg + (" Learning rate too small. Stopping." if schedule.name == "adaptive" else " Stopping."))
+            elif reductions > state["reductions"]:
+                print(msg + " Setting learning rate to %f" % schedule.lr(self.learning_rate_init, 0, 0))
+            state["reductions"] = reductions
+            return False
+
+        return show
 
     # ------------------------------------------------------------------ fitted attributes
     def __sklearn_is_fitted__(self):
-        return hasattr(self, "model_")
+        return "model_" in self.__dict__
+
+    def _publish(self):
+        """scikit-learn's fitted attributes, from the model after a fit (plain attributes, as scikit-learn's)."""
+        m = self.model_
+        self.n_layers_ = len(m.sizes)
+        self.n_outputs_ = m.sizes[-1]
+        self.out_activation_ = self._out_activation()
+        self.t_ = m.samples_seen_
+        self.loss_curve_ = list(m.loss_curve_)
+        self.history_ = m.history_
+        if self.solver == "lbfgs":
+            self.loss_ = float(self._lbfgs_result.fun)
+            return
+        self.loss_ = m.loss_curve_[-1]
+        self.validation_scores_ = list(m.validation_curve_) if self.early_stopping else None
+        self.best_validation_score_ = m.best_score_ if self.early_stopping else None
+        self.best_loss_ = None if self.early_stopping else m.best_loss_
+        self._no_improvement_count = 0 if m.monitor_ is None else m.monitor_.count
 
     @property
-    def loss_curve_(self):
-        return list(self.model_.loss_curve_)
-
-    @property
-    def loss_(self):
-        return self.model_.loss_curve_[-1]
-
-    @property
-    def t_(self):
-        return self.model_.samples_seen_
-
-    @property
-    def history_(self):
-        return self.model_.history_
-
-    @property
-    def validation_scores_(self):
-        return list(self.model_.validation_curve_) if self.early_stopping else None
-
-    @property
-    def best_validation_score_(self):
-        return self.model_.best_score_ if self.early_stopping else None
-
-    @property
-    def best_loss_(self):
-        return None if self.early_stopping else self.model_.best_loss_
+    def _optimizer(self):
+        """What scikit-learn's private ``_optimizer`` exposes that code reads: ``learning_rate``."""
+        if self.solver not in STOCHASTIC or "model_" not in self.__dict__:
+            raise AttributeError("_optimizer")
+        return _OptimizerView(self)
 
     @property
     def coefs_(self):
-        """Weights in scikit-learn's layout: coefs_[i] is (fan_in, fan_out) (our W transposed)."""
-        return [W.T.copy() for W in self.model_.get_weights()]
+        """Weights in scikit-learn's layout: coefs_[i] is (fan_in, fan_out), our W transposed; the model's
+        own parameters (module docstring)."""
+        return self._parameters("coefs")
+
+    @coefs_.setter
+    def coefs_(self, value):
+        self._assign("coefs", value)
 
     @property
     def intercepts_(self):
-        return self.model_.get_biases()
+        return self._parameters("intercepts")
 
-    @property
-    def n_layers_(self):
-        return len(self.model_.sizes)
+    @intercepts_.setter
+    def intercepts_(self, value):
+        self._assign("intercepts", value)
 
-    @property
-    def n_outputs_(self):
-        return self.model_.sizes[-1]
+    def _parameters(self, kind):
+        if "model_" not in self.__dict__:
+            if f"_assigned_{kind}" in self.__dict__:
+                return self.__dict__[f"_assigned_{kind}"]
+            raise AttributeError(f"{kind}_")  # not fitted: hasattr(est, "coefs_") is False, as scikit-learn's
+        self._write_back()
+        params = _Parameters(self, kind)
+        self.__dict__[f"_handed_out_{kind}"] = params
+        return params
+
+    def _assign(self, kind, value):
+        if "model_" not in self.__dict__:  # kept as given: filled in item by item, read by the next fit
+            self.__dict__[f"_assigned_{kind}"] = value
+            return
+        self._write_back()
+        self._set_layers(kind, dict(enumerate(value)), expected=len(value))
+
+    def _set_layers(self, kind, new, expected=None):
+        """Put arrays {layer: array in scikit-learn's layout} into the model (validated by set_weights)."""
+        m = self.model_
+        if expected is not None and expected != m.n_layers:
+            raise ValueError(f"{kind}_ must hold {m.n_layers} arrays, got {expected}")
+        W, b = m.get_weights(), m.get_biases()
+        for i, a in new.items():
+            if kind == "coefs":
+                W[i] = np.asarray(a).T
+            else:
+                b[i] = np.asarray(a)
+        m.set_weights(W, b)
+
+    def _write_back(self):
+        """Host copies handed out as coefs_/intercepts_ (CuPy backend) and edited in place since: into the model."""
+        for kind in ("coefs", "intercepts"):
+            handed = self.__dict__.get(f"_handed_out_{kind}")
+            if handed is not None and handed.owner_model is self.__dict__.get("model_"):
+                handed.write_back()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if not k.startswith("_handed_out_")}
 
     def _device_input(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        self._write_back()
+        return validate_data(self, X, reset=False, dtype=(np.float64, np.float32), accept_sparse=["csr", "csc"])
+
+    def _loss_grad_lbfgs(self, packed_coef_inter, X, y, sample_weight=None, *unused_buffers):
+        """scikit-learn's private L-BFGS objective: J and ∂J/∂θ at ``packed_coef_inter`` in its packing
+        (each coefs_[i] raveled, then the intercepts), y as scikit-learn's binarized targets (one-hot
+        for multiclass, a 0/1 column for binary). Leaves those parameters in the model, as scikit-learn's.
+        The buffers scikit-learn passes (activations, deltas, gradients) are not needed."""
+        m = self.model_
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32), accept_sparse=["csr", "csc"])
+        y = np.asarray(y)
+        targets = y.argmax(axis=1) if m.loss == "cross_entropy" else y.reshape(X.shape[0], -1).astype(np.float64)
+        layers, packed, pos = [], np.asarray(packed_coef_inter, np.float64), 0
+        for fan_in, fan_out in zip(m.sizes[:-1], m.sizes[1:]):  # scikit-learn's (fan_in, fan_out) -> our W
+            layers.append(packed[pos:pos + fan_in * fan_out].reshape(fan_in, fan_out).T.ravel())
+            pos += fan_in * fan_out
+        theta = np.concatenate(layers + [packed[pos:]])
+        lam = m.weight_decay
+        total = X.shape[0] if sample_weight is None else float(np.sum(sample_weight))
+        m.set_params(weight_decay=self.alpha / total)  # scikit-learn's full-batch λ for this X
+        try:
+            J, g = Objective(m, *m.to_device(X, targets, sample_weight))(theta)
+        finally:
+            m.set_params(weight_decay=lam)
+        grads, pos = [], 0
+        for fan_in, fan_out in zip(m.sizes[:-1], m.sizes[1:]):  # our ∂J/∂W (out, in) -> scikit-learn's
+            grads.append(g[pos:pos + fan_in * fan_out].reshape(fan_out, fan_in).T.ravel())
+            pos += fan_in * fan_out
+        return J, np.concatenate(grads + [g[pos:]])
+
+
+class _Parameters(list):
+    """coefs_ or intercepts_ in scikit-learn's layout, bound to the model (module docstring): NumPy
+    views into θ, or host copies written back by ``write_back`` when edited in place (CuPy)."""
+
+    def __init__(self, estimator, kind):
+        m = estimator.model_
+        self.estimator, self.kind, self.owner_model = estimator, kind, m
+        if m.array_backend.is_gpu:
+            arrays = [W.T.copy() for W in m.get_weights()] if kind == "coefs" else m.get_biases()
+            self.snapshot = [a.copy() for a in arrays]
+        else:
+            arrays = [W.T for W in m.weights] if kind == "coefs" else m.biases
+            self.snapshot = None  # views: nothing to write back
+        super().__init__(arrays)
+
+    def __setitem__(self, i, value):
+        if not isinstance(i, numbers.Integral):
+            raise TypeError(f"{self.kind}_ items are set one layer at a time, by index")
+        self.estimator._set_layers(self.kind, {int(i) % len(self): value})
+        fresh = _Parameters(self.estimator, self.kind)
+        super().__setitem__(i, list.__getitem__(fresh, i))
+        if self.snapshot is not None:
+            self.snapshot[i] = fresh.snapshot[i]
+
+    def write_back(self):
+        if self.snapshot is None:
+            return
+        changed = {i: a for i, (a, s) in enumerate(zip(self, self.snapshot)) if not np.array_equal(a, s)}
+        if changed:
+            self.estimator._set_layers(self.kind, changed)
+            for i, a in changed.items():
+                self.snapshot[i] = np.array(a)
+
+
+class _OptimizerView:
+    """scikit-learn's ``_optimizer.learning_rate``: the rate the next epoch uses (Adam: η0 √(1 − β2ᵗ)/(1 − β1ᵗ)
+    after t steps, as scikit-learn's AdamOptimizer reports it)."""
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    @property
+    def learning_rate(self):
+        est = self.estimator
+        m = est.model_
+        if est.solver == "adam":
+            t = max(m.optimizer.t, 1)
+            return est.learning_rate_init * np.sqrt(1 - est.beta_2**t) / (1 - est.beta_1**t)
+        return m.lr_schedule.lr(est.learning_rate_init, m.epochs_, m.samples_seen_)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """Multilayer perceptron classifier (softmax outputs, cross-entropy), scikit-learn's interface.
+    """Multilayer perceptron classifier, scikit-learn's interface: softmax outputs for multiclass
+    problems, one logistic unit for binary ones and one per label for multilabel indicator targets.
 
     See the module docstring for the parameters; ``class_weight`` is None, "balanced" or
     {label: weight} and multiplies sample_weight.
     """
 
-    _loss = "cross_entropy"
-
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, class_weight=None,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, class_weight=None,
                  backend="auto", dtype=None):
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
                          max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
                          warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
                          early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
-                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, backend=backend,
-                         dtype=dtype)
+                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+                         backend=backend, dtype=dtype)
         self.class_weight = class_weight
 
-    def _targets(self, y, first, incremental, classes):
-        """Labels -> indices into classes_ (fixed by the first fit, or by classes in partial_fit)."""
+    def _keeps_2d_y(self, y):
+        return type_of_target(y).startswith("multilabel")
+
+    def _targets(self, y, incremental, classes):
+        """(targets, loss, label indices): labels -> indices into classes_ (multiclass, cross-entropy),
+        a 0/1 column (binary: one logistic unit) or the indicator matrix itself (multilabel)."""
         check_classification_targets(y)
-        if first:
-            if incremental:
-                if classes is None:
-                    raise ValueError("classes must be passed on the first call to partial_fit.")
-                self.classes_ = unique_labels(classes)
-            else:
-                self.classes_ = unique_labels(y)
-        elif not incremental and not np.array_equal(unique_labels(y), self.classes_):
-            raise ValueError(f"warm_start can only be used where `y` has the same classes as in the previous "
-                             f"call to fit. Previously got {self.classes_}, `y` has {unique_labels(y)}")
-        elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
+        multilabel = type_of_target(y).startswith("multilabel")
+        if incremental and getattr(self, "classes_", None) is None and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        if incremental and classes is not None and getattr(self, "classes_", None) is not None \
+                and not np.array_equal(self.classes_, unique_labels(classes)):
             raise ValueError(f"`classes={list(classes)}` is not the same as on the first call to partial_fit "
                              f"(classes_={list(self.classes_)})")
-        return LabelEncoder(self.classes_).transform(y, "y")
+        found = unique_labels(y)
+        if getattr(self, "classes_", None) is None or (not self.warm_start and not incremental):
+            self.classes_ = found if multilabel or not incremental else unique_labels(classes)
+            self._multilabel = multilabel
+        elif self.warm_start and not incremental and set(found) != set(self.classes_):
+            raise ValueError(f"warm_start can only be used where `y` has the same classes as in the previous call "
+                             f"to fit. Previously got {self.classes_}, `y` has {found}")
+        if multilabel != self._is_multilabel():
+            raise ValueError("y is " + ("" if multilabel else "not ") + "a multilabel indicator matrix, the model's "
+                             "targets were " + ("" if self._is_multilabel() else "not ") + "one")
+        if multilabel:
+            Y = y.toarray() if is_sparse(y) else np.asarray(y)
+            if Y.shape[1] != len(self.classes_):
+                raise ValueError(f"y has {Y.shape[1]} labels, the model has {len(self.classes_)}")
+            return Y.astype(np.float64), "binary_cross_entropy", None
+        labels = LabelEncoder(self.classes_).transform(y, "y")
+        if len(self.classes_) > 2:
+            return labels, "cross_entropy", labels
+        return (labels == 1).astype(np.float64)[:, None], "binary_cross_entropy", labels
 
-    def _class_weight(self, y_train):
+    def _n_outputs(self, targets, loss):
+        return len(self.classes_) if loss == "cross_entropy" else targets.shape[1]
+
+    def _is_multilabel(self):
+        return bool(getattr(self, "_multilabel", False))
+
+    def _with_class_weight(self, w, labels):
         cw = self.class_weight
-        if cw is None or isinstance(cw, str):
-            return cw  # "balanced": n / (n_classes · count), over the classes in the training labels
-        if not isinstance(cw, dict):
+        if cw is None:
+            return w
+        if labels is None:
+            raise ValueError("class_weight is not supported for multilabel targets")
+        if not (isinstance(cw, dict) or cw == "balanced"):
             raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
-        return {int(np.searchsorted(self.classes_, k)): v for k, v in cw.items() if k in set(self.classes_.tolist())}
+        if isinstance(cw, dict):  # "balanced": n / (n_classes · count), over the classes in the training labels
+            cw = {int(np.searchsorted(self.classes_, k)): v for k, v in cw.items() if k in set(self.classes_.tolist())}
+        cw = class_sample_weights(cw, labels, len(self.classes_))
+        w = cw if w is None else w * cw
+        if not w.sum() > 0:
+            raise ValueError("sample_weight times class_weight must have a positive sum")
+        return w
+
+    def _out_activation(self):
+        return "softmax" if self.model_.loss == "cross_entropy" else "logistic"
 
     def fit(self, X, y, sample_weight=None):
-        """Train from scratch (or from the fitted weights with warm_start=True) for up to max_iter epochs."""
+        """Train from scratch (or from the fitted weights with warm_start=True): up to max_iter epochs
+        (L-BFGS: iterations)."""
         return self._fit(X, y, sample_weight, incremental=False)
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """One epoch over (X, y); ``classes`` is required on the first call."""
-        if self.solver not in SOLVERS:
-            raise AttributeError(f"partial_fit is only available for stochastic optimizers; {self.solver!r} is not")
+    @available_if(lambda self: self._check_solver())
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y); ``classes`` is required on the first call (scikit-learn's order of
+        arguments: sample_weight before classes)."""
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
-    def predict(self, X):
-        X = self._device_input(X)
-        return LabelEncoder(self.classes_).inverse_transform(self.model_.predict(X))
-
     def predict_proba(self, X):
-        """Class probabilities, columns in the order of classes_."""
+        """Class probabilities, columns in the order of classes_ (binary: [1 − p, p]; multilabel: the
+        probability of each label)."""
         X = self._device_input(X)
-        return self.model_.predict_proba(X)
+        p = self.model_.predict_proba(X)
+        return np.hstack([1 - p, p]) if p.shape[1] == 1 else p
 
     def predict_log_proba(self, X):
-        return np.log(self.predict_proba(X))
+        p = self.predict_proba(X)
+        return np.log(p, out=p)
 
-    @property
-    def out_activation_(self):
-        return "softmax"
+    def predict(self, X):
+        """Class labels, or the indicator matrix of multilabel targets."""
+        X = self._device_input(X)
+        p = self.model_.predict(X)
+        if self._is_multilabel():
+            return p
+        if len(self.classes_) == 1:
+            return np.repeat(self.classes_, p.shape[0])
+        return LabelEncoder(self.classes_).inverse_transform(p)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_label = False
+        tags.classifier_tags.multi_label = True
+        tags.input_tags.sparse = True
         return tags
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multilayer perceptron regressor (identity outputs, squared loss), scikit-learn's interface.
+    """Multilayer perceptron regressor, scikit-learn's interface: identity outputs with the squared
+    loss (loss="squared_error"), or exponential outputs with half the Poisson deviance (loss="poisson",
+    y >= 0; ``predict`` gives the means e^o)."""
 
-    ``loss`` accepts only "squared_error" (scikit-learn's default; "poisson" is not offered).
-    """
-
-    _loss = "squared"
+    LOSSES = {"squared_error": "squared", "poisson": "poisson"}
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001,
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 backend="auto", dtype=None):
+                 max_fun=15000, backend="auto", dtype=None):
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
                          max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
                          warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
                          early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
-                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, backend=backend,
-                         dtype=dtype)
+                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+                         backend=backend, dtype=dtype)
         self.loss = loss
 
-    def _targets(self, y, first, incremental, classes):
-        if self.loss != "squared_error":
-            raise ValueError(f"loss must be 'squared_error' (gpumlp has no {self.loss!r}), got {self.loss!r}")
-        return y.reshape(-1, 1) if y.ndim == 1 else y
+    def _targets(self, y, incremental, classes):
+        if self.loss not in self.LOSSES:
+            raise ValueError(f"loss must be one of {sorted(self.LOSSES)}, got {self.loss!r}")
+        y = y.reshape(-1, 1) if y.ndim == 1 else y
+        return y, self.LOSSES[self.loss], None
+
+    def _n_outputs(self, targets, loss):
+        return targets.shape[1]
+
+    def _out_activation(self):
+        return "exp" if self.model_.loss == "poisson" else "identity"
 
     def fit(self, X, y, sample_weight=None):
-        """Train from scratch (or from the fitted weights with warm_start=True) for up to max_iter epochs."""
+        """Train from scratch (or from the fitted weights with warm_start=True): up to max_iter epochs
+        (L-BFGS: iterations)."""
         return self._fit(X, y, sample_weight, incremental=False)
 
+    @available_if(lambda self: self._check_solver())
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y)."""
-        if self.solver not in SOLVERS:
-            raise AttributeError(f"partial_fit is only available for stochastic optimizers; {self.solver!r} is not")
         return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X):
+        """The outputs (squared_error) or the means e^o (poisson); one output comes back 1-D, as
+        scikit-learn's (even for y of shape (n, 1))."""
         X = self._device_input(X)
-        o = self.model_.decision_function(X)
-        return o[:, 0] if o.shape[1] == 1 else o  # one output: 1-D, as scikit-learn (even for y of shape (n, 1))
-
-    @property
-    def out_activation_(self):
-        return "identity"
+        return self.model_.predict(X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
+        tags.target_tags.positive_only = self.loss == "poisson"
+        tags.input_tags.sparse = True
         return tags

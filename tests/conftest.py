@@ -1,5 +1,6 @@
 """GPU plumbing for the tests: items marked ``gpu`` run only where CuPy imports and a CUDA device
-answers (``gpumlp.backend.cupy_status``); elsewhere they are skipped with the reason."""
+answers (``gpumlp.backend.cupy_status``); elsewhere they are skipped with the reason. And the count of
+scikit-learn's own MLP tests (tests/test_sklearn_upstream.py) that pass, printed at the end of a run."""
 from __future__ import annotations
 
 import pytest
@@ -16,3 +17,22 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason=f"needs CuPy and a CUDA device: {why}")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+UPSTREAM = "test_sklearn_upstream.py::"
+UPSTREAM_META = "test_the_upstream_file_is_the_pinned_one"  # ours, not scikit-learn's
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line: how many of scikit-learn's test_mlp.py tests passed against gpumlp.sklearn."""
+    counts = {}
+    for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed"):
+        reports = [r for r in terminalreporter.stats.get(outcome, [])
+                   if UPSTREAM in getattr(r, "nodeid", "") and UPSTREAM_META not in r.nodeid]
+        if reports:
+            counts[outcome] = len({r.nodeid for r in reports})
+    if counts:
+        others = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if outcome != "passed")
+        terminalreporter.write_line(
+            f"scikit-learn's sklearn/neural_network/tests/test_mlp.py on gpumlp.sklearn: {counts.get('passed', 0)} of "
+            f"{sum(counts.values())} passed" + (f" ({others})" if others else ""))

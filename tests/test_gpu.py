@@ -407,6 +407,41 @@ def test_sparse_training_on_the_gpu_follows_the_dense_run(cp, optimizer):
         np.testing.assert_array_equal(m.predict(X), runs[0].predict(X.toarray()))
 
 
+def test_the_estimators_parameters_on_the_gpu_are_written_back_when_edited():
+    """With CuPy, coefs_/intercepts_ are host copies: an in-place edit reaches the device before the
+    estimator next uses the model; assignment copies in at once; a fresh fit forgets the old lists."""
+    pytest.importorskip("sklearn")
+    from gpumlp.sklearn import MLPClassifier
+
+    rng = np.random.default_rng(16)
+    X, y = rng.standard_normal((60, 4)), rng.integers(0, 3, 60)
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0, backend="cupy").fit(X, y)
+    coefs, intercepts = clf.coefs_, clf.intercepts_
+    assert isinstance(coefs[0], np.ndarray)
+    coefs[1][:] = 0
+    intercepts[1][:] = [1.0, 2.0, 3.0]
+    np.testing.assert_allclose(clf.predict_proba(X), np.tile(np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum(), (60, 1)),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(clf.model_.get_weights()[1], 0)
+    clf.coefs_[0] = np.ones((4, 5))
+    np.testing.assert_array_equal(clf.model_.get_weights()[0], 1)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd"])
+def test_the_estimators_on_the_gpu_follow_the_numpy_backend(solver):
+    pytest.importorskip("sklearn")
+    from gpumlp.sklearn import MLPClassifier
+
+    rng = np.random.default_rng(17)
+    X, y = rng.standard_normal((200, 8)), rng.integers(0, 2, 200)
+    fits = [MLPClassifier(solver=solver, hidden_layer_sizes=(16,), max_iter=10, random_state=0, backend=b,
+                          batch_size=50).fit(X, y) for b in ("numpy", "cupy")]
+    assert fits[1].n_outputs_ == 1 and fits[1].out_activation_ == "logistic"
+    np.testing.assert_allclose(fits[1].loss_curve_, fits[0].loss_curve_, rtol=1e-9)
+    for a, b in zip(fits[0].coefs_, fits[1].coefs_):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9)
+
+
 # ------------------------------------------------------------------------------ no allocation, no sync
 ALLOC_CASES = [dict(), dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam"), dict(loss="squared"),
                dict(weighted=True), dict(loss="binary_cross_entropy", weighted=True)]
