@@ -195,7 +195,9 @@ def build_parser():
     _add_data(t, train=True)
     _add_model(t)
     o = t.add_argument_group("optimisation")
-    o.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default sgd")
+    o.add_argument("--optimizer", choices=("sgd", "adam", "lbfgs"), default=None,
+                   help="default sgd; lbfgs: full-batch L-BFGS (needs SciPy), --epochs its most iterations, "
+                        "--tol its gradient tolerance")
     o.add_argument("--lr", type=_positive(float), default=None, help="learning rate η (default 0.02)")
     o.add_argument("--momentum", type=_fraction0, default=None,
                    help="SGD momentum μ in [0, 1) (default 0.9; sgd only)")

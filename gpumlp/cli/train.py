@@ -16,6 +16,7 @@ import numpy as np
 from .. import functions, io
 from ..backend import resolve
 from ..data_parallel import make_trainer
+from ..lbfgs import LBFGSTrainer
 from ..mlp import MLP
 from ..pipeline import Pipeline
 from ..schedules import make_schedule
@@ -37,7 +38,8 @@ def build_model(s, d, q, backend):
     if sched["name"] == "cosine":
         config.setdefault("T_max", s["epochs"])
     opt = {"momentum": s["momentum"], "nesterov": s["nesterov"]} if s["optimizer"] == "sgd" else \
-        {"beta1": s["beta1"], "beta2": s["beta2"], "eps": s["eps"], "decoupled": s["decoupled"]}
+        {"beta1": s["beta1"], "beta2": s["beta2"], "eps": s["eps"], "decoupled": s["decoupled"]} \
+        if s["optimizer"] == "adam" else {}
     try:
         schedule = make_schedule(sched["name"], **config)
         return MLP((d, *s["hidden"], q), activation=act, loss=s["loss"], weight_decay=s["weight_decay"],
@@ -162,8 +164,11 @@ def train(args, comm=None, phase=None):
     stopped = None
     try:
         if remaining > 0:
-            trainer = make_trainer(model, comm, batch_size=s["batch_size"], lr=s["lr"], callbacks=[on_epoch],
-                                   on_step=progress.step if progress.bar is not None and root else None)
+            if s["optimizer"] == "lbfgs":  # full batch, one process: each iteration an epoch, no steps within it
+                trainer = LBFGSTrainer(model, callbacks=[on_epoch])
+            else:
+                trainer = make_trainer(model, comm, batch_size=s["batch_size"], lr=s["lr"], callbacks=[on_epoch],
+                                       on_step=progress.step if progress.bar is not None and root else None)
             phase["at"] = "fit"
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is reported
                 trainer.fit(xtr, ytr, remaining, validation_data=val, early_stopping=s["early_stopping"],
@@ -259,6 +264,11 @@ def setup_training(args):
             raise ValueError(f"{args.resume} holds no training settings (not saved by 'gpumlp train'); "
                              f"continue it from Python with MLP.fit")
     s = train_settings(args, saved)
+    minibatch_only = [f"--{k.replace('_', '-')}" for k in ("lr", "batch_size", "lr_schedule", "early_stopping",
+                                                            "n_iter_no_change", "distributed") if getattr(args, k, None)]
+    if s["optimizer"] == "lbfgs" and minibatch_only:
+        raise UsageError(f"{', '.join(minibatch_only)} apply to --optimizer sgd and adam; lbfgs trains on the full "
+                         f"batch and stops by --epochs (its iterations) and --tol")
     if pipeline is None:
         backend = resolve(args.backend or "auto")
         d = prepare(s)
