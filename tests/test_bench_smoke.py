@@ -65,3 +65,20 @@ def test_compare_cpu_summary_arithmetic():
     assert s["gpumlp"]["median_vs_torch"] == pytest.approx(1.2 / 2.2)
     assert s["gpumlp"]["quiet_median_vs_floor-numpy"] == pytest.approx(1.1 / 0.8)
     assert "S: B=256" in cc.format_summary({"S": s})
+
+
+def test_compare_lbfgs_runs_in_smoke_mode(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("scipy.optimize")
+    out = tmp_path / "lbfgs.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_lbfgs.py"), "--rounds", "2", "--fits", "1",
+                        "--datasets", "iris,diabetes", "--max-iter", "5", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads(out.read_text())["summary"]
+    for name in ("iris", "diabetes"):
+        ours, theirs = summary[name]["gpumlp"], summary[name]["sklearn"]
+        assert ours["fits"] == theirs["fits"] == 2 and ours["n_iter"] == theirs["n_iter"] == 5
+        assert ours["median_vs_sklearn"] == pytest.approx(ours["median_s"] / theirs["median_s"])
+        assert ours["paired_vs_sklearn"] > 0
+    assert "iris" in r.stdout and "÷sklearn" in r.stdout
