@@ -17,6 +17,7 @@ How the code is organised (each module one job; the arrows are imports):
     trainer.py     the epoch loop: batches (batches.py, _stream.py), divergence, monitor.py, callbacks
     distributed.py communicators for several processes: MPI (mpi4py), NCCL (CuPy); agreed errors
     data_parallel.py  the trainer on several ranks: one all-reduce of ∂L/∂θ between the step's phases
+    lbfgs.py       full-batch L-BFGS: the step's J(θ) and ∂J/∂θ handed to SciPy's L-BFGS-B (optimizer="lbfgs")
     optim.py       the update rules; schedules.py the learning rate per epoch
     pipeline.py    the model with its preprocessing (imputer, scaler, labels, target scaling): gpumlp.load
     graph.py       the lecture's computational graph of a model, with its gradients (MLP.graph): DOT, SVG, PNG

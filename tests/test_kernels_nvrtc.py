@@ -85,6 +85,13 @@ def test_every_cu_file_is_listed_with_its_kernels():
     assert sorted(_kernels.RAW_KERNELS) == _kernels.cu_files()
 
 
+def test_every_loss_has_its_fused_kernel():
+    # CupyOps.loss_grad launches gpumlp_<loss>: a loss added to functions.LOSSES needs its kernel in loss.cu.
+    from gpumlp.functions import LOSSES
+
+    assert {f"gpumlp_{name}" for name in LOSSES} == set(_kernels.RAW_KERNELS["loss.cu"])
+
+
 @pytest.fixture(scope="module")
 def cu_binaries(nvrtc):
     return {(cu, arch): nvrtc_compile(nvrtc, _kernels.module_source(cu), cu, arch, _kernels.RAW_OPTIONS)
