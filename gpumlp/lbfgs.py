@@ -92,7 +92,14 @@ class LBFGSTrainer:
 
     def fit(self, X, y, max_iter=200, *, max_fun=15000, tol=1e-4, sample_weight=None, class_weight=None,
             validation_data=None, early_stopping=False, n_iter_no_change=None):
-        """Minimise J over (X, y) from the current θ (module docstring). Returns the model."""
+        """Minimise J over (X, y) from the current θ (module docstring). Returns the model. Another thread
+        training the same model meanwhile gets a RuntimeError (``MLP.exclusive``), as with ``gpumlp.Trainer``."""
+        with self.model.exclusive("fit"):
+            return self._fit(X, y, max_iter, max_fun, tol, sample_weight, class_weight, validation_data,
+                             early_stopping, n_iter_no_change)
+
+    def _fit(self, X, y, max_iter, max_fun, tol, sample_weight, class_weight, validation_data, early_stopping,
+             n_iter_no_change):
         max_iter = check_positive_number(max_iter, "max_iter (epochs)", integer=True)
         max_fun = check_positive_number(max_fun, "max_fun", integer=True)
         tol = check_positive_number(tol, "tol", allow_zero=True)

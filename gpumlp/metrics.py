@@ -5,6 +5,7 @@
                         (indicator rows, binary or multilabel: sklearn.metrics.accuracy_score's)
     r2(o, y, w)         R² per output column, averaged uniformly (sklearn.metrics.r2_score's default);
                         1 for a perfectly predicted constant column, 0 for an imperfectly predicted one
+    score(loss, o, y, w)   what MLP.score reports for ``loss`` (a functions.Loss): one of the above
 """
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ def r2(o, y, w=None):
     ss_tot = (wc * (y - (wc * y).sum(axis=0) / wc.sum()) ** 2).sum(axis=0)
     r = xp.where(ss_tot > 0, 1 - ss_res / xp.where(ss_tot > 0, ss_tot, 1), xp.where(ss_res > 0, 0.0, 1.0))
     return float(r.mean())
+
+
+def score(loss, o, y, w=None):
+    """Accuracy (cross-entropy); subset accuracy of the logistic outputs, each label predicted 1 where its
+    probability exceeds ½ (binary cross-entropy); R² of the prediction ψ(o) (squared, Poisson)."""
+    if loss.name == "cross_entropy":
+        return accuracy(o, y, w)
+    if loss.is_classification:
+        return subset_accuracy(loss.predict(o), y, w)
+    return r2(loss.output(o), y, w)

@@ -30,7 +30,7 @@ from .data_parallel import make_trainer
 from .graph import graph as computational_graph
 from .lbfgs import LBFGSTrainer
 from .ops import Layer, Ops
-from .step import Step
+from .step import cached_step
 from .state import HISTORY_KEYS
 from .trainer import DivergenceError, Trainer
 from .validation import (check_classes, check_dtype, check_positive_number, check_sample_weight, check_X, check_y,
@@ -89,9 +89,7 @@ class MLP:
     sizes : (d, h1, ..., hk, q) layer widths; (d, h, q) is the lecture's one-hidden-layer net.
     activation : φ for every hidden layer, or a list of one name per hidden layer
         (relu, leaky_relu, sigmoid, tanh, gelu, softplus, identity).
-    loss : "cross_entropy" (integer labels, softmax outputs), "squared" (l = ½‖o − y‖²),
-        "binary_cross_entropy" (a logistic output per label: binary problems with q = 1, multilabel
-        indicator targets with q labels) or "poisson" (exponential outputs, half the Poisson deviance).
+    loss : "cross_entropy" (softmax), "squared" (½‖o − y‖²), "binary_cross_entropy" (logistic, per label), "poisson".
     weight_decay : λ in s = λ/2 Σ‖W‖²_F; ∂J/∂W includes λW (PyTorch's ``weight_decay``).
         scikit-learn's ``alpha`` penalises alpha/(2·batch) Σ‖W‖², i.e. λ = alpha / batch_size.
     bias : add a bias to every layer (never weight-decayed).
@@ -99,9 +97,8 @@ class MLP:
     backend : "auto" | "numpy" | "cupy" (or $GPUMLP_BACKEND when "auto").
     seed : seeds the initial weights and the shuffling (``rng``); the same seed gives the same
         initial weights on every backend (drawn on the host in float64, then cast).
-    optimizer : "sgd" (momentum, nesterov) or "adam" (beta1, beta2, eps, decoupled=AdamW), see
-        ``gpumlp.optim`` for the update rules (PyTorch's conventions); or "lbfgs": full-batch L-BFGS
-        (SciPy's L-BFGS-B, ``gpumlp.lbfgs``), trained by ``fit`` only.
+    optimizer : "sgd" (momentum, nesterov), "adam" (beta1, beta2, eps, decoupled=AdamW), see ``gpumlp.optim``
+        (PyTorch's conventions); or "lbfgs": full-batch L-BFGS (``gpumlp.lbfgs``), trained by ``fit`` only.
     lr_schedule : None ("constant"), a name, or a ``gpumlp.schedules.Schedule`` such as
         ``Cosine(T_max=50)``: the learning rate of each epoch from the ``lr`` given to ``fit``.
 
@@ -384,15 +381,13 @@ class MLP:
         return self.array_backend.to_host(self.outputs(X))
 
     def predict_proba(self, X):
-        """Class probabilities: softmax (cross_entropy), or the sigmoid of each output, label by label
-        (binary_cross_entropy: (n, q), they need not sum to one)."""
+        """Class probabilities: softmax (cross_entropy), or each output's sigmoid (binary_cross_entropy)."""
         if not F.LOSSES[self.loss].is_classification:
             raise ValueError(f"predict_proba needs loss='cross_entropy' or 'binary_cross_entropy', not {self.loss!r}")
         return self.array_backend.to_host(F.LOSSES[self.loss].output(self.outputs(X)))
 
     def predict(self, X):
-        """As NumPy arrays: class labels (cross_entropy); 0/1 per label (binary_cross_entropy, probability
-        above ½); the outputs (squared) or the means e^o (poisson). 1-D when q = 1 (labels always)."""
+        """NumPy labels, 0/1 per label (binary_cross_entropy), outputs or means e^o (poisson); 1-D when q = 1."""
         p = self.array_backend.to_host(F.LOSSES[self.loss].predict(self.outputs(X)))
         return p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p
 
@@ -406,26 +401,15 @@ class MLP:
         return float(F.LOSSES[self.loss].forward(self._outputs(x), yy, w)) + F.regulariser(self._W, self.weight_decay)
 
     def score(self, X, y, sample_weight=None):
-        """Accuracy for cross_entropy, the fraction of rows with every label right for
-        binary_cross_entropy (scikit-learn's subset accuracy), R² (uniform average over outputs) of the
-        prediction for squared and poisson; weighted as scikit-learn's metrics with sample_weight."""
+        """``metrics.score`` of this loss: accuracy (subset accuracy for binary_cross_entropy) or R² (squared,
+        poisson), weighted as scikit-learn's metrics when sample_weight is given."""
         x, yy, w = self._checked(X, y, sample_weight)
-        o, loss = self._outputs(x), F.LOSSES[self.loss]
-        if self.loss == "cross_entropy":
-            return metrics.accuracy(o, yy, w)
-        if loss.is_classification:  # logistic outputs: each label predicted 1 where its probability exceeds ½
-            return metrics.subset_accuracy(loss.predict(o), yy, w)
-        return metrics.r2(loss.output(o), yy, w)
+        return metrics.score(F.LOSSES[self.loss], self._outputs(x), yy, w)
 
     # ------------------------------------------------------------------ training: thin calls
     def training_step(self, batch_size):
         """This model's ``gpumlp.step.Step`` for batches of ``batch_size`` rows (kept for two sizes)."""
-        step = self._steps.get(batch_size)
-        if step is None:
-            if len(self._steps) >= 2:
-                self._steps.pop(next(iter(self._steps)))
-            step = self._steps[batch_size] = Step(self, batch_size)
-        return step
+        return cached_step(self._steps, self, batch_size)
 
     @_exclusive("step")
     def step(self, X, y, lr, sample_weight=None):
@@ -439,8 +423,7 @@ class MLP:
             tol=1e-4, callbacks=None, train_score=False, comm=None, sharded=False, max_fun=15000):
         """Minibatch training from the current weights (see the class docstring on warm starts), run by a
         ``gpumlp.Trainer``; with ``comm``, ``sharded``: over its ranks (``gpumlp.data_parallel``). Returns self.
-        optimizer="lbfgs": ``gpumlp.lbfgs.LBFGSTrainer``, at most ``epochs`` iterations and ``max_fun``
-        evaluations of J, tolerance ``tol`` on ∂J/∂θ (one process).
+        optimizer="lbfgs": ``gpumlp.lbfgs.LBFGSTrainer``, one process (``epochs`` its iterations, max_fun, tol).
 
         Each epoch appends to ``loss_curve_`` (mean J over the epoch's steps) and to ``history_``,
         a dict of per-epoch lists: ``epoch``, ``lr``, ``loss``, ``score`` (training accuracy or R²
@@ -464,9 +447,8 @@ class MLP:
         callbacks : a callable or a list of them, called as ``cb(model, record)`` after each epoch
             (``record`` is that epoch's ``history_`` entry as a dict); returning True stops training.
 
-        ``stop_reason_`` says why training ended: "epochs", "plateau", "lr_too_small" or "callback"
-        (L-BFGS also "converged", "max_fun" or "line_search").
-        Checkpoints saved from a callback resume the run exactly (see ``gpumlp.Trainer``).
+        ``stop_reason_`` says why training ended: "epochs", "plateau", "lr_too_small", "callback" (L-BFGS also
+        "converged", "max_fun", "line_search"). Checkpoints saved from a callback resume the run exactly.
         """
         if self.optimizer.name == "lbfgs" and comm is None:
             return LBFGSTrainer(self, callbacks=callbacks, train_score=train_score, verbose=verbose).fit(

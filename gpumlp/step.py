@@ -142,3 +142,14 @@ class Step:
         J = self._objective(ws, x, y, w)
         self._backward(ws, x, fold_lr=lr)
         return J
+
+
+def cached_step(steps, model, batch_size):
+    """The Step of ``model`` for ``batch_size`` rows from ``steps``, the model's own cache (batch size ->
+    Step), made on first use; the cache keeps two sizes: the full batches and one remainder size."""
+    step = steps.get(batch_size)
+    if step is None:
+        if len(steps) >= 2:
+            steps.pop(next(iter(steps)))
+        step = steps[batch_size] = Step(model, batch_size)
+    return step

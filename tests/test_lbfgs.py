@@ -4,6 +4,7 @@ iteration, and the model's life around it (save/load, errors). scikit-learn's ow
 in test_sklearn.py."""
 import math
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -208,3 +209,28 @@ def test_a_saved_lbfgs_model_loads_and_trains_on(tmp_path):
     assert gpumlp.MLP(**{**params, "backend": "numpy"}).optimizer.name == "lbfgs"
     with pytest.raises(ValueError, match="do not apply"):
         back.set_params(momentum=0.5)
+
+
+def test_a_second_thread_cannot_train_a_model_in_an_l_bfgs_fit():
+    X, y = blobs()
+    m = model()
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def hold(model, record):
+        inside.set()
+        release.wait(10)
+
+    t = threading.Thread(target=m.fit, args=(X, y), kwargs=dict(epochs=2, callbacks=hold))
+    t.start()
+    try:
+        assert inside.wait(10)
+        for call in (lambda: m.fit(X, y, epochs=1), lambda: m.set_params(weight_decay=0.5)):
+            try:
+                call()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+    finally:
+        release.set()
+        t.join(10)
+    assert len(errors) == 2 and all("another thread" in e for e in errors)
+    assert m.epochs_ == 2 and m.weight_decay == 1e-3
