@@ -11,7 +11,7 @@ are provided under scikit-learn's names, each an honest view of our own state (g
 docstring): ``_no_improvement_count`` (test_n_iter_no_change, test_n_iter_no_change_inf),
 ``_optimizer.learning_rate`` (test_learning_rate_warmstart, test_adaptive_learning_rate) and
 ``_loss_grad_lbfgs`` (test_gradient). The two tests that need pandas skip where it is not installed,
-as they do for scikit-learn itself.
+as they do for scikit-learn itself (the test extra installs it).
 """
 import os
 import types
