@@ -41,10 +41,10 @@ and multilabel indicator targets one logistic unit per label (``predict`` return
 matrix, ``predict_proba`` the probability of each label); the regressor has identity outputs
 (loss="squared_error") or exponential ones (loss="poisson", half the Poisson deviance; y >= 0).
 
-Input: dense arrays, lists, pandas, or sparse matrices (SciPy CSR/CSC; other formats converted to
-CSR, and cupyx.scipy.sparse matrices on the GPU): sparse X is never densified, its batches are CSR
-row subsets and the first layer multiplies them as they are (``gpumlp.ops``). The model moves X to
-the device once.
+Input: host data, as scikit-learn takes it (NumPy arrays, lists, pandas, SciPy sparse matrices: CSR
+and CSC as they are, other formats converted); the model moves X to the device once (a sparse X as a
+cupyx.scipy.sparse CSR matrix). Sparse X is never densified: its batches are CSR row subsets and the
+first layer multiplies them as they are (``gpumlp.ops``).
 
 Extra parameters: ``class_weight`` (classifier: None, "balanced" or {label: weight}; not for
 multilabel targets), ``backend`` ("auto" | "numpy" | "cupy") and ``dtype`` (None follows X as
