@@ -35,7 +35,7 @@ def test_train_with_lbfgs_saves_a_model_that_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("option", [["--early-stopping"], ["--n-iter-no-change", "3"], ["--lr", "0.1"],
-                                    ["--batch-size", "8"], ["--momentum", "0.5"]])
+                                    ["--batch-size", "8"], ["--momentum", "0.5"], ["--distributed", "mpi"]])
 def test_lbfgs_refuses_the_minibatch_options(option):
     p = run("train", "--optimizer", "lbfgs", *option, check_rc=2)
     assert option[0] in p.stderr and "Traceback" not in p.stderr

@@ -267,8 +267,9 @@ def setup_training(args):
     minibatch_only = [f"--{k.replace('_', '-')}" for k in ("lr", "batch_size", "lr_schedule", "early_stopping",
                                                             "n_iter_no_change", "distributed") if getattr(args, k, None)]
     if s["optimizer"] == "lbfgs" and minibatch_only:
-        raise UsageError(f"{', '.join(minibatch_only)} apply to --optimizer sgd and adam; lbfgs trains on the full "
-                         f"batch and stops by --epochs (its iterations) and --tol")
+        raise UsageError(f"{', '.join(minibatch_only)} {'applies' if len(minibatch_only) == 1 else 'apply'} to "
+                         f"--optimizer sgd and adam; lbfgs trains on the full batch in one process and stops by "
+                         f"--epochs (its iterations) and --tol")
     if pipeline is None:
         backend = resolve(args.backend or "auto")
         d = prepare(s)
