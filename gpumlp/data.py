@@ -979,16 +979,20 @@ class Scaler:
         X = np.asarray(X)
         if self.kind == "none":
             return X.astype(dtype)
-        if self.scale is None:
-            raise ValueError("the scaler is not fitted; call fit(X_train) first")
-        if X.ndim != 2 or X.shape[1] != self.scale.shape[0]:
-            raise ValueError(f"X must have shape (n, {self.scale.shape[0]}) for this scaler, got {X.shape}")
-        exponent = np.frexp(np.maximum(np.abs(self.offset), self.scale))[1]
+        exponent = self._exponent(X)
         out = X.astype(np.float64)
         np.ldexp(out, -exponent, out=out)
         out -= np.ldexp(self.offset, -exponent)
         out /= np.ldexp(self.scale, -exponent)
         return out.astype(dtype, copy=False)
+
+    def _exponent(self, X):
+        """Checks that the scaler is fitted and X fits it; the per-feature power of two of transform."""
+        if self.scale is None:
+            raise ValueError("the scaler is not fitted; call fit(X_train) first")
+        if X.ndim != 2 or X.shape[1] != self.scale.shape[0]:
+            raise ValueError(f"X must have shape (n, {self.scale.shape[0]}) for this scaler, got {X.shape}")
+        return np.frexp(np.maximum(np.abs(self.offset), self.scale))[1]
 
     def inverse_transform(self, X, dtype=np.float64):
         """x·scale + offset (float64 by default): ``transform`` undone, e.g. a regression model's
@@ -997,11 +1001,7 @@ class Scaler:
         X = np.asarray(X)
         if self.kind == "none":
             return X.astype(dtype)
-        if self.scale is None:
-            raise ValueError("the scaler is not fitted; call fit(X_train) first")
-        if X.ndim != 2 or X.shape[1] != self.scale.shape[0]:
-            raise ValueError(f"X must have shape (n, {self.scale.shape[0]}) for this scaler, got {X.shape}")
-        exponent = np.frexp(np.maximum(np.abs(self.offset), self.scale))[1]
+        exponent = self._exponent(X)
         out = X.astype(np.float64)
         out *= np.ldexp(self.scale, -exponent)
         out += np.ldexp(self.offset, -exponent)

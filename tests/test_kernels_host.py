@@ -111,22 +111,7 @@ static void cross_entropy_rows(const F* o, const long long* y, const F* w, F* do
     }
     *loss = total;
 }
-template <typename F>
-static void squared_rows(const F* o, const F* y, const F* w, F* dout, F* loss, int B, int q) {
-    F wsum = 0, total = 0;
-    if (w) for (int i = 0; i < B; ++i) wsum += w[i];
-    for (long long row = 0; row < B; ++row) {
-        const F scale = w ? w[row] / wsum : F(1) / F(B);
-        F l = 0;
-        for (int j = 0; j < q; ++j) {
-            dout[row * q + j] = gpumlp_squared_grad(o[row * q + j], y[row * q + j]) * scale;
-            l += gpumlp_squared_term(o[row * q + j], y[row * q + j]);
-        }
-        total += scale * l;
-    }
-    *loss = total;
-}
-// The per-element losses of kernels/loss.cu (binary cross-entropy, Poisson): term and grad per element.
+// The per-element losses of kernels/loss.cu (squared, binary cross-entropy, Poisson): term and grad per element.
 template <typename F, F (*term)(F, F), F (*grad)(F, F)>
 static void pointwise_rows(const F* o, const F* y, const F* w, F* dout, F* loss, int B, int q) {
     F wsum = 0, total = 0;
@@ -165,7 +150,7 @@ static void adam_update(F* theta, const F* grad, F* m, F* v, long long n, long l
         cross_entropy_rows<F>(o, y, w, d, L, B, q);                                                          \
     }                                                                                                        \
     extern "C" void squared_##S(const F* o, const F* y, const F* w, F* d, F* L, int B, int q) {              \
-        squared_rows<F>(o, y, w, d, L, B, q);                                                                \
+        pointwise_rows<F, gpumlp_squared_term<F>, gpumlp_squared_grad<F>>(o, y, w, d, L, B, q);              \
     }                                                                                                        \
     extern "C" void binary_cross_entropy_##S(const F* o, const F* y, const F* w, F* d, F* L, int B, int q) {   \
         pointwise_rows<F, gpumlp_bce_term<F>, gpumlp_bce_grad<F>>(o, y, w, d, L, B, q);                      \
