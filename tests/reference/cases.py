@@ -7,6 +7,10 @@ curves), so the same file runs against the old and the new code. To record again
 of the numbers is intended and explained):
 
     PYTHONPATH=$PWD python tests/reference/cases.py tests/reference/results.npz
+
+The bits also depend on the machine's BLAS kernels and NumPy's SIMD level: ``results.npz`` is the set
+of one such configuration, and ``numerics.py`` records the sets of others, with main's code from
+before the split (``numerics.json`` lists them).
 """
 from __future__ import annotations
 
