@@ -9,7 +9,7 @@ small shared library that ctypes drives. Into that library go
   update of kernels/optim.cu, written as host loops over the same __device__ functions;
 - the .cu files themselves (every RawKernel), run by a small host emulation of CUDA: each CUDA thread a
   fiber (ucontext), __syncthreads and the warp shuffles as barriers, blocks one after another in a given
-  order. This executes their indexing, grid-stride loops, warp/block reductions and the last-block grid
+  order, the threads of a block in index order or reversed. This executes their indexing, grid-stride loops, warp/block reductions and the last-block grid
   sum. Its limit: blocks never run concurrently, so races between blocks show only on a GPU
   (tests/test_gpu.py).
 - gpumlp/_cupy_ops.py itself, on a host stand-in for CuPy (NumPy arrays, NumPy products for cuBLAS,
@@ -472,6 +472,12 @@ template <typename F> F __shfl_xor_sync(unsigned int, F v, int lane_mask) {
     return other;
 }
 
+// The order in which a block's threads are first run and then resumed after each barrier: 0 by index,
+// 1 from the last thread down (a thread that reads __shared__ data before the barrier that publishes it
+// then sees stale data, as it may on a GPU; in index order thread 0 would always have run first).
+static int reverse_threads = 0;
+extern "C" void set_thread_order(int reverse) { reverse_threads = reverse; }
+
 static void fiber_main() {
     kernel_body();
     fibers[current].done = true;  // then uc_link returns to the scheduler
@@ -499,7 +505,8 @@ template <typename Fn> static void launch(unsigned int grid, unsigned int block,
         }
         for (bool running = true; running;) {  // round-robin until every thread of the block is done
             running = false;
-            for (unsigned int t = 0; t < block; ++t) {
+            for (unsigned int k = 0; k < block; ++k) {
+                const unsigned int t = reverse_threads ? block - 1 - k : k;
                 if (fibers[t].done) continue;
                 current = (int)t;
                 threadIdx = {t, 0, 0};
@@ -715,6 +722,51 @@ def test_the_adam_kernel_resumes_from_the_step_count_in_device_memory(grid_lib, 
         ctypes.c_double(0.9), ctypes.c_double(0.999), 1e-8, ctypes.c_int(0), done)
     assert step[0] == 42 and ref.t == 42
     assert_close(theta, want, np.float64, "θ at step 42")
+
+
+@pytest.fixture
+def thread_order(grid_lib):
+    """Set the emulated threads' order within a block (reverse: the last thread runs first); reset after."""
+    grid_lib.set_thread_order.restype = None
+    yield lambda reverse: grid_lib.set_thread_order(ctypes.c_int(int(reverse)))
+    grid_lib.set_thread_order(ctypes.c_int(0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reverse_blocks", [False, True], ids=["blocks-forward", "blocks-reversed"])
+@pytest.mark.parametrize("reverse_threads", [False, True], ids=["threads-forward", "threads-reversed"])
+def test_the_adam_kernel_applies_the_numpy_twins_bias_corrections_bit_for_bit(lib, grid_lib, thread_order, dtype,
+                                                                            reverse_blocks, reverse_threads):
+    """Thread 0 of each block computes c1 = 1 − β1ᵗ, c2 = 1 − β2ᵗ (two double pow) and shares them through
+    shared memory: every thread of every block must apply exactly the values of ops.adam_corrections.
+    Checked bit for bit against the host loop over the same gpumlp_adam, fed with those values cast to
+    the dtype, for step counts from the first to where β2ᵗ underflows, three launches each (a thread that
+    read the shared values before thread 0 wrote them would see zeros or the previous launch's), with the
+    blocks and the threads of each block run in either order."""
+    from gpumlp.ops import adam_corrections
+
+    run, suffix, s = Grid(grid_lib, dtype), CTYPE[dtype][1], CTYPE[dtype][2]
+    host = getattr(lib, f"adam_update_{suffix}")
+    host.restype = None
+    thread_order(reverse_threads)
+    rng = np.random.default_rng(13)
+    n, n_decay, lr, lam, beta1, beta2, eps = 500, 350, 1e-3, 1e-2, 0.9, 0.999, 1e-8
+    for start in (0, 1, 41, 999, 10**6, 2**40):
+        theta = rng.standard_normal(n).astype(dtype)
+        m, v = (rng.standard_normal(n) * 0.1).astype(dtype), rng.uniform(0, 0.1, n).astype(dtype)
+        ours, m_ours, v_ours = theta.copy(), m.copy(), v.copy()
+        step, twin_step, done = np.array([start], np.int64), np.array([start], np.int64), np.zeros(1, np.uint32)
+        for _ in range(3):
+            g = rng.standard_normal(n).astype(dtype)
+            c1, c2 = adam_corrections(twin_step, beta1, beta2)  # the NumPy twin: t = step + 1, in double
+            host(ptr(theta), ptr(g), ptr(m), ptr(v), ctypes.c_longlong(n), ctypes.c_longlong(n_decay), s(lr), s(lam),
+                 s(beta1), s(beta2), s(eps), s(c1), s(c2), ctypes.c_int(0))
+            run("adam_update", 3, 64, reverse_blocks, ours, g, m_ours, v_ours, step, ctypes.c_longlong(n),
+                ctypes.c_longlong(n_decay), lr, lam, ctypes.c_double(beta1), ctypes.c_double(beta2), eps,
+                ctypes.c_int(0), done)
+            assert step[0] == twin_step[0] and done[0] == 0
+            for got, want, what in ((ours, theta, "θ"), (m_ours, m, "m"), (v_ours, v, "v")):
+                np.testing.assert_array_equal(got, want, err_msg=f"{what} at step {step[0]}, {dtype.__name__}")
 
 
 # =====================================================================================================
