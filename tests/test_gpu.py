@@ -492,8 +492,14 @@ def test_a_training_step_allocates_nothing(cp, kw, phases):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_the_adam_update_replays_from_a_cuda_graph(cp, dtype):
     """Adam's step count and bias corrections live on the device (kernels/optim.cu), so its update
-    launch can be captured once in a CUDA graph and replayed: three replays must give what three
-    direct launches give, and the counter must read 3 (a host-side count would stay frozen)."""
+    launch can be captured once in a CUDA graph and replayed: two replays after one direct launch must
+    give what three direct launches give, and the counter must read 3 (a host-side count would stay
+    frozen).
+
+    The streams are ordered explicitly: the uploads, the zeroed state and the first update run on the
+    current (legacy default) stream, the graph on a non-blocking stream, which does not wait for the
+    default stream by itself. The capture stream waits on an event recorded after that work, before
+    the capture and so before each launch queued behind it."""
     from gpumlp._cupy_ops import CupyOps
 
     ops = CupyOps(dtype)
@@ -509,8 +515,11 @@ def test_the_adam_update_replays_from_a_cuda_graph(cp, dtype):
             for _ in range(3):
                 ops.adam_update(*args)
         else:
-            ops.adam_update(*args)  # compiled, and step 1 taken outside the graph
+            ops.adam_update(*args)  # compiled, and step 1 taken outside the graph (on the default stream)
+            uploaded = cp.cuda.Event(disable_timing=True)
+            uploaded.record(cp.cuda.get_current_stream())
             stream = cp.cuda.Stream(non_blocking=True)
+            stream.wait_event(uploaded)  # queued before the capture: every launch below waits for it
             with stream:
                 stream.begin_capture()
                 ops.adam_update(*args)
