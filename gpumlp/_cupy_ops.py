@@ -36,7 +36,7 @@ import os
 import numpy as np
 
 from . import _kernels
-from .backend import is_sparse
+from .backend import cublas_module, is_sparse
 from .ops import Ops
 
 BLOCK = 256  # threads per block of our RawKernels (8 warps)
@@ -53,10 +53,11 @@ def tf32_from_env():
 class CupyOps(Ops):
     def __init__(self, dtype, tf32=None):
         import cupy
-        import cupy.cublas
 
         super().__init__(cupy)
-        self._cublas = cupy.cublas
+        # cuBLAS is loaded here, not at ``import cupy``: a CuPy without it (a driver but no CUDA
+        # toolkit, and the wheels of the cuda extras missing) is a BackendUnavailable naming it.
+        self._cublas = cublas_module()
         self.dtype = np.dtype(dtype)
         if self.dtype.name not in _kernels.DTYPE_SUFFIX:
             raise TypeError(f"CupyOps supports float32 and float64, got {self.dtype}")

@@ -1,10 +1,17 @@
 """The one module that decides between NumPy and CuPy, and the only one that asks "is this a CuPy array".
 
 ``resolve(name)`` turns "auto" | "numpy" | "cupy" (or ``$GPUMLP_BACKEND``) into a :class:`Backend`.
-"auto" picks CuPy only when a CUDA driver is installed, a device answers *and* CuPy imports;
-otherwise NumPy, silently. The driver is looked for first, through the CUDA driver library itself
-(``libcuda``, via ctypes): on a machine without one, CuPy is never imported (importing it costs about
-half a second even where it cannot run). ``import gpumlp`` imports no CuPy either.
+"auto" picks CuPy only when a CUDA driver is installed, a device answers, CuPy imports *and* CuPy
+loads the CUDA libraries that gpumlp's GPU path calls (cuBLAS for the matrix products, NVRTC to compile
+our kernels); otherwise NumPy, silently, with the reason (``gpumlp info`` prints it). The driver is
+looked for first, through the CUDA driver library itself (``libcuda``, via ctypes): on a machine
+without one, CuPy is never imported (importing it costs about half a second even where it cannot run).
+``import gpumlp`` imports no CuPy either.
+
+CuPy 14 loads cuBLAS and cuSPARSE only when their modules are first used, and NVRTC at the first kernel
+compile: ``import cupy`` and a device count succeeding on a machine with a driver and no CUDA toolkit
+says nothing about whether a GEMM can run. ``cuda_library_problem(name)`` tries one of them;
+``cublas_module()`` is ``cupy.cublas`` or a ``BackendUnavailable`` that names what to install.
 
 ``is_device_array(a)`` answers whether ``a`` is a CuPy array without importing CuPy, ``is_sparse(a)``
 whether it is a SciPy or CuPy sparse matrix without importing either.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +33,8 @@ ENV_VAR = "GPUMLP_BACKEND"
 
 
 class BackendUnavailable(RuntimeError):
-    """The backend asked for cannot run here (no CUDA driver, no device, or CuPy missing); says why."""
+    """The backend asked for cannot run here (no CUDA driver, no device, CuPy missing, or a CUDA library
+    that CuPy cannot load); says why."""
 
 
 def is_device_array(a) -> bool:
@@ -45,11 +54,79 @@ def array_module(a):
     return _cupy_module() if is_device_array(a) else np
 
 
-@functools.lru_cache(maxsize=None)
 def _cupy_module():
+    # Not cached: once CuPy is imported this is a lookup in sys.modules, and a stand-in that a test
+    # puts there is what every caller then gets.
     import cupy
 
     return cupy
+
+
+# The CUDA libraries that CuPy loads on first use, each tried as gpumlp's code will first reach it.
+# cuBLAS: ``import cupy.cublas`` (what CupyOps imports) loads libcublas and libcublasLt. NVRTC: CuPy
+# links it at run time, on the first call; its version is the cheapest call (no compile). cuSPARSE (sparse
+# X only): asking CuPy's library package for the module loads libcusparse (and libnvJitLink) as cupyx does.
+def _load_cublas():
+    importlib.import_module("cupy.cublas")
+
+
+def _load_nvrtc():
+    importlib.import_module("cupy_backends.cuda.libs.nvrtc").getVersion()
+
+
+def _load_cusparse():
+    getattr(importlib.import_module("cupy_backends.cuda.libs"), "cusparse")
+
+
+CUDA_LIBRARIES = {  # name -> (what gpumlp uses it for, how it is loaded)
+    "cuBLAS": ("the matrix products", _load_cublas),
+    "NVRTC": ("which compiles gpumlp's CUDA kernels", _load_nvrtc),
+    "cuSPARSE": ("sparse X on the GPU", _load_cusparse),
+}
+REQUIRED_LIBRARIES = ("cuBLAS", "NVRTC")  # every model on CuPy; cuSPARSE only where sparse X goes to the device
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    line = line if len(line) <= 200 else line[:197] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def cuda_library_problem(name):
+    """None when CuPy loads the CUDA library ``name`` (a key of ``CUDA_LIBRARIES``), else why not, in
+    one line. Imports CuPy: call it only where a driver is known to be there."""
+    try:
+        CUDA_LIBRARIES[name][1]()
+    except Exception as exc:  # ImportError (cuBLAS, cuSPARSE), RuntimeError (NVRTC's loader), ...
+        return _first_line(exc)
+    return None
+
+
+def install_hint():
+    """How to get the CUDA libraries CuPy needs, for the CUDA line of the installed CuPy."""
+    try:
+        major = str(int(_cupy_module().cuda.runtime.runtimeGetVersion()) // 1000)
+    except Exception:  # noqa: BLE001 - only the hint's wording depends on it
+        major = None
+    extra = f"gpumlp[cuda{major}]" if major in ("12", "13") else "gpumlp[cuda12] or gpumlp[cuda13] (your CUDA line)"
+    return (f"install the CUDA libraries with pip install '{extra}' (CuPy's [ctk] extra: NVIDIA's wheels) "
+            f"or a CUDA{' ' + major if major else ''} toolkit")
+
+
+def require_cuda_library(name, needed_for=None):
+    """Raise ``BackendUnavailable`` naming ``name``, what needs it and what to install, unless CuPy
+    loads it."""
+    problem = cuda_library_problem(name)
+    if problem is not None:
+        raise BackendUnavailable(f"{needed_for or CUDA_LIBRARIES[name][0]} needs {name}, which CuPy cannot "
+                                 f"load ({problem}); {install_hint()}")
+
+
+def cublas_module():
+    """``cupy.cublas`` with cuBLAS loaded, or ``BackendUnavailable`` naming cuBLAS and the fix."""
+    require_cuda_library("cuBLAS", "gpumlp's GPU path (its matrix products)")
+    return importlib.import_module("cupy.cublas")
 
 
 # CUDA driver API (cuda.h): CUresult 0 = CUDA_SUCCESS.
@@ -88,13 +165,27 @@ def cuda_driver_status():
 
 
 def cupy_status():
-    """(usable, reason): whether a CUDA device answers and CuPy imports and can use it, and why not.
+    """(usable, reason): whether a CUDA device answers, CuPy imports and can use it, and CuPy loads
+    the libraries of ``REQUIRED_LIBRARIES``; and why not.
 
     The driver is checked first (``cuda_driver_status``): without one, CuPy is not imported at all.
+    Probed once per process, like the driver (``cupy_status.cache_clear()`` probes again).
     """
     driver_ok, why = cuda_driver_status()
     if not driver_ok:
         return False, why
+    return _cupy_runtime_status()
+
+
+def _cache_clear():
+    _cupy_runtime_status.cache_clear()
+
+
+cupy_status.cache_clear = _cache_clear
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_runtime_status():
     try:
         cupy = _cupy_module()
     except Exception as exc:  # ImportError, or a broken CUDA install raising at import
@@ -105,6 +196,12 @@ def cupy_status():
         return False, f"CuPy imports but CUDA is unusable ({exc})"
     if n < 1:
         return False, "CuPy imports but no CUDA device is visible"
+    problems = {name: cuda_library_problem(name) for name in REQUIRED_LIBRARIES}
+    missing = [name for name, problem in problems.items() if problem is not None]
+    if missing:
+        details = "; ".join(f"{name} ({CUDA_LIBRARIES[name][0]}): {problems[name]}" for name in missing)
+        return False, (f"CuPy {cupy.__version__} sees {n} CUDA device(s), and cannot load {' and '.join(missing)}: "
+                       f"{details}; {install_hint()}")
     return True, f"CuPy {cupy.__version__} with {n} CUDA device(s)"
 
 
@@ -134,9 +231,18 @@ class Backend:
     def _csr(self, a, dtype):
         on_device = is_device_array(a)  # cupyx.scipy.sparse
         if self.is_gpu and not on_device:
-            import cupyx.scipy.sparse
-
-            a = cupyx.scipy.sparse.csr_matrix(a.tocsr())  # host -> device: data, indices, indptr
+            # cupyx holds bool, float32, float64 and complex data only: integer data (CountVectorizer's
+            # int64 counts) or float16 are cast here, on the host, before the copy (to ``dtype``, or
+            # without one to the narrowest of float32/float64 that holds them exactly).
+            a = a.tocsr()
+            target = np.dtype(dtype) if dtype is not None else (
+                a.dtype if a.dtype.kind in "bc" or a.dtype in (np.float32, np.float64)
+                else np.result_type(a.dtype, np.float32))
+            if a.dtype != target:
+                a = a.astype(target)
+            require_cuda_library("cuSPARSE")
+            sparse = importlib.import_module("cupyx.scipy.sparse")
+            a = sparse.csr_matrix(a)  # host -> device: data, indices, indptr
         elif not self.is_gpu and on_device:
             a = a.get()
         a = a.tocsr()
