@@ -103,3 +103,112 @@ def test_the_first_layer_products_stay_sparse(ops, monkeypatch):
     W2 = W.copy()  # plain SGD's folded update, W ← β W + α dᵀx, in W itself
     assert ops.weight_grad(d, X, W2, alpha=-0.1, beta=0.99) is W2
     np.testing.assert_allclose(W2, 0.99 * W - 0.1 * d.T @ Xd, rtol=1e-13, atol=1e-15)
+
+
+# ------------------------------------------------------------------ to the GPU: cupyx's dtype rule
+# cupyx.scipy.sparse holds bool, float32, float64 and complex data only (its constructor raises
+# ValueError for anything else, before any cast it is asked for), so an integer matrix, such as
+# CountVectorizer's int64 counts, must be cast on the host before the copy. (float16 cannot reach it:
+# SciPy's sparse matrices refuse float16 themselves.) The
+# stand-in below enforces that rule and keeps the data on the host; the real copy runs in tests/test_gpu.py.
+CUPYX_DTYPES = {np.dtype(t) for t in (np.bool_, np.float32, np.float64, np.complex64, np.complex128)}
+
+
+class StandInCupyxCSR:
+    """What Backend._csr builds on the GPU: cupyx.scipy.sparse.csr_matrix(host CSR)."""
+
+    made = []  # the dtype each construction received
+
+    def __init__(self, host):
+        StandInCupyxCSR.made.append(host.dtype)
+        if host.dtype not in CUPYX_DTYPES:  # cupyx/scipy/sparse/_compressed.py
+            raise ValueError("Only bool, float32, float64, complex64 and complex128 are supported")
+        self._host = host.tocsr().copy()
+
+    dtype = property(lambda self: self._host.dtype)
+    shape = property(lambda self: self._host.shape)
+    nnz = property(lambda self: self._host.nnz)
+
+    def tocsr(self):
+        return self
+
+    def astype(self, dtype):
+        return StandInCupyxCSR(self._host.astype(dtype))
+
+    def get(self):
+        return self._host.copy()
+
+
+StandInCupyxCSR.__module__ = "cupyx.scipy.sparse._csr"  # what backend.is_sparse / is_device_array read
+
+
+@pytest.fixture
+def gpu_backend(monkeypatch):
+    """A CuPy Backend whose sparse matrices are the stand-in's (cuSPARSE taken as loadable)."""
+    import sys
+    import types
+
+    from gpumlp import backend
+
+    sparse = types.ModuleType("cupyx.scipy.sparse")
+    sparse.csr_matrix = StandInCupyxCSR
+    scipy_ = types.ModuleType("cupyx.scipy")
+    scipy_.sparse = sparse
+    cupyx = types.ModuleType("cupyx")
+    cupyx.scipy = scipy_
+    for name, module in (("cupyx", cupyx), ("cupyx.scipy", scipy_), ("cupyx.scipy.sparse", sparse)):
+        monkeypatch.setitem(sys.modules, name, module)
+    if hasattr(backend, "CUDA_LIBRARIES"):  # (so that this file also runs against the code before it)
+        monkeypatch.setitem(backend.CUDA_LIBRARIES, "cuSPARSE", ("sparse X on the GPU", lambda: None))
+    StandInCupyxCSR.made.clear()
+    return backend.Backend("cupy", types.SimpleNamespace(asarray=np.asarray), "stand-in")
+
+
+def test_the_stand_in_enforces_cupyxs_rule():
+    with pytest.raises(ValueError, match="Only bool, float32, float64"):
+        StandInCupyxCSR(sp.csr_matrix(np.eye(2, dtype=np.int64)))
+
+
+@pytest.mark.parametrize("source", [np.int64, np.int32, np.uint8, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_integer_sparse_X_is_cast_on_the_host_for_the_gpu(gpu_backend, source, dtype):
+    counts = sp.random(20, 7, density=0.3, format="csr", random_state=1, data_rvs=lambda k: np.arange(1, k + 1))
+    X = counts.astype(source)
+    x = gpu_backend.asarray(X, dtype=dtype)
+    assert isinstance(x, StandInCupyxCSR) and x.dtype == dtype and x.nnz == X.nnz
+    assert StandInCupyxCSR.made == [np.dtype(dtype)]  # one copy, of data already in the model's dtype
+    np.testing.assert_array_equal(x.get().toarray(), X.toarray().astype(dtype))
+
+
+@pytest.mark.parametrize("source, expected", [(np.int64, np.float64), (np.int16, np.float32), (np.uint8, np.float32),
+                                              (np.float32, np.float32), (np.bool_, np.bool_)])
+def test_without_a_dtype_the_cast_is_to_a_float_that_holds_the_values_exactly(gpu_backend, source, expected):
+    X = sp.csr_matrix(np.array([[0, 3], [250, 0]], dtype=source))
+    x = gpu_backend.asarray(X)
+    assert x.dtype == expected
+    np.testing.assert_array_equal(x.get().toarray(), X.toarray().astype(expected))
+
+
+def test_a_models_int64_counts_go_to_the_gpu_as_its_dtype(gpu_backend):
+    """MLP.to_device on the GPU with CountVectorizer-like int64 counts: validated on the host (the
+    NumPy backend takes them as they are) and cast there, then moved."""
+    counts = sp.random(30, 12, density=0.2, format="csr", random_state=2, dtype=np.float64)
+    X = (counts * 5).ceil().astype(np.int64)
+    m = gpumlp.MLP((12, 4, 3), backend="numpy", seed=0)
+    m.array_backend = gpu_backend
+    x, y, _ = m.to_device(X, np.arange(30) % 3)
+    assert isinstance(x, StandInCupyxCSR) and x.dtype == np.float32
+    np.testing.assert_array_equal(x.get().toarray(), X.toarray().astype(np.float32))
+    np.testing.assert_array_equal(y, np.arange(30) % 3)
+
+
+def test_sparse_X_without_cusparse_names_it(gpu_backend, monkeypatch):
+    from gpumlp import backend
+
+    def missing():
+        raise ImportError('Failure finding "libcusparse.so.12": No such file: libcusparse.so.12')
+
+    monkeypatch.setitem(backend.CUDA_LIBRARIES, "cuSPARSE", ("sparse X on the GPU", missing))
+    with pytest.raises(backend.BackendUnavailable, match=r"sparse X on the GPU needs cuSPARSE.*libcusparse"):
+        gpu_backend.asarray(data()[0], dtype=np.float32)
+    assert StandInCupyxCSR.made == []  # refused before any device matrix was made
