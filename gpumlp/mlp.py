@@ -19,6 +19,7 @@ import functools
 import hashlib
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,9 @@ from .validation import (check_classes, check_dtype, check_positive_number, chec
 __all__ = ["MLP", "Forward", "Gradients", "DivergenceError"]
 
 HE_INIT = ("relu", "leaky_relu", "gelu")
+# set_params: what defines a model (build a new one to change it), and the optimizers' own settings
+ARCHITECTURE = ("sizes", "activation", "loss", "bias", "dtype", "backend", "seed", "optimizer")
+OPTIMIZER_PARAMS = ("momentum", "nesterov", "beta1", "beta2", "eps", "decoupled")
 
 
 @dataclass
@@ -196,16 +200,15 @@ class MLP:
             else:
                 a = math.sqrt(6.0 / (fan_in + fan_out))
             host.append(self.rng.uniform(-a, a, size=(fan_out, fan_in)))
-        self._copy_in(host, [np.zeros(n) for n in self.sizes[1:]] if self.bias else None)
+        self._copy_in(dict(enumerate(host)), dict(enumerate(np.zeros(n) for n in self.sizes[1:] if self.bias)))
         self.optimizer.reset()
         self.lr_schedule.reset()
         self.monitor_ = None
 
-    def _copy_in(self, weights, biases):
-        for W, new in zip(self._W, weights):
-            W[...] = self.array_backend.asarray(np.asarray(new, dtype=self.dtype))
-        for b, new in zip(self._b, biases or ()):
-            b[...] = self.array_backend.asarray(np.asarray(new, dtype=self.dtype))
+    def _copy_in(self, weights, biases):  # {layer: host array} each, checked already
+        for views, new in ((self._W, weights), (self._b, biases)):
+            for l, a in new.items():
+                views[l][...] = self.array_backend.asarray(np.asarray(a, dtype=self.dtype))
 
     @property
     def weights(self):
@@ -254,19 +257,21 @@ class MLP:
 
     @_exclusive("set_weights")
     def set_weights(self, weights, biases=None):
-        """Validate every array first, then copy all of them in (nothing changes if one is wrong)."""
-        W = _check_params(weights, [w.shape for w in self._W], "weights")
-        b = None
-        if biases is not None:
-            if not self.bias:
-                raise ValueError("biases given, but the model was built with bias=False")
-            b = _check_params(biases, [v.shape for v in self._b], "biases")
-        self._copy_in(W, b)
+        """Set every layer's W (and every b, when given), checked as ``set_layers`` does: all, then copied."""
+        W = _check_params(weights, self._W, "weights", self.dtype)
+        self._copy_in(W, {} if biases is None else _check_params(biases, self.biases, "biases", self.dtype))
+
+    @_exclusive("set_layers")
+    def set_layers(self, weights=None, biases=None, *, names=("weights", "biases")):
+        """Set some layers by index: ``weights`` maps a layer index (negative from the end) to its W (out, in),
+        ``biases`` to its b (out,): host or device arrays of real numbers, cast to the model's dtype. All are
+        checked (index, shape, dtype, finite) before any is copied: a ValueError or TypeError names the first
+        wrong one as ``names[0 or 1][l]``, and then nothing has changed. Returns self."""
+        W = _check_params(weights, self._W, names[0], self.dtype, by_index=True)
+        self._copy_in(W, _check_params(biases, self.biases, names[1], self.dtype, by_index=True))
+        return self
 
     # ------------------------------------------------------------------ hyper-parameters
-    _ARCHITECTURE = ("sizes", "activation", "loss", "bias", "dtype", "backend", "seed", "optimizer")
-    _OPTIMIZER_PARAMS = ("momentum", "nesterov", "beta1", "beta2", "eps", "decoupled")
-
     def get_params(self, deep=True):
         """The constructor's arguments (scikit-learn's convention; ``deep`` is accepted and unused)."""
         others = {k: v for name in ("sgd", "adam") for k, v in optim.make_optimizer(name).hyperparameters().items()}
@@ -280,14 +285,14 @@ class MLP:
         """Change training hyper-parameters in place: weight_decay, the optimizer's own settings
         (its state is kept) and lr_schedule. The architecture, loss, dtype, backend, seed and the
         optimizer's kind define the model: build a new MLP to change them. Returns self."""
-        fixed = [k for k in params if k in self._ARCHITECTURE]
+        fixed = [k for k in params if k in ARCHITECTURE]
         unknown = [k for k in params if k not in self.get_params()]
         if unknown or fixed:
             raise ValueError(f"set_params cannot change {sorted(unknown + fixed)}: it changes weight_decay, "
                              f"lr_schedule and the settings of the {self.optimizer.name!r} optimizer; "
                              f"build a new MLP for the rest")
         mine = self.optimizer.hyperparameters()
-        foreign = [k for k in params if k in self._OPTIMIZER_PARAMS and k not in mine]
+        foreign = [k for k in params if k in OPTIMIZER_PARAMS and k not in mine]
         if foreign:
             raise ValueError(f"{foreign} do not apply to optimizer={self.optimizer.name!r}")
         # Validate everything before changing anything.
@@ -560,22 +565,58 @@ def _check_sizes(sizes):
     return tuple(int(n) for n in sizes)
 
 
-def _check_params(arrays, shapes, what):
-    if isinstance(arrays, (str, bytes)) or not hasattr(arrays, "__len__"):
-        raise TypeError(f"{what} must be a list of {len(shapes)} arrays")
-    if len(arrays) != len(shapes):
-        raise ValueError(f"{what} must hold {len(shapes)} arrays, got {len(arrays)}")
-    checked = []
-    for l, (a, shape) in enumerate(zip(arrays, shapes)):
+def _check_params(arrays, views, what, dtype, by_index=False):
+    """{layer: host array in ``dtype``}, every one checked against ``views`` (the model's W or b; None when
+    it has no biases), from a list of one array per layer, or with ``by_index`` a mapping {layer: array}
+    (None: no layers)."""
+    if arrays is None and by_index:
+        return {}
+    if views is None:
+        raise ValueError(f"{what} given, but the model was built with bias=False")
+    items = _indexed_layers(arrays, len(views), what) if by_index else _all_layers(arrays, len(views), what)
+    return {l: _check_array(a, views[l].shape, f"{what}[{l}]", dtype) for l, a in items}
+
+
+def _all_layers(arrays, n, what):
+    if isinstance(arrays, (str, bytes, Mapping)) or not hasattr(arrays, "__len__"):
+        raise TypeError(f"{what} must be a list of {n} arrays")
+    if len(arrays) != n:
+        raise ValueError(f"{what} must hold {n} arrays, got {len(arrays)}")
+    return list(enumerate(arrays))
+
+
+def _indexed_layers(arrays, n, what):
+    """[(layer in 0..n-1, array)] of a mapping {layer index (negative from the end): array}."""
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"{what} must be a dict {{layer index: array}}, got {type(arrays).__name__}")
+    given = {}
+    for l in arrays:
+        if isinstance(l, bool) or not isinstance(l, (int, np.integer)):
+            raise TypeError(f"{what}: layer indices must be integers, got {l!r}")
+        if not -n <= l < n:
+            raise ValueError(f"{what}: layer index {l} is out of range for {n} layers")
+        if int(l) % n in given:
+            raise ValueError(f"{what}: layer {int(l) % n} is given twice (as {given[int(l) % n]!r} and {l!r})")
+        given[int(l) % n] = l
+    return [(l, arrays[key]) for l, key in given.items()]
+
+
+def _check_array(a, shape, name, dtype):
+    try:
         a = np.asarray(a.get() if is_device_array(a) else a)
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"{what}[{l}] must hold real numbers, got dtype {a.dtype}")
-        if a.shape != shape:
-            raise ValueError(f"{what}[{l}] must have shape {shape}, got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"{what}[{l}] contains NaN or infinity")
-        checked.append(a)
-    return checked
+    except (ValueError, TypeError):  # a ragged list
+        raise TypeError(f"{name} must be an array of real numbers shaped {shape}") from None
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    with np.errstate(over="ignore"):
+        cast = np.asarray(a, dtype=dtype)
+    if not np.isfinite(cast).all():
+        beyond = np.isfinite(a).all()
+        raise ValueError(f"{name} contains " + (f"values beyond the range of {dtype.name}" if beyond else
+                                               "NaN or infinity"))
+    return cast
 
 
 def _unpickle(meta, arrays, backend):

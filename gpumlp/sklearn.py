@@ -461,7 +461,7 @@ class _BaseMLP(BaseEstimator):
                 return self.__dict__[f"_assigned_{kind}"]
             raise AttributeError(f"{kind}_")  # not fitted: hasattr(est, "coefs_") is False, as scikit-learn's
         self._write_back()
-        params = _Parameters(self, kind)
+        params = _Parameters(self.model_, kind)
         self.__dict__[f"_handed_out_{kind}"] = params
         return params
 
@@ -470,20 +470,12 @@ class _BaseMLP(BaseEstimator):
             self.__dict__[f"_assigned_{kind}"] = value
             return
         self._write_back()
-        self._set_layers(kind, dict(enumerate(value)), expected=len(value))
-
-    def _set_layers(self, kind, new, expected=None):
-        """Put arrays {layer: array in scikit-learn's layout} into the model (validated by set_weights)."""
         m = self.model_
-        if expected is not None and expected != m.n_layers:
-            raise ValueError(f"{kind}_ must hold {m.n_layers} arrays, got {expected}")
-        W, b = m.get_weights(), m.get_biases()
-        for i, a in new.items():
-            if kind == "coefs":
-                W[i] = np.asarray(a).T
-            else:
-                b[i] = np.asarray(a)
-        m.set_weights(W, b)
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+            raise TypeError(f"{kind}_ must be a list of {m.n_layers} arrays, got {type(value).__name__}")
+        if len(value) != m.n_layers:
+            raise ValueError(f"{kind}_ must hold {m.n_layers} arrays, got {len(value)}")
+        _set_layers(m, kind, dict(enumerate(value)))
 
     def _write_back(self):
         """Host copies handed out as coefs_/intercepts_ (CuPy backend) and edited in place since: into the model."""
@@ -529,36 +521,63 @@ class _BaseMLP(BaseEstimator):
         return J, np.concatenate(grads + [g[pos:]])
 
 
-class _Parameters(list):
-    """coefs_ or intercepts_ in scikit-learn's layout, bound to the model (module docstring): NumPy
-    views into θ, or host copies written back by ``write_back`` when edited in place (CuPy)."""
+def _set_layers(model, kind, arrays):
+    """{layer: array in scikit-learn's layout} into the model, through ``MLP.set_layers`` (which checks every
+    array before it changes anything). A coefs_ array is (fan_in, fan_out), our W transposed: its shape is
+    checked here, so that a wrong one is reported in the layout it was given in."""
+    if kind == "intercepts":
+        return model.set_layers(biases=arrays, names=("coefs_", "intercepts_"))
+    weights = {}
+    for i, a in arrays.items():
+        if not hasattr(a, "shape"):  # a list; NumPy and CuPy arrays stay as they are
+            try:
+                a = np.asarray(a)
+            except (ValueError, TypeError):  # a ragged list
+                raise TypeError(f"coefs_[{i}] must be a (fan_in, fan_out) array of real numbers") from None
+        expected = (model.sizes[i], model.sizes[i + 1])
+        if a.shape != expected:
+            raise ValueError(f"coefs_[{i}] must have shape {expected}, got {a.shape}")
+        weights[i] = a.T
+    return model.set_layers(weights=weights, names=("coefs_", "intercepts_"))
 
-    def __init__(self, estimator, kind):
-        m = estimator.model_
-        self.estimator, self.kind, self.owner_model = estimator, kind, m
-        if m.array_backend.is_gpu:
-            arrays = [W.T.copy() for W in m.get_weights()] if kind == "coefs" else m.get_biases()
-            self.snapshot = [a.copy() for a in arrays]
-        else:
-            arrays = [W.T for W in m.weights] if kind == "coefs" else m.biases
-            self.snapshot = None  # views: nothing to write back
+
+def _layer_arrays(model, kind):
+    """(coefs_ or intercepts_ of the model, the host copies' snapshot): NumPy views into θ and no snapshot,
+    or (CuPy) host copies and a copy of them to tell in-place edits by."""
+    if model.array_backend.is_gpu:
+        arrays = [W.T.copy() for W in model.get_weights()] if kind == "coefs" else model.get_biases()
+        return arrays, [a.copy() for a in arrays]
+    return [W.T for W in model.weights] if kind == "coefs" else model.biases, None
+
+
+class _Parameters(list):
+    """coefs_ or intercepts_ in scikit-learn's layout, bound to the model that handed them out (module
+    docstring): NumPy views into its θ, or host copies written back by ``write_back`` when edited in place
+    (CuPy). Assigning an item sets that layer of that model (``MLP.set_layers``)."""
+
+    def __init__(self, model, kind):
+        self.kind, self.owner_model = kind, model
+        arrays, self.snapshot = _layer_arrays(model, kind)
         super().__init__(arrays)
 
     def __setitem__(self, i, value):
-        if not isinstance(i, numbers.Integral):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
             raise TypeError(f"{self.kind}_ items are set one layer at a time, by index")
-        self.estimator._set_layers(self.kind, {int(i) % len(self): value})
-        fresh = _Parameters(self.estimator, self.kind)
-        super().__setitem__(i, list.__getitem__(fresh, i))
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"{self.kind}_ index {i} is out of range for {len(self)} layers")
+        i = int(i) % len(self)
+        _set_layers(self.owner_model, self.kind, {i: value})
+        arrays, snapshot = _layer_arrays(self.owner_model, self.kind)
+        super().__setitem__(i, arrays[i])  # the model's array: a view, or a fresh host copy
         if self.snapshot is not None:
-            self.snapshot[i] = fresh.snapshot[i]
+            self.snapshot[i] = snapshot[i]
 
     def write_back(self):
         if self.snapshot is None:
             return
         changed = {i: a for i, (a, s) in enumerate(zip(self, self.snapshot)) if not np.array_equal(a, s)}
         if changed:
-            self.estimator._set_layers(self.kind, changed)
+            _set_layers(self.owner_model, self.kind, changed)
             for i, a in changed.items():
                 self.snapshot[i] = np.array(a)
 

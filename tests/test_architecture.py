@@ -85,15 +85,61 @@ CLIENTS = [*sorted((PACKAGE / "cli").glob("*.py")), PACKAGE / "sklearn.py", PACK
            *sorted((PACKAGE.parent / "benchmarks").glob("*.py"))]
 
 
+def _private_reaches(source, package_relative=True):
+    """Where ``source`` reaches a private name that is not its own: an attribute ``x._name`` of anything but
+    bare ``self``/``cls`` (``model._W``, ``self.model_._steps``, ``self.estimator._set_layers``), a
+    ``getattr(x, "_name")``, or an import of a private gpumlp module or of a private name from a gpumlp
+    module (relative imports are gpumlp's when ``package_relative``). Dunders and ``_version`` aside."""
+    def private(name):
+        return name.startswith("_") and not name.startswith("__") and name != "_version"
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(ast.unparse(node))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in (
+                "getattr", "setattr", "hasattr", "delattr") and len(node.args) >= 2:
+            obj, name = node.args[:2]
+            own = isinstance(obj, ast.Name) and obj.id in ("self", "cls")
+            if not own and isinstance(name, ast.Constant) and isinstance(name.value, str) and private(name.value):
+                found.append(ast.unparse(node))
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if not (module.split(".")[0] == "gpumlp" or (node.level and package_relative)):
+                continue  # another package's (a benchmark's helper from its sibling script)
+            if any(private(part) for part in module.split(".")):
+                found.append(f"from {'.' * node.level}{module} import ...")
+            found += [f"from {'.' * node.level}{module} import {a.name}" for a in node.names if private(a.name)]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names
+                      if a.name.split(".")[0] == "gpumlp" and any(private(p) for p in a.name.split("."))]
+    return found
+
+
+def test_the_private_name_check_sees_every_way_of_reaching_one():
+    """The check itself: each line below reaches a private name (the first is the one that a regular
+    expression over the names model, m, est, ... missed: the estimators' coefs_ lists called it), and the
+    client's own private methods, dunders and the version module pass."""
+    bad = ["self.estimator._set_layers(kind, new)", "model._W[0]", "m._steps.clear()", "self.model_._lock",
+           "pipeline.named_steps['mlp']._reference", "getattr(model, '_lock')",
+           "from gpumlp._numpy_ops import NumpyOps", "from .._cupy_ops import CupyOps", "from ..mlp import _check_sizes",
+           "import gpumlp._kernels", "from gpumlp import _stream"]
+    for line in bad:
+        assert _private_reaches(line), line
+    good = ("self._write_back()\ncls._registry\nx.__dict__\ngetattr(self, '_multilabel', False)\n"
+            "from .._version import __version__\nfrom compare_cpu import _timed\ngetattr(args, 'batch_size', None)\n"
+            "from ..mlp import MLP")
+    assert _private_reaches(good, package_relative=False) == []
+    assert _private_reaches("from .compare_cpu import _timed") != []  # relative: gpumlp's
+
+
 @pytest.mark.parametrize("path", CLIENTS, ids=lambda p: p.name)
 def test_clients_use_public_names_only(path):
     """The command line, the estimators and the benchmarks reach no private attribute of gpumlp's
-    objects and import no private gpumlp module (the kernel sources of gpu_check aside)."""
-    text = path.read_text()
-    reach = re.findall(r"\b(?:model|m|model_|self\.model_|est|trainer|step)\._[a-z]\w*", text)
-    private_modules = re.findall(r"from (?:gpumlp|\.\.?)\.?(_(?!_)\w+) import|gpumlp\.(_(?!_)\w+)", text)
-    private_modules = [m for pair in private_modules for m in pair if m and m != "_version"]
-    assert reach == [] and private_modules == []
+    objects (nor of one another's) and import no private gpumlp module or name (the kernel sources
+    of gpu_check aside)."""
+    assert _private_reaches(path.read_text(), package_relative=path.parent != PACKAGE.parent / "benchmarks") == []
 
 
 # ------------------------------------------------------------------------------ the step's two phases

@@ -1,5 +1,6 @@
 """Honest answers from the model itself: weights of any scale, a backward pass only of this model's own
-forward pass at its current weights, and training refused while another thread trains the model."""
+forward pass at its current weights, training refused while another thread trains the model, and
+parameters set layer by layer only when every array given is right."""
 import threading
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_backward_refuses_another_models_forward_pass():
     assert len(a.backward(fw).dW) == 2
 
 
-@pytest.mark.parametrize("change", ["step", "set_weights", "in place", "fit"])
+@pytest.mark.parametrize("change", ["step", "set_weights", "set_layers", "in place", "fit"])
 def test_backward_refuses_a_forward_pass_from_before_the_weights_changed(change):
     X, y = _data(8)
     m = gpumlp.MLP((4, 5, 3), seed=0, backend="numpy")
@@ -66,6 +67,8 @@ def test_backward_refuses_a_forward_pass_from_before_the_weights_changed(change)
         m.step(X, y, lr=0.1)
     elif change == "set_weights":
         m.set_weights([w * 2 for w in m.get_weights()])
+    elif change == "set_layers":
+        m.set_layers({1: m.get_weights()[1] * 2})
     elif change == "in place":
         m.weights[0][0, 0] += 1.0
     else:
@@ -90,8 +93,8 @@ def _hold_training(m, X, y):
     return t, release
 
 
-@pytest.mark.parametrize("call", ["fit", "partial_fit", "step", "set_weights", "set_params", "reset_parameters",
-                                  "trainer"])
+@pytest.mark.parametrize("call", ["fit", "partial_fit", "step", "set_weights", "set_layers", "set_params",
+                                  "reset_parameters", "trainer"])
 def test_a_second_thread_cannot_train_or_change_a_model_being_trained(call):
     X, y = _data()
     m = gpumlp.MLP((4, 6, 3), seed=0, backend="numpy", momentum=0.9)
@@ -99,6 +102,7 @@ def test_a_second_thread_cannot_train_or_change_a_model_being_trained(call):
     try:
         calls = {"fit": lambda: m.fit(X, y, epochs=1), "partial_fit": lambda: m.partial_fit(X, y),
                  "step": lambda: m.step(X, y, lr=0.1), "set_weights": lambda: m.set_weights(m.get_weights()),
+                 "set_layers": lambda: m.set_layers({0: m.get_weights()[0]}),
                  "set_params": lambda: m.set_params(weight_decay=0.1), "reset_parameters": m.reset_parameters,
                  "trainer": lambda: gpumlp.Trainer(m).run_epoch(gpumlp.Trainer(m).prepare(X, y), 0.1)}
         errors = []
@@ -146,3 +150,91 @@ def test_concurrent_predictions_are_those_of_one_thread():
         t.join(10)
     for r in results:
         np.testing.assert_array_equal(r, want)
+
+
+# ------------------------------------------------------------------------------ set_layers
+def _biased(dtype="float32", **kw):
+    return gpumlp.MLP((4, 5, 6, 3), seed=0, backend="numpy", dtype=dtype, bias=True, **kw)
+
+
+def test_set_layers_sets_the_layers_given_and_no_other_entry_of_theta():
+    X, y = _data()
+    m = _biased(momentum=0.9).fit(X, y, epochs=1, batch_size=16)  # momentum state to keep
+    theta, velocity = m.theta.copy(), {k: np.array(v) for k, v in m.optimizer.state_arrays().items()}
+    rng = np.random.default_rng(3)
+    W1, b2 = rng.normal(size=(6, 5)), rng.normal(size=3)  # float64 into a float32 model: cast
+    assert m.set_layers({1: W1}, {-1: b2}) is m
+    np.testing.assert_array_equal(m.get_weights()[1], W1.astype(np.float32))
+    np.testing.assert_array_equal(m.get_biases()[2], b2.astype(np.float32))
+    changed = np.zeros(m.theta.size, bool)
+    changed[20:50] = True  # W2 (6, 5) follows W1 (5, 4)
+    changed[m.n_weights + 11:] = True  # b3 follows b1 (5) and b2 (6)
+    np.testing.assert_array_equal(m.theta[~changed], theta[~changed])
+    assert not np.array_equal(m.theta[changed], theta[changed])
+    after = m.optimizer.state_arrays()
+    assert after.keys() == velocity.keys() == {"velocity"}
+    for k in velocity:
+        np.testing.assert_array_equal(after[k], velocity[k])
+
+
+def test_set_layers_with_every_layer_is_set_weights():
+    rng = np.random.default_rng(4)
+    a, b = _biased(), _biased()
+    W = [rng.normal(size=w.shape) for w in a.weights]
+    bs = [rng.normal(size=v.shape) for v in a.biases]
+    a.set_weights(W, bs)
+    b.set_layers(dict(enumerate(W)), {-3: bs[0], -2: bs[1], 2: bs[2]})
+    np.testing.assert_array_equal(a.theta, b.theta)
+
+
+def test_set_layers_takes_integers_of_any_kind_and_an_empty_dict():
+    m = _biased("float64")
+    theta = m.theta.copy()
+    m.set_layers({}, None)
+    m.set_layers()
+    np.testing.assert_array_equal(m.theta, theta)
+    m.set_layers({np.int64(0): np.ones((5, 4), np.int32)})
+    np.testing.assert_array_equal(m.get_weights()[0], np.ones((5, 4)))
+
+
+GOOD_W0, GOOD_B0 = np.ones((5, 4)), np.ones(5)
+BAD_LAYERS = {
+    "not a dict": (dict(weights=[GOOD_W0]), TypeError, r"weights must be a dict \{layer index: array\}, got list"),
+    "index not an int": (dict(weights={"0": GOOD_W0}), TypeError, "layer indices must be integers, got '0'"),
+    "index a bool": (dict(weights={True: GOOD_W0}), TypeError, "layer indices must be integers, got True"),
+    "index too large": (dict(weights={3: GOOD_W0}), ValueError, "layer index 3 is out of range for 3 layers"),
+    "index too small": (dict(biases={-4: GOOD_B0}), ValueError, "biases: layer index -4 is out of range"),
+    "a layer twice": (dict(weights={0: GOOD_W0, -3: GOOD_W0}), ValueError, r"layer 0 is given twice \(as 0 and -3\)"),
+    "shape": (dict(weights={0: GOOD_W0.T}), ValueError, r"weights\[0\] must have shape \(5, 4\), got \(4, 5\)"),
+    "second layer wrong": (dict(weights={0: GOOD_W0, 1: np.ones((5, 6))}), ValueError, r"weights\[1\] must have shape"),
+    "biases wrong": (dict(weights={0: GOOD_W0}, biases={2: np.ones(4)}), ValueError,
+                     r"biases\[2\] must have shape \(3,\), got \(4,\)"),
+    "strings": (dict(weights={0: GOOD_W0.astype(str)}), TypeError, r"weights\[0\] must hold real numbers"),
+    "complex": (dict(biases={0: GOOD_B0 * 1j}), TypeError, r"biases\[0\] must hold real numbers"),
+    "ragged": (dict(biases={1: [[1.0], [1.0, 2.0]]}), TypeError, r"biases\[1\] must be an array of real numbers"),
+    "NaN": (dict(weights={0: GOOD_W0, 2: np.full((3, 6), np.nan)}), ValueError, r"weights\[2\] contains NaN"),
+    "beyond float32": (dict(biases={0: np.full(5, 1e300)}), ValueError, "beyond the range of float32"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_LAYERS, ids=str)
+def test_set_layers_refuses_a_wrong_array_before_it_changes_anything(case):
+    kw, err, match = BAD_LAYERS[case]
+    m = _biased()
+    theta = m.theta.copy()
+    with pytest.raises(err, match=match):
+        m.set_layers(**kw)
+    np.testing.assert_array_equal(m.theta, theta)  # not even the good layers given beside the wrong one
+
+
+def test_set_layers_names_the_arrays_as_told_and_refuses_biases_without_bias():
+    m = _biased()
+    with pytest.raises(ValueError, match=r"intercepts_\[1\] must have shape \(6,\)"):
+        m.set_layers(biases={1: np.ones(5)}, names=("coefs_", "intercepts_"))
+    plain = gpumlp.MLP((4, 5, 3), backend="numpy")
+    with pytest.raises(ValueError, match="biases given, but the model was built with bias=False"):
+        plain.set_layers({0: GOOD_W0}, {0: GOOD_B0})
+    assert not np.array_equal(plain.get_weights()[0], GOOD_W0)
+    m64 = _biased("float64")
+    m64.set_layers(biases={0: np.full(5, 1e300)})  # in range of float64
+    assert m64.get_biases()[0][0] == 1e300

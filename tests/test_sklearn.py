@@ -352,13 +352,57 @@ def test_coefs_and_intercepts_are_the_models_parameters():
     clf.coefs_ = [np.full((4, 5), 0.5), np.full((5, 3), 0.25)]  # the whole list
     np.testing.assert_array_equal(clf.model_.get_weights()[1], np.full((3, 5), 0.25))
     theta = clf.model_.theta.copy()
-    for bad, match in [([np.ones((5, 4)), np.ones((5, 3))], r"shape \(5, 4\)"), ([np.ones((4, 5))], "2 arrays"),
+    for bad, match in [([np.ones((5, 4)), np.ones((5, 3))], r"coefs_\[0\] must have shape \(4, 5\), got \(5, 4\)"),
+                       ([np.ones((4, 5))], "2 arrays"),
                        ([np.full((4, 5), np.nan), np.ones((5, 3))], "NaN")]:
         with pytest.raises(ValueError, match=match):
             clf.coefs_ = bad
-    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"intercepts_\[1\] must have shape \(3,\)"):
         clf.intercepts_[1] = np.ones(4)
     np.testing.assert_array_equal(clf.model_.theta, theta)  # nothing changed
+
+
+def test_coefs_items_are_set_in_range_and_by_the_layout_given_or_not_at_all():
+    """An index past the end is an IndexError, as a list's (it used to wrap around onto another layer and
+    change it before the list refused); a wrong array is named in scikit-learn's layout; nothing changes."""
+    clf, X, _ = _fitted()
+    coefs, intercepts = clf.coefs_, clf.intercepts_
+    theta = clf.model_.theta.copy()
+    for i in (2, -3):
+        with pytest.raises(IndexError, match=f"coefs_ index {i} is out of range for 2 layers"):
+            coefs[i] = np.zeros((5, 3))
+    for i, value, err, match in [
+            (0, np.full((4, 5), np.inf), ValueError, r"coefs_\[0\] contains NaN or infinity"),
+            (1, [[1.0] * 3] * 4, ValueError, r"coefs_\[1\] must have shape \(5, 3\), got \(4, 3\)"),
+            (1, [[1.0], [1.0, 2.0]], TypeError, r"coefs_\[1\] must be a \(fan_in, fan_out\) array"),
+            (slice(0, 1), [np.zeros((4, 5))], TypeError, "one layer at a time")]:
+        with pytest.raises(err, match=match):
+            coefs[i] = value
+    with pytest.raises(TypeError, match=r"intercepts_\[0\] must hold real numbers"):
+        intercepts[0] = np.array(["a"] * 5)
+    with pytest.raises(TypeError, match="coefs_ must be a list of 2 arrays, got int"):
+        clf.coefs_ = 3
+    np.testing.assert_array_equal(clf.model_.theta, theta)
+    coefs[-1] = np.arange(15.0).reshape(5, 3)  # negative indices count from the end, as a list's
+    np.testing.assert_array_equal(clf.model_.get_weights()[1], np.arange(15.0).reshape(5, 3).T)
+    np.testing.assert_array_equal(coefs[1], np.arange(15.0).reshape(5, 3))
+    assert np.shares_memory(coefs[1], clf.model_.theta)  # the item is the model's view again
+    np.testing.assert_array_equal(clf.model_.theta[:20], theta[:20])  # the other layer kept
+
+
+def test_coefs_handed_out_before_a_new_fit_set_the_model_they_came_from():
+    """As scikit-learn's: a fit without warm_start builds new parameters, and the lists read before it
+    belong to the old ones; setting their items does not reach the refitted estimator."""
+    clf, X, yc = _fitted()
+    old_coefs, old_model = clf.coefs_, clf.model_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, yc)
+    assert clf.model_ is not old_model
+    theta = clf.model_.theta.copy()
+    old_coefs[0] = np.zeros((4, 5))
+    np.testing.assert_array_equal(clf.model_.theta, theta)
+    np.testing.assert_array_equal(old_model.get_weights()[0], np.zeros((5, 4)))
 
 
 def test_coefs_assigned_before_fit_are_where_partial_fit_starts():
