@@ -137,23 +137,30 @@ def test_save_argument_errors(tmp_path, digits):
 
 # ---------------------------------------------------------------------------------- no pickle
 class _Boom:
+    """Unpickling it makes the directory ``marker``: the evidence that a load ran pickled code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.mkdir, ("/tmp/gpumlp-test-pickle-ran",))
+        return (os.mkdir, (self.marker,))
 
 
 def test_loading_never_unpickles(tmp_path, digits):
-    marker = "/tmp/gpumlp-test-pickle-ran"
-    if os.path.exists(marker):
-        os.rmdir(marker)
+    # in this test's own directory, not a fixed /tmp path that another user or run may hold
+    marker = tmp_path / "pickle-ran"
     path = tmp_path / "evil.npz"
     m = trained(digits)
     m.save(path)
     meta, arrays = read_raw(path)
-    arrays["theta"] = np.array([_Boom()], dtype=object)
+    arrays["theta"] = np.array([_Boom(marker)], dtype=object)
     np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)  # pickles theta
     with pytest.raises(ValueError, match="'theta' cannot be read without pickle"):
         gpumlp.load(path)
-    assert not os.path.exists(marker)
+    assert not marker.exists()
+    with np.load(path, allow_pickle=True) as z:  # the control: unpickled, this theta does run its code
+        z["theta"]
+    assert marker.is_dir()
 
 
 # ---------------------------------------------------------------------------------- bad files
