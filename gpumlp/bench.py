@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import cpu_name
+from .backend import cpu_name, resolve
 
 LR = 0.01
 WEIGHT_DECAY = 1e-4
@@ -104,13 +104,12 @@ def environment() -> dict:
         info["torch_threads"] = torch.get_num_threads()
         info["tf32"]["torch_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     if gpu_backend_available():
-        import cupy
-
-        info["cupy"] = cupy.__version__
-        info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
-        info["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        gpu = resolve("cupy")
+        runtime = gpu.xp.cuda.runtime
+        info["cupy"] = gpu.xp.__version__
+        info["cuda_runtime"] = runtime.runtimeGetVersion()
+        info["cuda_driver"] = runtime.driverGetVersion()
+        info["gpu"] = gpu.device_name()
     return info
 
 
@@ -235,7 +234,7 @@ def _floor_products(shape, library, task="train", torch=None, device="cpu"):
             torch.mm(a, b, out=out)
         sync = _torch_sync(torch, device)
     else:
-        xp = np if library == "numpy" else __import__("cupy")
+        xp = resolve(library).xp  # numpy, or cupy (the caller checked that it runs here)
         t = {k: xp.asarray(v) for k, v in host.items()}
         to_lib = xp.asarray
         empty = lambda *s: xp.empty(s, np.float32)  # noqa: E731

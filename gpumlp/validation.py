@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from .backend import is_device_array, is_sparse
+from .backend import array_module, is_device_array, is_sparse
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -81,8 +81,7 @@ def check_X(X, name="X", n_features=None, dtype=None):
     if is_sparse(X):
         return _check_sparse_X(X, name, n_features, dtype)
     if is_device_array(X):
-        arr = X  # validated on the device, without a copy to the host
-        xp = __import__("cupy")
+        arr, xp = X, array_module(X)  # validated on the device, without a copy to the host
     else:
         arr, xp = _as_host_array(X, name), np
     if arr.dtype.kind not in "biuf":
@@ -106,7 +105,7 @@ def _check_sparse_X(X, name, n_features, dtype):
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(f"{name} has {X.shape[1]} features, the model expects {n_features}")
     X = X.tocsr()
-    data = _finite_as(X.data, __import__("cupy") if is_device_array(X) else np, dtype, name)  # cupyx: on the device
+    data = _finite_as(X.data, array_module(X), dtype, name)  # cupyx: on the device
     if data.dtype != X.data.dtype:
         X = X.astype(data.dtype)
     return X
@@ -117,7 +116,7 @@ def check_y(y, loss, n_samples, n_outputs, name="y", dtype=None):
     when q = 1), checked finite as ``dtype`` like ``check_X``: any real value for squared, values in
     [0, 1] for binary_cross_entropy (0/1 indicators, or probabilities), values >= 0 for poisson."""
     if is_device_array(y):
-        arr, xp = y, __import__("cupy")
+        arr, xp = y, array_module(y)
     else:
         arr, xp = _as_host_array(y, name), np
     if arr.dtype.kind not in "biuf":
