@@ -56,7 +56,10 @@ class PinnedBatches:
         if self._busy[slot]:
             self._copied[slot].synchronize()  # copy j−2 still reading pinned[slot]?
             self._copy_stream.wait_event(self._consumed[slot])  # step j−2 still reading device[slot]?
-        np.take(self._x, rows, axis=0, out=self._pinned[slot][:b])
+        # mode="clip": with the default "raise", NumPy gathers into a temporary and copies that into
+        # out (a second host copy of every batch). The rows are checked in range once per epoch, by
+        # batches.check_order, so clipping never moves an index.
+        np.take(self._x, rows, axis=0, out=self._pinned[slot][:b], mode="clip")
         self._device[slot][:b].set(self._pinned[slot][:b], stream=self._copy_stream)
         self._copied[slot].record(self._copy_stream)
         self._busy[slot] = True

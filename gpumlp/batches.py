@@ -19,12 +19,29 @@
 
 ``batch_source(backend, x, y, w)`` picks the one that fits where ``x`` lives. The shuffle is the same
 host permutation on every backend, so a seed gives the same batches everywhere.
+
+``order`` is checked once per epoch (``check_order``): integer row indices in [0, n). The gathers
+rely on it: NumPy's ``take(..., mode="clip")`` (which writes straight into its ``out`` buffer, where
+the default mode gathers into a temporary first) and CuPy's ``take`` (which wraps) would otherwise
+turn a row index out of range into another row, silently.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .backend import is_sparse
+
+
+def check_order(order, n):
+    """``order`` as a 1-D host array of integer row indices in [0, n); ValueError naming what is wrong."""
+    order = np.asarray(order)
+    if order.ndim != 1 or (order.size and order.dtype.kind not in "iu"):
+        raise ValueError(f"order must be a 1-D array of integer row indices, got shape {order.shape} "
+                         f"of {order.dtype}")
+    if order.size and (int(order.min()) < 0 or int(order.max()) >= n):
+        raise ValueError(f"order holds row indices in [{int(order.min())}, {int(order.max())}], "
+                         f"outside the {n} rows [0, {n})")
+    return order
 
 
 class GatheredBatches:
@@ -38,6 +55,7 @@ class GatheredBatches:
             for i in range(0, n, batch_size):
                 yield x[i:i + batch_size], y[i:i + batch_size], None if w is None else w[i:i + batch_size]
             return
+        order = check_order(order, n)
         rows = min(batch_size, n)
         if self._buffer is None or self._buffer.shape[0] != rows:
             self._buffer = self.xp.empty((rows,) + x.shape[1:], x.dtype)
@@ -54,7 +72,7 @@ class ResidentBatches:
     def epoch(self, order, batch_size):
         x, y, w = self.x, self.y, self.w
         if order is not None:
-            xp, perm = self.backend.xp, self.backend.asarray(order)
+            xp, perm = self.backend.xp, self.backend.asarray(check_order(order, x.shape[0]))
             x, y = xp.take(x, perm, axis=0), xp.take(y, perm, axis=0)
             w = None if w is None else xp.take(w, perm)
         for i in range(0, x.shape[0], batch_size):
@@ -71,6 +89,7 @@ class StreamedBatches:
         xp, x, y, w = self.backend.xp, self.x, self.y, self.w
         n = x.shape[0] if order is None else len(order)
         if order is not None:  # y and w are on the device: shuffle them there once
+            order = check_order(order, x.shape[0])  # before PinnedBatches gathers with mode="clip"
             perm = self.backend.asarray(order)
             y, w = xp.take(y, perm, axis=0), None if w is None else xp.take(w, perm)
         rows = PinnedBatches(xp, x, batch_size).epoch(np.arange(n) if order is None else order, batch_size)
@@ -84,7 +103,7 @@ class SparseBatches:
 
     def epoch(self, order, batch_size):
         x, y, w, n = self.x, self.y, self.w, self.x.shape[0]
-        perm = None if order is None else self.backend.asarray(order)  # on the data's device, once
+        perm = None if order is None else self.backend.asarray(check_order(order, n))  # on the data's device, once
         for i in range(0, n, batch_size):
             rows = slice(i, i + batch_size) if perm is None else perm[i:i + batch_size]
             yield x[rows], y[rows], None if w is None else w[rows]

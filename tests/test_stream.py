@@ -128,3 +128,28 @@ def test_fits_on_device_uses_free_memory_and_the_pool():
 
     assert _stream.fits_on_device(cp, int(_stream.DEVICE_SHARE * 1000))
     assert not _stream.fits_on_device(cp, int(_stream.DEVICE_SHARE * 1000) + 1)
+
+
+def test_a_batch_is_gathered_straight_into_pinned_memory():
+    """np.take(..., out=pinned) with the default mode="raise" gathers into a temporary of the batch's
+    size and copies it into out: a second host copy of every streamed batch. With mode="clip" (the rows
+    are checked once per epoch: tests/test_batches.py) nothing of that size is allocated while streaming."""
+    import tracemalloc
+
+    cp = FakeCupy()
+    x = np.random.default_rng(0).standard_normal((4000, 100))
+    batch = 1000
+    stream = _stream.PinnedBatches(cp, x, batch)  # its buffers are allocated here, before the count
+    order = np.random.default_rng(1).permutation(len(x))
+    batches = stream.epoch(order, batch)
+    tracemalloc.start()
+    try:
+        for k in range(len(x) // batch):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            b = next(batches)  # gathers batch k + 1 (and, the first time, batch 0)
+            gathered = tracemalloc.get_traced_memory()[1] - before
+            assert gathered < x[:batch].nbytes / 10, f"batch {k}: {gathered} bytes allocated while gathering"
+            np.testing.assert_array_equal(b, x[order[k * batch:(k + 1) * batch]])
+    finally:
+        tracemalloc.stop()
