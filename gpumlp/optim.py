@@ -37,6 +37,15 @@ PyTorch's "v starts at g"); Adam keeps ``m``, ``v`` and ``step``, its step count
 int64 array on the device that the update kernel reads and advances (``t`` reads it). Plain SGD
 (μ = 0) has no state and no update call of its own: the step folds it into the weight-gradient GEMM.
 ``LBFGS`` is the name of full-batch L-BFGS (``gpumlp.lbfgs``): no update rule, no state.
+
+The state arrays keep their addresses from the first update on, so that a captured CUDA graph of a
+step (``gpumlp.step`` lists what a graph executor needs) keeps updating the optimizer's own state:
+``reset`` zeroes them in place (zeros and a zero count are exactly a fresh optimizer's start: SGD's
+velocity then starts at g, Adam's count at 1), ``load_state`` (a checkpoint, a resumed run) and
+``restore`` (a divergence) copy into them, ``adopt_state`` (``MLP.set_params``) copies into its own or
+takes the other optimizer's arrays over. Snapshots and loaded states are copies, never aliases: training
+writes neither into the snapshot it may restore again nor into the ``ModelState`` it was loaded from.
+Host-side counts are not replayed by a graph: SGD's ``t`` is one (Adam's is the device counter).
 """
 from __future__ import annotations
 
@@ -53,38 +62,86 @@ def _copy(value):
     return value.copy() if hasattr(value, "copy") else value
 
 
+def _write(own, value, xp=None):
+    """``value`` in ``own``'s memory when ``own`` is an array of its shape (``own`` keeps its address),
+    otherwise a new copy of it; never ``value`` itself (what was handed in stays the caller's). ``xp``:
+    the module to move ``value`` to first (a host array into device state); None: it is on ``own``'s."""
+    if own is None or tuple(own.shape) != tuple(value.shape):
+        return value.copy() if xp is None else xp.array(value, copy=True)
+    own[...] = value if xp is None else xp.asarray(value)
+    return own
+
+
+def _zero(own):
+    if own is not None:
+        own[...] = 0
+
+
 class Optimizer:
-    """An update rule over the flat θ, with its state (arrays beside θ on its device, and a step count)."""
+    """An update rule over the flat θ, with its state (arrays beside θ on its device, and a step count).
+
+    The state arrays are made once, at the first update, and from then on only written in place:
+    ``reset``, ``load_state``, ``restore`` (a divergence) and ``adopt_state`` copy into them (module
+    docstring: what a CUDA graph needs). A fresh or reset optimizer holds zeros in them (or none yet):
+    exactly what the first update of a fresh one starts from. What the device arrays hold is the whole
+    state (no host flag says "fresh"), so a checkpoint reads what a replayed graph wrote."""
 
     name = ""
     foldable = False  # can the update be folded into the weight-gradient GEMM? (plain SGD only)
     state_names = ()  # the state arrays a checkpoint stores, None until the first update
-    _snapshot = ()  # everything a divergence restores: the arrays and the step count
+    _buffers = ()  # every device array of the state (state_names and a device step counter): written in place
+    _scalars = ()  # the host values of the state, copied as they are
 
     def state_arrays(self):
-        """The state a checkpoint stores (flat arrays like θ), by name; empty before the first update."""
+        """The state a checkpoint stores (flat arrays like θ), by name; empty before the first update (after
+        a ``reset`` they are zeros, which load as the state of a fresh optimizer)."""
         return {k: getattr(self, k) for k in self.state_names if getattr(self, k) is not None}
 
     def load_state(self, t, arrays, xp=np):
-        """Set the step count and the state arrays (named as ``state_arrays`` names them)."""
+        """Set the step count and the state arrays (named as ``state_arrays`` names them, host or device
+        arrays): copied into this optimizer's own arrays where it has them, so that they keep their
+        addresses, else into new ones on ``xp``; without arrays, the state of a fresh optimizer."""
         for k in self.state_names:
-            setattr(self, k, xp.asarray(arrays[k]) if k in arrays else None)
+            if k in arrays:
+                setattr(self, k, _write(getattr(self, k), arrays[k], xp))
+            else:
+                _zero(getattr(self, k))
         self.t = t
 
     def snapshot(self):
         """Copies of the whole state, taken without waiting for the device (divergence restores them)."""
-        return {k: _copy(getattr(self, k)) for k in self._snapshot}
+        return {k: _copy(getattr(self, k)) for k in self._buffers + self._scalars}
 
     def restore(self, snapshot):
-        for k, v in snapshot.items():
-            setattr(self, k, v)
+        """Go back to a ``snapshot``: copied into this optimizer's arrays (in place; the snapshot stays
+        as it was, to be restored again). An array the snapshot predates is zeroed, as a fresh one's."""
+        for k in self._buffers:
+            value = snapshot[k]
+            if value is None:
+                _zero(getattr(self, k))
+            else:
+                setattr(self, k, _write(getattr(self, k), value))
+        for k in self._scalars:
+            setattr(self, k, snapshot[k])
 
     def adopt_state(self, other):
-        """Take over the state of ``other`` (same kind, e.g. before new hyper-parameters), no copies."""
-        self.restore({k: getattr(other, k) for k in self._snapshot})
+        """Take over the state of ``other`` (same kind, e.g. before new hyper-parameters): copied into this
+        optimizer's own arrays where it has them, else ``other``'s arrays themselves become its own (no
+        copy: their addresses carry over; ``other`` is not to be used afterwards)."""
+        for k in self._buffers:
+            mine, theirs = getattr(self, k), getattr(other, k)
+            if mine is None:
+                setattr(self, k, theirs)
+            elif theirs is None:
+                _zero(mine)
+            else:
+                _write(mine, theirs)
+        for k in self._scalars:
+            setattr(self, k, getattr(other, k))
 
     def reset(self):
-        """Forget the accumulated state (as a freshly built optimizer)."""
+        """Forget the accumulated state: that of a freshly built optimizer (its arrays, where made, zeroed
+        in place; the step count 0)."""
         raise NotImplementedError
 
     def hyperparameters(self):
@@ -101,7 +158,8 @@ def _reference_ops(theta):
 class SGD(Optimizer):
     name = "sgd"
     state_names = ("velocity",)
-    _snapshot = ("velocity", "t")
+    _buffers = ("velocity",)
+    _scalars = ("t",)
 
     def __init__(self, momentum=0.0, nesterov=False):
         self.momentum = check_positive_number(momentum, "momentum", allow_zero=True)
@@ -110,6 +168,7 @@ class SGD(Optimizer):
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
+        self.velocity = None  # flat, like theta; made on first use (with momentum)
         self.reset()
 
     @property
@@ -118,7 +177,7 @@ class SGD(Optimizer):
         return self.momentum == 0
 
     def reset(self):
-        self.velocity = None  # flat, like theta; made on first use
+        _zero(self.velocity)  # zeros: μ·0 + g = g, the first step of a fresh optimizer
         self.t = 0  # update calls (the folded plain-SGD step makes none)
 
     def hyperparameters(self):
@@ -136,7 +195,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     name = "adam"
     state_names = ("m", "v")
-    _snapshot = ("m", "v", "step")
+    _buffers = ("m", "v", "step")
 
     def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8, decoupled=False):
         for v, n in ((beta1, "beta1"), (beta2, "beta2")):
@@ -146,11 +205,13 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = float(beta1), float(beta2)
         self.eps = check_positive_number(eps, "eps")
         self.decoupled = bool(decoupled)
+        self.m = self.v = None  # flat, like theta; made at the first update
+        self.step = None  # int64 (1,) on θ's device: steps taken, advanced by the update itself
         self.reset()
 
     def reset(self):
-        self.m = self.v = None
-        self.step = None  # int64 (1,) on θ's device: steps taken, advanced by the update itself
+        for a in (self.m, self.v, self.step):
+            _zero(a)  # zeros and a zero count: the first update is step 1, as a fresh optimizer's
 
     @property
     def t(self):
@@ -166,9 +227,14 @@ class Adam(Optimizer):
         self.step[...] = t
 
     def load_state(self, t, arrays, xp=np):
-        self.m = self.v = self.step = None
-        if "m" in arrays:
-            self.m, self.v, self.step = xp.asarray(arrays["m"]), xp.asarray(arrays["v"]), xp.zeros(1, np.int64)
+        if "m" not in arrays:
+            if t:
+                raise ValueError("Adam's step count can only be set together with its moments m and v")
+            self.reset()
+            return
+        self.m, self.v = _write(self.m, arrays["m"], xp), _write(self.v, arrays["v"], xp)
+        if self.step is None:
+            self.step = xp.zeros(1, np.int64)
         self.t = t
 
     def hyperparameters(self):
@@ -190,7 +256,7 @@ class LBFGS(Optimizer):
     tol are ``fit``'s. ``t`` counts its iterations over all fits."""
 
     name = "lbfgs"
-    _snapshot = ("t",)
+    _scalars = ("t",)
 
     def __init__(self):
         self.reset()

@@ -110,6 +110,7 @@ def restore(model, state):
             raise ValueError(f"the state is of a model with {key}={meta[key]!r}, this one has {value!r}")
     b, dtype = model.array_backend, model.dtype
     model.theta[...] = b.asarray(arrays["theta"].astype(dtype, copy=False))
+    # copied into the optimizer's own arrays (load_state): they keep their addresses, the state is not aliased
     opt = {k[len("optimizer."):]: v.astype(dtype, copy=False) for k, v in arrays.items() if k.startswith("optimizer.")}
     model.optimizer.load_state(meta["optimizer"]["t"], opt, b.xp)
     model.epochs_ = meta["epochs"]
@@ -124,7 +125,8 @@ def restore(model, state):
     model.stop_reason_ = meta.get("stop_reason")
     model.monitor_ = None if meta.get("monitor") is None else PlateauMonitor.from_json(meta["monitor"])
     if model.monitor_ is not None and "best_theta" in arrays:
-        model.monitor_.best_params = b.asarray(arrays["best_theta"].astype(dtype, copy=False))
+        # a copy (the monitor writes into it): the state stays as it was, to build another model from it
+        model.monitor_.best_params = b.asarray(arrays["best_theta"].astype(dtype, copy=True))
     pre = meta.get("preprocessing") or {}
     model.preprocessing_ = preprocessing(state) if any(pre.get(k) for k in _PREPROCESSING_KEYS) else None
     model.training_config_ = meta.get("training")

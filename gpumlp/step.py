@@ -21,7 +21,27 @@ That is the two phases taken together, valid only when nothing needs the gradien
 A step allocates nothing after its first call and never waits for the GPU: every intermediate goes
 into this object's workspace; J stays on the device. It reads no host value that changes from step
 to step (η changes per epoch at most; Adam's step count lives on the device), so that a CUDA-graph
-executor could capture it.
+executor could capture it. A graph replays fixed addresses with the scalars of its capture, so such
+an executor (there is none yet) needs:
+
+- fixed input buffers per batch size, written before each replay: x (B, d) in the model's dtype, y
+  as (B,) int64 labels or (B, q) targets in the dtype (CupyOps.loss_grad then makes no copy), and w
+  (B,) in the dtype, or a second graph without weights. The batch sources (``gpumlp.batches``) yield
+  each step's batch at a new address (gathered y and w, slices of an epoch's shuffled copy, alternating
+  stream buffers), so their batches must be copied into those buffers. An epoch's smaller last batch
+  runs on views of the first rows: a graph of its own.
+- one graph per η (it goes into the kernels and the GEMM's alpha by value): captured again when the
+  schedule changes it, at most once per epoch.
+- J read from the step's result, CupyOps' own 0-d buffer, after each replay (the trainer's
+  ``Js[k] = J`` lies outside the step).
+- everything else the step touches keeps its address for the model's life: θ and ∂L/∂θ (written only
+  in place), this workspace, CupyOps' scratch and result buffers, and the optimizer's arrays (SGD's
+  velocity; Adam's m, v and step counter), which ``reset``, ``load_state`` (a resumed checkpoint),
+  a divergence restore and ``set_params``' ``adopt_state`` write into instead of replacing
+  (``gpumlp.optim``). They are made at the optimizer's first update: capture after one eager step.
+- the host-side bookkeeping a replay skips: SGD's step count ``optimizer.t`` (a host counter; Adam's
+  lives on the device) advanced by the number of replays.
+- GEMMs that can be captured: CuPy's cuBLAS wrapper refuses stream capture (docs GPU.md).
 """
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ class TrainingData:
 
 
 class _EpochStart:
-    """θ and the optimizer's state as an epoch began (device copies: no wait for the GPU)."""
+    """θ and the optimizer's state as an epoch began (device copies: no wait for the GPU), written back
+    into the model's own arrays by ``restore`` (their addresses do not change: ``gpumlp.step``)."""
 
     def __init__(self, model):
         self.theta, self.optimizer = model.theta.copy(), model.optimizer.snapshot()

@@ -111,9 +111,107 @@ def test_grad_only_is_overwritten_and_state_resets():
     opt = optim.Adam()
     run(opt, theta, grads, LRS, 0.1)
     assert opt.t == STEPS and set(opt.state_arrays()) == {"m", "v"}
-    opt.reset()
-    assert opt.t == 0 and opt.state_arrays() == {}
+    kept = opt.state_arrays()
+    opt.reset()  # zeros in the same arrays: what a fresh optimizer's first update starts from
+    assert opt.t == 0 and set(opt.state_arrays()) == {"m", "v"}
+    assert all(opt.state_arrays()[k] is kept[k] and not kept[k].any() for k in kept)
     np.testing.assert_array_equal(run(opt, theta, grads, LRS, 0.1), run(optim.Adam(), theta, grads, LRS, 0.1))
+
+
+# ---------------------------------------------------------------------- the state, written in place
+STATEFUL = [lambda: optim.SGD(0.9), lambda: optim.SGD(0.5, True), lambda: optim.Adam(), lambda: optim.Adam(0.8, 0.9, 1e-6, True)]
+STATEFUL_IDS = ["momentum", "nesterov", "adam", "adamw"]
+
+
+def _arrays(opt):
+    """Every array of the optimizer's state: those a checkpoint stores, and Adam's device step counter."""
+    return opt.state_names + (("step",) if isinstance(opt, optim.Adam) else ())
+
+
+def _addresses(opt):
+    """Where each array of the optimizer's state lives (NumPy: .ctypes.data); None where not made yet."""
+    return {k: None if getattr(opt, k) is None else getattr(opt, k).ctypes.data for k in _arrays(opt)}
+
+
+def _is_fresh(opt):
+    """A fresh optimizer's state: no step taken, and every array it has made holds zeros."""
+    return opt.t == 0 and all(getattr(opt, k) is None or not getattr(opt, k).any() for k in _arrays(opt))
+
+
+def _trained(make, steps=3, seed=10):
+    opt, (theta, grads) = make(), _problem(seed)
+    return opt, run(opt, theta, grads[:steps], LRS[:steps], 0.1)
+
+
+@pytest.mark.parametrize("make", STATEFUL, ids=STATEFUL_IDS)
+def test_the_state_is_written_in_place(make):
+    """reset, load_state, restore and adopt_state write into the arrays made at the first update (a captured
+    CUDA graph holds their addresses), and each gives the state it promises."""
+    opt, theta = _trained(make)
+    where, names = _addresses(opt), opt.state_names
+    assert None not in where.values()
+    saved = {k: np.array(v) for k, v in opt.state_arrays().items()}
+    snap = opt.snapshot()
+    assert all(snap[k] is not getattr(opt, k) for k in _arrays(opt))  # a snapshot is a copy
+    run(opt, theta, _problem(11)[1][:2], LRS[:2], 0.1)
+    opt.restore(snap)
+    assert _addresses(opt) == where and opt.t == 3
+    for k in names:
+        np.testing.assert_array_equal(getattr(opt, k), saved[k])
+    run(opt, theta, _problem(11)[1][:2], LRS[:2], 0.1)
+    opt.restore(snap)  # the snapshot was not written by the steps in between: it restores again
+    for k in names:
+        np.testing.assert_array_equal(getattr(opt, k), saved[k])
+    given = {k: v + 1.0 for k, v in saved.items()}
+    opt.load_state(7, given)
+    assert _addresses(opt) == where and opt.t == 7 and all(getattr(opt, k) is not given[k] for k in names)
+    for k in names:
+        np.testing.assert_array_equal(getattr(opt, k), saved[k] + 1.0)
+    opt.load_state(0, {})  # a checkpoint without state: a fresh optimizer's, in the same arrays
+    assert _addresses(opt) == where and _is_fresh(opt)
+    other, _ = _trained(make, seed=12)
+    theirs = {k: np.array(v) for k, v in other.state_arrays().items()}
+    opt.adopt_state(other)  # own arrays exist: other's state is copied into them
+    assert _addresses(opt) == where and opt.t == other.t == 3
+    for k in names:
+        np.testing.assert_array_equal(getattr(opt, k), theirs[k])
+    fresh = make()
+    fresh.adopt_state(opt)  # none of its own yet: it takes opt's arrays themselves over
+    assert _addresses(fresh) == where and fresh.t == 3
+    opt.reset()
+    assert _addresses(opt) == where and _is_fresh(opt)
+    opt.adopt_state(make())  # adopting a fresh optimizer's (absent) state: zeros, in place
+    assert _addresses(opt) == where and _is_fresh(opt)
+
+
+@pytest.mark.parametrize("make", STATEFUL, ids=STATEFUL_IDS)
+def test_a_reset_or_restored_optimizer_is_a_fresh_one(make):
+    """Zeroed arrays instead of none: the same updates, bit for bit, as an optimizer never used (SGD's
+    velocity starts at g, Adam's count at 1), after reset, after restoring a snapshot taken before the
+    first update, and after loading a state without arrays."""
+    theta, grads = _problem(13)
+    want = run(make(), theta, grads, LRS, 0.1)
+    reset, _ = _trained(make)
+    reset.reset()
+    restored = make()
+    snap = restored.snapshot()
+    run(restored, theta, grads[:2], LRS[:2], 0.1)
+    restored.restore(snap)
+    loaded, _ = _trained(make)
+    loaded.load_state(0, {})
+    for opt in (reset, restored, loaded):
+        assert _is_fresh(opt)
+        np.testing.assert_array_equal(run(opt, theta, grads, LRS, 0.1), want)
+        assert opt.t == STEPS
+
+
+def test_adam_refuses_a_step_count_without_its_moments_and_changes_nothing():
+    opt, _ = _trained(lambda: optim.Adam())
+    m = opt.m.copy()
+    with pytest.raises(ValueError, match="together with its moments"):
+        opt.load_state(5, {})
+    assert opt.t == 3
+    np.testing.assert_array_equal(opt.m, m)
 
 
 @pytest.mark.parametrize("kw,err", [

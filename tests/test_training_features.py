@@ -142,9 +142,121 @@ def test_reset_parameters_starts_over():
     m = gpumlp.MLP((4, 6, 3), seed=1, optimizer="sgd", momentum=0.9, lr_schedule="adaptive", **KW)
     m.fit(X, y, epochs=3, lr=0.1)
     m.lr_schedule.n_reductions = 2
+    velocity = m.optimizer.velocity
     m.reset_parameters()
-    assert m.optimizer.t == 0 and m.optimizer.velocity is None and m.lr_schedule.n_reductions == 0
+    # the optimizer's state is a fresh one's: no step taken, and its velocity zeroed in place (the buffer a
+    # captured step writes stays the optimizer's; zeros are what a fresh one's first update starts from)
+    assert m.optimizer.t == 0 and m.lr_schedule.n_reductions == 0
+    assert m.optimizer.velocity is velocity and not velocity.any()
     assert m.epochs_ == 3 and len(m.loss_curve_) == 3  # the record of what happened is kept
+
+
+@pytest.mark.parametrize("kw", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="sgd", momentum=0.9, nesterov=True),
+                                dict(optimizer="adam"), dict(optimizer="adam", decoupled=True)])
+def test_a_reset_model_trains_exactly_as_a_fresh_one(kw):
+    """After reset_parameters the optimizer keeps its arrays (zeroed in place) but must behave exactly as a
+    freshly built one, whose arrays are made at its first update: SGD's velocity starting at g, Adam's
+    step count at 1. Same weights, same random state: the same run, bit for bit; and so does a model
+    resumed from the reset one's checkpoint (its zeros load as a fresh optimizer's state)."""
+    X, y = blobs()
+    a = gpumlp.MLP((4, 6, 3), seed=1, bias=True, weight_decay=0.01, **kw, **KW).fit(X, y, epochs=2, lr=0.1)
+    a.reset_parameters()
+    b = gpumlp.MLP((4, 6, 3), seed=7, bias=True, weight_decay=0.01, **kw, **KW)
+    b.set_weights(a.get_weights(), a.get_biases())
+    b.rng.bit_generator.state = a.rng.bit_generator.state
+    assert a.optimizer.t == b.optimizer.t == 0 and b.optimizer.state_arrays() == {}
+    assert all(not v.any() for v in a.optimizer.state_arrays().values())
+    c = gpumlp.MLP.from_state_dict(a.state_dict(), backend="numpy")
+    for m in (a, b, c):
+        m.fit(X, y, epochs=3, batch_size=16, lr=0.1)
+    for m in (a, c):
+        np.testing.assert_array_equal(m.theta, b.theta)
+        assert m.loss_curve_[-3:] == b.loss_curve_ and m.optimizer.t == b.optimizer.t
+        for k, v in b.optimizer.state_arrays().items():
+            np.testing.assert_array_equal(m.optimizer.state_arrays()[k], v)
+
+
+def _state_addresses(m):
+    """Where θ, ∂L/∂θ and every array of the optimizer's state live (NumPy: .ctypes.data)."""
+    o = m.optimizer
+    names = o.state_names + (("step",) if o.name == "adam" else ())  # Adam's step counter is a device array too
+    return {k: getattr(o, k).ctypes.data for k in names} | {"theta": m.theta.ctypes.data, "grad": m.grad.ctypes.data}
+
+
+@pytest.mark.parametrize("kw", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam")])
+def test_the_training_state_keeps_its_addresses(kw, tmp_path):
+    """A CUDA graph of a step would hold the addresses of θ, the gradient and the optimizer's arrays: every
+    way of replacing the state writes into them instead (reset, load_state_dict, a resumed file, set_params,
+    a divergence restore inside fit), and the values are those asked for."""
+    X, y = blobs()
+    m = gpumlp.MLP((4, 6, 3), seed=1, bias=True, **kw, **KW).fit(X, y, epochs=2, lr=0.1)
+    where = _state_addresses(m)
+    saved = m.state_dict()
+    m.fit(X, y, epochs=1, lr=0.1)
+    m.load_state_dict(saved)  # back to the saved state, in place
+    assert _state_addresses(m) == where and m.optimizer.t == saved.meta["optimizer"]["t"]
+    for k, v in m.optimizer.state_arrays().items():
+        np.testing.assert_array_equal(v, saved.arrays[f"optimizer.{k}"])
+    m.fit(X, y, epochs=1, lr=0.1)  # training must not write into the state it was loaded from
+    assert not np.array_equal(m.optimizer.state_arrays()[m.optimizer.state_names[0]],
+                              saved.arrays[f"optimizer.{m.optimizer.state_names[0]}"])
+    m.save(tmp_path / "m.npz")
+    m.fit(X, y, epochs=1, lr=0.1)
+    m.load_state_dict(gpumlp.load(tmp_path / "m.npz", backend="numpy").state_dict())
+    assert _state_addresses(m) == where
+    m.set_params(weight_decay=0.1, **({"momentum": 0.5} if kw["optimizer"] == "sgd" else {"beta1": 0.8}))
+    assert _state_addresses(m) == where  # the new optimizer took the old one's arrays over
+    before = {k: np.array(v) for k, v in m.optimizer.state_arrays().items()}
+    theta, t = m.theta.copy(), m.optimizer.t
+    with pytest.warns(RuntimeWarning), pytest.raises(gpumlp.DivergenceError):
+        m.fit(X * 1e300, y, epochs=1, lr=1e10)
+    assert _state_addresses(m) == where and m.optimizer.t == t
+    np.testing.assert_array_equal(m.theta, theta)
+    for k, v in m.optimizer.state_arrays().items():
+        np.testing.assert_array_equal(v, before[k])
+    m.reset_parameters()
+    assert _state_addresses(m) == where
+
+
+@pytest.mark.parametrize("kw", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam")])
+def test_a_model_built_from_a_state_does_not_write_into_it(kw):
+    """load_state_dict copies: training the model (the optimizer's arrays, early stopping's best weights)
+    leaves the ModelState it was built from as it was, so that it can build a second, identical model."""
+    X, y = blobs()
+    states = []
+    a = gpumlp.MLP((4, 6, 3), seed=1, **kw, **KW)
+    a.fit(X, y, epochs=4, lr=0.1, validation_data=(X[:30], y[:30]), early_stopping=True,
+          callbacks=lambda m, r: states.append(m.state_dict()) if r["epoch"] == 2 else None)
+    saved = states[0]
+    assert "best_theta" in saved.arrays and len(saved.arrays) > 2
+    kept = {k: v.copy() for k, v in saved.arrays.items()}
+    runs = []
+    for _ in range(2):
+        b = gpumlp.MLP.from_state_dict(saved, backend="numpy")
+        b.fit(X, y, epochs=2, lr=0.1, validation_data=(X[:30], y[:30]), early_stopping=True)
+        runs.append(b.theta.copy())
+        for k, v in kept.items():
+            np.testing.assert_array_equal(saved.arrays[k], v, err_msg=f"{k} was written by training")
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
+@pytest.mark.parametrize("kw", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam")])
+def test_a_divergence_in_the_first_epoch_leaves_a_fresh_optimizer(kw):
+    """The epoch's snapshot predates the optimizer's arrays (made at its first update): the restore zeroes
+    them in place, and the model then trains exactly as one that never diverged."""
+    X, y = blobs()
+    a = gpumlp.MLP((4, 6, 3), seed=1, **kw, **KW)
+    b = gpumlp.MLP((4, 6, 3), seed=1, **kw, **KW)
+    with pytest.raises(gpumlp.DivergenceError):
+        a.fit(X * 1e300, y, epochs=1, lr=1e10, shuffle=False)
+    where = _state_addresses(a)
+    assert a.optimizer.t == 0 and all(not v.any() for v in a.optimizer.state_arrays().values())
+    np.testing.assert_array_equal(a.theta, b.theta)
+    for m in (a, b):
+        m.fit(X, y, epochs=2, lr=0.1, shuffle=False)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert _state_addresses(a) == where and a.optimizer.t == b.optimizer.t
 
 
 # ---------------------------------------------------------------------- sample and class weights
