@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_commands():
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     return re.findall(r"^```(?:bash|sh)\n(.*?)\n```", text, flags=re.S | re.M)
 
 
 def test_ci_runs_the_readme_test_command():
-    ci_lines = [l for l in (ROOT / ".ci" / "run").read_text().splitlines() if l and not l.startswith("#")]
+    ci_lines = [l for l in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines() if l and not l.startswith("#")]
     ci_command = ci_lines[-1]
     assert "pytest" in ci_command
     assert ci_command in readme_commands(), "the last line of .ci/run must be the README's test command"
@@ -34,8 +34,9 @@ def test_wheel_carries_the_cuda_sources_and_the_dataset(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
                                                               "__pycache__", ".pytest_cache", ".benchmarks"))
+    # pip fetches setuptools for the isolated build: a stalled download fails this test, not the run
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, timeout=600)
     (wheel,) = tmp_path.glob("gpumlp-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     sources = sorted(p.name for p in (ROOT / "kernels").iterdir() if p.suffix in (".cu", ".cuh"))
@@ -55,7 +56,7 @@ def test_wheel_carries_the_cuda_sources_and_the_dataset(tmp_path):
 
 def test_readme_api_example_runs(tmp_path, monkeypatch):
     """The README's first Python example is a complete program: it must run as printed."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     example = re.findall(r"^```python\n(.*?)\n```", text, flags=re.S | re.M)[0]
     monkeypatch.chdir(tmp_path)  # it saves model.npz
     monkeypatch.setenv("GPUMLP_BACKEND", "numpy")
@@ -67,7 +68,7 @@ def test_readme_command_line_examples_keep_the_resumed_run(tmp_path):
     """The README's command-line block: its saving run (cut to 3 epochs) and the --resume after it, as
     printed; model.npz must then hold the resumed 60 epochs that 'gpumlp evaluate model.npz' scores
     (a --resume without --save trains and then drops the result)."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = re.search(r"^```console\ngpumlp train .*?\n```", text, flags=re.S | re.M).group(0)
     commands = [c.split("#")[0].split() for c in block.replace("\\\n", " ").splitlines()[1:-1]]
     ran = 0
