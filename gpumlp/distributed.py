@@ -259,20 +259,29 @@ class MPICommunicator(Communicator):
             stream.synchronize()
             op(buf)
             return
-        host = self._pinned_like(cupy, buf)
+        host, copied = self._pinned_like(cupy, buf, stream)
         buf.get(out=host, stream=stream)  # into pinned memory, then waits for the stream
         op(host)
-        buf.set(host, stream=stream)  # pinned -> device, ordered before the stream's next work
+        buf.set(host, stream=stream)  # pinned -> device, ordered before the stream's next work: it
+        copied.record(stream)  # reads host after this returns, until this event (see _pinned_like)
 
-    def _pinned_like(self, cupy, buf):
+    def _pinned_like(self, cupy, buf, stream):
+        """A pinned host buffer shaped as ``buf`` and its event, recorded after the last asynchronous
+        pinned -> device copy that reads it. A buffer is freed (the cache holds four) only once that
+        copy has finished, since CuPy's pinned pool hands the memory out again at once; one reused on
+        another stream is overwritten there only after it."""
         key = (buf.size, buf.dtype.str)
-        host = self._pinned.get(key)
-        if host is None:
+        entry = self._pinned.get(key)
+        if entry is None:
             if len(self._pinned) >= 4:
+                for _, event in self._pinned.values():
+                    event.synchronize()
                 self._pinned.clear()
             mem = cupy.cuda.alloc_pinned_memory(max(buf.nbytes, 1))
-            host = self._pinned[key] = np.frombuffer(mem, buf.dtype, buf.size)
-        return host.reshape(buf.shape)
+            entry = self._pinned[key] = (np.frombuffer(mem, buf.dtype, buf.size), cupy.cuda.Event(disable_timing=True))
+        else:
+            stream.wait_event(entry[1])
+        return entry[0].reshape(buf.shape), entry[1]
 
 
 class NCCLCommunicator(Communicator):

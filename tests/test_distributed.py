@@ -635,31 +635,154 @@ def test_the_mpi_engine_stages_device_arrays_through_pinned_memory_unless_cuda_a
     assert distributed.mpi_cuda_aware() in (True, False)  # the library's answer (mpich from PyPI: False)
 
 
+class _StagingCupy:
+    """Just what MPICommunicator's pinned staging uses, logging each copy, event and free: the
+    pinned -> device copy (``set``) is asynchronous on a real GPU, reading the pinned buffer after the
+    call returned, until the event recorded after it."""
+
+    def __init__(self):
+        import types
+        import weakref
+
+        self.log = log = []
+        names = iter(range(10**6))
+
+        class Pinned(bytearray):  # CuPy's PinnedMemoryPointer: freed back to the pool when dropped
+            pass
+
+        def alloc_pinned_memory(n):
+            mem = Pinned(n)
+            mem.name = f"m{next(names)}"
+            weakref.finalize(mem, log.append, ("free", mem.name))
+            return mem
+
+        class Event:
+            def __init__(self, disable_timing=False):
+                self.name = f"e{next(names)}"
+
+            def record(self, stream):
+                log.append(("record", self.name, stream.name))
+
+            def synchronize(self):
+                log.append(("host_wait", self.name))
+
+        class Stream:
+            def __init__(self, name):
+                self.name = name
+
+            def wait_event(self, event):
+                log.append(("wait", self.name, event.name))
+
+            def synchronize(self):
+                log.append(("stream_sync", self.name))
+
+        self.streams = {name: Stream(name) for name in ("s0", "s1")}
+        self.current = self.streams["s0"]
+        self.cuda = types.SimpleNamespace(alloc_pinned_memory=alloc_pinned_memory, Event=Event,
+                                          get_current_stream=lambda: self.current)
+
+    def array(self, values):
+        log = self.log
+
+        class DeviceArray(np.ndarray):
+            def get(self, out=None, stream=None):
+                out[...] = np.asarray(self)
+                log.append(("get", stream.name))
+
+            def set(self, host, stream=None):
+                base = host
+                while isinstance(base, (np.ndarray, memoryview)):
+                    base = base.base if isinstance(base, np.ndarray) else base.obj
+                log.append(("set", base.name, stream.name))
+                np.asarray(self)[...] = host
+
+        DeviceArray.__module__ = "cupy._core.core"  # backend.is_device_array
+        return np.array(values, np.float64).view(DeviceArray)
+
+
+def test_pinned_staging_buffers_outlive_the_copies_that_read_them(monkeypatch):
+    """MPI without CUDA support: device -> pinned, MPI on the host, pinned -> device (asynchronous).
+    Every buffer the cache drops must have finished its last pinned -> device copy (a host wait on the
+    event recorded after it), and a buffer reused on another stream is overwritten only after it."""
+    cp = _StagingCupy()
+    monkeypatch.setitem(sys.modules, "cupy", cp)  # what backend.array_module(buf) hands back
+    one_rank = type("Comm", (), {"Get_rank": lambda self: 0, "Get_size": lambda self: 1})()
+    comm = distributed.MPICommunicator(one_rank, None, cuda_aware=False)
+    double = lambda host: host.__imul__(2)  # noqa: E731 - the "collective" on the host buffer
+    for n in (1, 2, 3, 4, 5, 6, 2):  # more sizes than the cache holds, and a reuse
+        buf = cp.array(np.arange(n))
+        comm._device_call(buf, double)
+        np.testing.assert_array_equal(np.asarray(buf), 2 * np.arange(n))
+    cp.current = cp.streams["s1"]
+    comm._device_call(cp.array([1.0, 2.0]), double)  # the size-2 buffer again, on another stream
+
+    log = cp.log
+    frees = [(i, e[1]) for i, e in enumerate(log) if e[0] == "free"]
+    assert len(frees) == 4  # the first four buffers, when the fifth size came
+    for at, mem in frees:
+        last_set = max(i for i, e in enumerate(log[:at]) if e[:2] == ("set", mem))
+        event = log[last_set + 1]
+        assert event[0] == "record", "the pinned -> device copy is followed by its event"
+        assert ("host_wait", event[1]) in log[last_set + 1:at], f"{mem} freed while its copy may still read it"
+    reuse = max(i for i, e in enumerate(log) if e == ("get", "s1"))
+    recorded = [e[1] for e in log[:reuse] if e[0] == "record" and e[2] == "s0"]
+    assert ("wait", "s1", recorded[-1]) in log[:reuse]  # the size-2 buffer's last copy, on s0
+
+
 # ---------------------------------------------------------------------------------- on a GPU
+def _engines_or_skip(*names):
+    """Skip, with the reason, unless each engine named can run here (a GPU image may well lack
+    mpi4py, an MPI library or NCCL's wheel: that says nothing about the GPU path)."""
+    engines = distributed.engines()
+    for name in names:
+        if not engines[name].available:
+            pytest.skip(f"the {name} engine cannot run here: {engines[name].detail}")
+
+
 @pytest.mark.gpu
-def test_gpu_one_rank_through_nccl_and_mpi_equals_the_single_process():
+@pytest.mark.parametrize("engine", ["nccl", "mpi"])
+def test_gpu_one_rank_through_an_engine_equals_the_single_process(engine):
     """One rank on a real device: the NCCL engine (a communicator of one GPU) and the MPI engine
-    give the single-process CuPy fit; the MPI engine's pinned staging leaves a buffer as it was."""
+    give the single-process CuPy fit. Both need mpi4py and an MPI library (NCCL is bootstrapped over
+    MPI), NCCL its wheel too."""
+    _engines_or_skip("mpi", engine)
     from gpu_fit import cupy_fit
 
     ref = cupy_fit(None).theta.get()
-    for engine in ("nccl", "mpi"):
-        assert relative(cupy_fit(distributed.init(engine)).theta.get(), ref) < 1e-12, engine
-    comm = distributed.init("mpi")
-    buf = gpumlp.get_backend("cupy").xp.arange(10.0)
-    comm.cuda_aware = False
-    comm._device_call(buf, comm._mpi_allreduce)  # one rank: the round trip through pinned memory
-    np.testing.assert_array_equal(buf.get(), np.arange(10.0))
+    assert relative(cupy_fit(distributed.init(engine)).theta.get(), ref) < 1e-12, engine
+
+
+@pytest.mark.gpu
+def test_gpu_pinned_staging_round_trips_on_any_stream():
+    """The MPI engine's staging for an MPI without CUDA support (device -> pinned, the collective on
+    the host, pinned -> device, asynchronous), on real CuPy objects and without MPI: a one-rank
+    communicator with the collective replaced by a host operation. More sizes than the cache holds
+    (buffers freed after their last copy), and a reuse from a second, non-blocking stream."""
+    cupy = gpumlp.get_backend("cupy").xp
+    one_rank = type("Comm", (), {"Get_rank": lambda self: 0, "Get_size": lambda self: 1})()
+    comm = distributed.MPICommunicator(one_rank, None, cuda_aware=False)
+    triple = lambda host: host.__imul__(3)  # noqa: E731
+    for n in (10, 1, 2, 3, 4, 5, 1 << 20, 10):
+        buf = cupy.arange(n, dtype=cupy.float64)
+        comm._device_call(buf, triple)
+        np.testing.assert_array_equal(buf.get(), 3 * np.arange(n))
+    side = cupy.cuda.Stream(non_blocking=True)
+    with side:
+        buf = cupy.arange(10, dtype=cupy.float64)
+        comm._device_call(buf, triple)
+        side.synchronize()
+        np.testing.assert_array_equal(buf.get(), 3 * np.arange(10))
 
 
 @pytest.mark.gpu
 def test_gpu_two_ranks_through_nccl(tmp_path):
     import cupy
 
-    from gpu_fit import cupy_fit
-
     if cupy.cuda.runtime.getDeviceCount() < 2:
         pytest.skip("needs two GPUs")
+    _engines_or_skip("mpi", "nccl")
+    from gpu_fit import cupy_fit
+
     run_ok(2, MPI_DIR / "gpu_fit.py", tmp_path, "adam")
     a, b = np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy")
     np.testing.assert_array_equal(a, b)
