@@ -142,6 +142,28 @@ def test_clients_use_public_names_only(path):
     assert _private_reaches(path.read_text(), package_relative=path.parent != PACKAGE.parent / "benchmarks") == []
 
 
+# ------------------------------------------------------------------------------ one screen per function
+def _functions(path):
+    tree = ast.parse(path.read_text())
+    return [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+@pytest.mark.parametrize("path", [*sorted((PACKAGE / "cli").glob("*.py")), PACKAGE / "sklearn.py",
+                                  PACKAGE / "mlp.py"], ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_functions_of_the_clients_and_the_model_fit_on_a_screen(path):
+    """STYLE.md: one screen per function, each with one job. 60 lines, from def to its last line."""
+    assert [(name, n) for name, n in _functions(path) if n > 60] == []
+
+
+def test_the_model_class_stays_under_450_lines():
+    """The lecture's model is parameters, forward/backward and predict; training lives in step.py and
+    trainer.py, the checks in validation.py and mlp.py's module functions."""
+    classes = [n for n in ast.parse((PACKAGE / "mlp.py").read_text()).body
+               if isinstance(n, ast.ClassDef) and n.name == "MLP"]
+    assert len(classes) == 1 and classes[0].end_lineno - classes[0].lineno + 1 < 450
+
+
 # ------------------------------------------------------------------------------ the step's two phases
 def _model(**kw):
     kw = {"seed": 0, "backend": "numpy", "dtype": "float64", "weight_decay": 0.05, "bias": True, **kw}

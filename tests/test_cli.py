@@ -104,6 +104,38 @@ def test_python_api_options_reach_the_model(tmp_path):
     assert m.scaler_.kind == "max" and m.seed == 3 and m.optimizer.t == 2 * 23  # ceil(1438 / 64) steps
 
 
+JSON_KEYS = {"test_accuracy", "test_score", "metric", "test_L", "train_L", "train_J", "train_loss", "epochs",
+             "epochs_trained", "stop_reason", "best_epoch", "backend", "device", "seconds", "samples_per_second",
+             "total_seconds", "n_train", "n_test", "n_validation", "n_dropped", "test_set", "sizes", "model",
+             "ranks", "distributed"}
+
+
+def test_the_json_line_agrees_with_the_lines_before_it(tmp_path, capsys):
+    """--json's keys (the README's and the rest: a script reads them), each agreeing with the human lines:
+    the counts of the first line, the test set's words, the saved file, and on a resume the epochs in all."""
+    path = tmp_path / "m.npz"
+    common = ["--backend", "numpy", "--json", "--progress", "none"]
+    assert cli.main(["train", *FAST, "--validation-split", "0.1", "--save", str(path), *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    r = json.loads(lines[-1])
+    assert set(r) == JSON_KEYS and len(lines) == 5
+    assert f"({r['n_train']} train, {r['n_test']} test, {r['n_validation']} validation samples" in lines[0]
+    assert r["n_validation"] > 0 and lines[1] == f"test set: {r['test_set']}, scored once, after training"
+    assert lines[2].startswith(f"test accuracy {r['test_accuracy']:.4f}, test L {r['test_L']:.4f} on "
+                               f"{r['n_test']} samples; train L {r['train_L']:.4f}, J {r['train_J']:.4f}; 3 epochs in ")
+    assert lines[3] == f"saved the model to {path}" and r["model"] == str(path)
+    assert r["test_score"] == r["test_accuracy"] and r["metric"] == "accuracy" and r["sizes"] == [64, 16, 10]
+    assert r["total_seconds"] >= r["seconds"] > 0 and r["ranks"] == 1 and r["distributed"] is None
+    assert r["epochs"] == r["epochs_trained"] == 3 and r["stop_reason"] == "epochs" and r["n_dropped"] == 0
+    assert r["train_J"] > r["train_L"] > 0  # J = L + λ/2 Σ‖W‖², λ = 1e-4 by default
+    assert cli.main(["train", "--resume", str(path), "--epochs", "5", *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    again = json.loads(lines[-1])
+    assert set(again) == JSON_KEYS and len(lines) == 4 and again["model"] is None
+    assert again["epochs"] == 5 and again["epochs_trained"] == 2 and "; 2 epochs (5 in all) in " in lines[2]
+    assert again["n_train"] == r["n_train"] and again["test_set"] == r["test_set"]
+
+
 # ---------------------------------------------------------------------------------- resume
 def test_resume_gives_bit_identical_weights(tmp_path):
     common = ["--backend", "numpy", "--hidden", "24", "--momentum", "0.8", "--lr-schedule",

@@ -188,12 +188,33 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"gpumlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_info(sub)
+    _add_graph(sub)
+    _add_check_gradients(sub)
+    sub.add_parser("bench", help="throughput benchmarks (see 'gpumlp bench --help')", add_help=False)
+    return parser
 
+
+def _add_train(sub):
     t = sub.add_parser("train", help="train and evaluate an MLP",
                        description="Train an MLP and report its test accuracy (or R² for --loss squared). "
                                    "Every option left out takes its default, or with --resume the saved run's.")
     _add_data(t, train=True)
     _add_model(t)
+    _add_optimisation(t)
+    _add_output(t)
+    t.add_argument("--distributed", choices=("mpi", "nccl", "auto"), default=None,
+                   help="data-parallel training over the ranks of an MPI job (mpiexec -n 4 gpumlp train "
+                        "--distributed mpi ...): mpi, nccl (one GPU per rank) or auto; --batch-size is the "
+                        "global batch, rank 0 alone prints and writes --json, --save and --plot, and Ctrl-C "
+                        "ends the whole job (resume from the last --checkpoint-every file)")
+    _add_common(t)
+
+
+def _add_optimisation(t):
     o = t.add_argument_group("optimisation")
     o.add_argument("--optimizer", choices=("sgd", "adam", "lbfgs"), default=None,
                    help="default sgd; lbfgs: full-batch L-BFGS (needs SciPy), --epochs its most iterations, "
@@ -222,6 +243,9 @@ def build_parser():
                    help="smallest improvement that counts (default 1e-4)")
     o.add_argument("--seed", type=_positive(int, allow_zero=True), default=None,
                    help="seeds the split, the initial weights and the shuffling (default 0)")
+
+
+def _add_output(t):
     r = t.add_argument_group("output")
     r.add_argument("--save", default=None, metavar="MODEL",
                    help="write the trained model here (.npz); Ctrl-C writes the last finished epoch's checkpoint")
@@ -234,13 +258,9 @@ def build_parser():
                    help="auto: a progress bar on a terminal, one line per epoch otherwise (train J: the "
                         "objective L + λ/2‖W‖² averaged over the epoch's steps; val L, val acc: the "
                         "validation data loss and score)")
-    t.add_argument("--distributed", choices=("mpi", "nccl", "auto"), default=None,
-                   help="data-parallel training over the ranks of an MPI job (mpiexec -n 4 gpumlp train "
-                        "--distributed mpi ...): mpi, nccl (one GPU per rank) or auto; --batch-size is the "
-                        "global batch, rank 0 alone prints and writes --json, --save and --plot, and Ctrl-C "
-                        "ends the whole job (resume from the last --checkpoint-every file)")
-    _add_common(t)
 
+
+def _add_evaluate(sub):
     e = sub.add_parser("evaluate", help="score a saved model on data",
                        description="Accuracy (or R²) and loss of a saved model. Without --data, on the test "
                                    "split of the run that trained it.")
@@ -248,6 +268,8 @@ def build_parser():
     _add_data(e, train=False)
     _add_common(e)
 
+
+def _add_predict(sub):
     pr = sub.add_parser("predict", help="predict with a saved model",
                         description="Predicted labels (or values), one line per sample.")
     pr.add_argument("model", metavar="MODEL")
@@ -257,14 +279,11 @@ def build_parser():
     pr.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
     _add_common(pr)
 
+
+def _add_info(sub):
     i = sub.add_parser("info", help="versions, backend and device")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    _add_graph(sub)
-    _add_check_gradients(sub)
-
-    sub.add_parser("bench", help="throughput benchmarks (see 'gpumlp bench --help')", add_help=False)
-    return parser
 
 
 def _add_graph(sub):

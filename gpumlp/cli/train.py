@@ -10,6 +10,7 @@ import math
 import os
 import time
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -121,57 +122,108 @@ def train(args, comm=None, phase=None):
     """The run; with ``comm`` (--distributed) data-parallel over its ranks, where rank 0 alone saves
     and reports; ``phase["at"]`` says how far it went ("setup", "fit", "done")."""
     phase = {} if phase is None else phase
-    root = comm is None or comm.rank == 0
-    printer = Printer(args)
+    check_run_options(args)
+    t0 = time.perf_counter()
+    run = set_up(args, comm)
+    announce(run)
+    seconds, trained = fit(run, phase)
+    phase["at"] = "done"
+    if not run.root:
+        return 0
+    if args.save:
+        save(run.pipeline, args.save)
+    scores = final_scores(run)
+    if args.plot:
+        plot(run.model, run.s, run.metric, args.plot, scores["test_score"])
+    report(run, scores, seconds, trained, t0)
+    return 0
+
+
+@dataclass
+class Run:
+    """A run once set up: the Pipeline (its MLP), the settings, the prepared data and its device arrays.
+    Data go to the device once; each epoch is evaluated on the validation split (if any), never on the test split."""
+
+    args: object
+    pipeline: Pipeline
+    s: dict
+    d: object  # a gpumlp.data.Prepared
+    train: tuple  # (x, y) on the model's device
+    test: tuple
+    val: tuple | None
+    comm: object = None
+
+    @property
+    def model(self):
+        return self.pipeline.named_steps["mlp"]
+
+    @property
+    def root(self):  # the rank that prints and writes the files
+        return self.comm is None or self.comm.rank == 0
+
+    @property
+    def metric(self):
+        return "accuracy" if self.model.loss == "cross_entropy" else "R²"
+
+    @property
+    def n_train(self):
+        return int(self.train[0].shape[0])
+
+    @property
+    def n_test(self):
+        return int(self.test[0].shape[0])
+
+    @property
+    def test_set(self):
+        return describe_test_set(self.s, self.n_test)
+
+
+def check_run_options(args):
+    """What can be refused before any data is read: options that need another, a missing extra, and
+    files the run would fail to write after a long run."""
     if args.checkpoint_every and not args.save:
         raise UsageError("--checkpoint-every needs --save MODEL")
     if args.plot:
         check_plot_available()  # before training, not after a long run
     for option, path in (("--save", args.save), ("--plot", args.plot)):
         check_output_file(option, path)
-    t0 = time.perf_counter()
+
+
+def set_up(args, comm):
+    """The run's Run: its pipeline, settings and data (``setup_training``), the data on the model's device."""
     pipeline, s, d = setup_training(args)
-    model = pipeline.named_steps["mlp"]
-    backend = model.array_backend
-    metric = "accuracy" if model.loss == "cross_entropy" else "R²"
-    # Data on the device once; each epoch is evaluated on the validation split (if any), never on the test split.
-    xtr, ytr = backend.asarray(d.X_train), backend.asarray(d.y_train)
-    xte, yte = backend.asarray(d.X_test), backend.asarray(d.y_test)
+    backend = pipeline.named_steps["mlp"].array_backend
+    train_xy = backend.asarray(d.X_train), backend.asarray(d.y_train)
+    test_xy = backend.asarray(d.X_test), backend.asarray(d.y_test)
     val = None if d.X_val is None else (backend.asarray(d.X_val), backend.asarray(d.y_val))
-    n_train, n_test = int(xtr.shape[0]), int(xte.shape[0])
-    printer.say(describe_run(s, d, model, val, n_train, n_test))
-    test_set = describe_test_set(s, n_test)
-    printer.say(f"test set: {test_set}, scored once, after training")
-    remaining = s["epochs"] - model.epochs_
-    if remaining <= 0:
+    return Run(args, pipeline, s, d, train_xy, test_xy, val, comm)
+
+
+def announce(run):
+    """The lines before training: the data and the net, the test set, and a warning when nothing is left to train."""
+    printer, model, s = Printer(run.args), run.model, run.s
+    printer.say(describe_run(s, run.d, model, run.val, run.n_train, run.n_test))
+    printer.say(f"test set: {run.test_set}, scored once, after training")
+    if s["epochs"] <= model.epochs_:
         warn("train", f"--epochs {s['epochs']} counts the epochs in all, and the model has trained "
                       f"{model.epochs_} already: nothing to train (--epochs {model.epochs_ + 10} trains 10 more)")
-    progress = Progress(args, model.epochs_, s["epochs"], val is not None, metric, n_train)
-    checkpoint = {"state": pipeline.state_dict() if args.save else None, "epoch": model.epochs_}
 
-    def on_epoch(m, record):
-        if not root:
-            return False
-        val_L = record["val_loss"] - functions.regulariser(m.weights, m.weight_decay) if val else None
-        progress.epoch(record, val_L)
-        if args.save:  # what Ctrl-C writes: the state after the last finished epoch (resumes exactly)
-            checkpoint["state"], checkpoint["epoch"] = pipeline.state_dict(), m.epochs_
-        if args.checkpoint_every and record["epoch"] % args.checkpoint_every == 0:
-            save(pipeline, args.save)
-        return False
 
+def fit(run, phase):
+    """Train up to --epochs in all, with progress and checkpoints; Ctrl-C writes the last finished epoch's
+    state (``interrupted``). Returns (seconds of training, epochs trained)."""
+    args, s, model = run.args, run.s, run.model
+    remaining = s["epochs"] - model.epochs_
+    progress = Progress(args, model.epochs_, s["epochs"], run.val is not None, run.metric, run.n_train)
+    checkpoint = {"state": run.pipeline.state_dict() if args.save else None, "epoch": model.epochs_}
     before, start = model.epochs_, time.perf_counter()
     stopped = None
     try:
         if remaining > 0:
-            if s["optimizer"] == "lbfgs":  # full batch, one process: each iteration an epoch, no steps within it
-                trainer = LBFGSTrainer(model, callbacks=[on_epoch])
-            else:
-                trainer = make_trainer(model, comm, batch_size=s["batch_size"], lr=s["lr"], callbacks=[on_epoch],
-                                       on_step=progress.step if progress.bar is not None and root else None)
+            trainer = make_run_trainer(run, epoch_callback(run, progress, checkpoint), progress)
             phase["at"] = "fit"
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is reported
-                trainer.fit(xtr, ytr, remaining, validation_data=val, early_stopping=s["early_stopping"],
+                trainer.fit(*run.train, remaining, validation_data=run.val, early_stopping=s["early_stopping"],
                             n_iter_no_change=s["n_iter_no_change"], tol=s["tol"])
             if model.stop_reason_ not in (None, "epochs"):
                 best = f", best {model.best_epoch_}" if model.best_epoch_ else ""
@@ -181,53 +233,96 @@ def train(args, comm=None, phase=None):
         raise Interrupted(interrupted(args, checkpoint)) from None
     finally:
         progress.close(stopped)
-    backend.synchronize()
-    seconds = time.perf_counter() - start
-    trained = model.epochs_ - before
-    phase["at"] = "done"
-    if not root:
-        return 0
-    if args.save:
-        save(pipeline, args.save)
+    model.array_backend.synchronize()
+    return time.perf_counter() - start, model.epochs_ - before
 
-    test_score = model.score(xte, yte)
-    test_J, train_J = model.objective(xte, yte), model.objective(xtr, ytr)
+
+def make_run_trainer(run, on_epoch, progress):
+    """L-BFGS (full batch, one process: each iteration an epoch, no steps within it) or the minibatch
+    trainer of ``gpumlp.data_parallel.make_trainer`` (over --distributed's ranks)."""
+    if run.s["optimizer"] == "lbfgs":
+        return LBFGSTrainer(run.model, callbacks=[on_epoch])
+    return make_trainer(run.model, run.comm, batch_size=run.s["batch_size"], lr=run.s["lr"], callbacks=[on_epoch],
+                        on_step=progress.step if progress.bar is not None and run.root else None)
+
+
+def epoch_callback(run, progress, checkpoint):
+    """The trainer's callback after each epoch (rank 0 only): progress, the state Ctrl-C would write,
+    and --checkpoint-every's file. It never stops training."""
+    args = run.args
+
+    def on_epoch(m, record):
+        if not run.root:
+            return False
+        val_L = record["val_loss"] - functions.regulariser(m.weights, m.weight_decay) if run.val else None
+        progress.epoch(record, val_L)
+        if args.save:  # what Ctrl-C writes: the state after the last finished epoch (resumes exactly)
+            checkpoint["state"], checkpoint["epoch"] = run.pipeline.state_dict(), m.epochs_
+        if args.checkpoint_every and record["epoch"] % args.checkpoint_every == 0:
+            save(run.pipeline, args.save)
+        return False
+    return on_epoch
+
+
+def final_scores(run):
+    """The test set's score and L, and the training split's L and J, of the final weights (once, after training)."""
+    model = run.model
+    test_score = model.score(*run.test)
+    test_J, train_J = model.objective(*run.test), model.objective(*run.train)
     s_reg = functions.regulariser(model.weights, model.weight_decay)
-    test_L, train_L = test_J - s_reg, train_J - s_reg
-    if args.plot:
-        plot(model, s, metric, args.plot, test_score)
-    train_loss = model.loss_curve_[-1] if model.loss_curve_ else math.nan
-    sps = trained * n_train / seconds if trained and seconds > 0 else 0.0
-    stop = model.stop_reason_ if trained else None
+    return {"test_score": test_score, "test_L": test_J - s_reg, "train_L": train_J - s_reg, "train_J": train_J}
+
+
+def report(run, scores, seconds, trained, t0):
+    """The result line (shown with --quiet too), what was written, and with --json the JSON line last."""
+    printer = Printer(run.args)
+    printer.result(summary(run, scores, seconds, trained))
+    if run.args.save:
+        printer.say(f"saved the model to {run.args.save}")
+    if run.args.plot:
+        printer.say(f"wrote the curves to {run.args.plot}")
+    if run.args.json:
+        print(json_line(result_json(run, scores, seconds, trained, t0)), flush=True)
+
+
+def samples_per_second(run, seconds, trained):
+    return trained * run.n_train / seconds if trained and seconds > 0 else 0.0
+
+
+def summary(run, scores, seconds, trained):
+    model, d, comm = run.model, run.d, run.comm
     units = "" if d.target_scaler is None else " (L on standardised targets)"
-    summary = (f"test {metric} {test_score:.4f}, test L {test_L:.4f} on {n_test} samples; train L {train_L:.4f}, "
-               f"J {train_J:.4f}{units}; {trained} epochs")
+    text = (f"test {run.metric} {scores['test_score']:.4f}, test L {scores['test_L']:.4f} on {run.n_test} samples; "
+            f"train L {scores['train_L']:.4f}, J {scores['train_J']:.4f}{units}; {trained} epochs")
     if model.epochs_ != trained:
-        summary += f" ({model.epochs_} in all)"
-    summary += f" in {seconds:.2f} s, {sps:,.0f} samples/s on {model.backend}"
+        text += f" ({model.epochs_} in all)"
+    text += f" in {seconds:.2f} s, {samples_per_second(run, seconds, trained):,.0f} samples/s on {model.backend}"
     if comm is not None:
-        summary += f", {comm.size} ranks ({comm.engine})"
+        text += f", {comm.size} ranks ({comm.engine})"
+    stop = model.stop_reason_ if trained else None
     if stop and stop != "epochs":
         best = f", best epoch {model.best_epoch_}" if model.best_epoch_ else ""
-        summary += f"; stopped early ({stop}{best})"
-    printer.result(summary)
-    if args.save:
-        printer.say(f"saved the model to {args.save}")
-    if args.plot:
-        printer.say(f"wrote the curves to {args.plot}")
-    if args.json:
-        key = "accuracy" if metric == "accuracy" else "r2"
-        print(json_line({
-            f"test_{key}": test_score, "test_score": test_score, "metric": key, "test_L": test_L,
-            "train_L": train_L, "train_J": train_J, "train_loss": train_loss, "epochs": model.epochs_,
-            "epochs_trained": trained, "stop_reason": stop, "best_epoch": model.best_epoch_,
-            "backend": model.backend, "device": backend.device_name(), "seconds": seconds,
-            "samples_per_second": sps, "total_seconds": time.perf_counter() - t0, "n_train": n_train,
-            "n_test": n_test, "n_validation": 0 if val is None else int(val[0].shape[0]),
-            "n_dropped": d.n_dropped + d.n_test_dropped, "test_set": test_set, "sizes": list(model.sizes),
-            "model": args.save, "ranks": 1 if comm is None else comm.size,
-            "distributed": None if comm is None else comm.engine}), flush=True)
-    return 0
+        text += f"; stopped early ({stop}{best})"
+    return text
+
+
+def result_json(run, scores, seconds, trained, t0):
+    """--json's object (README, "The command line"): the scores, the run's counts, where and how fast."""
+    model, d, comm = run.model, run.d, run.comm
+    key = "accuracy" if run.metric == "accuracy" else "r2"
+    test_score = scores["test_score"]
+    return {
+        f"test_{key}": test_score, "test_score": test_score, "metric": key, "test_L": scores["test_L"],
+        "train_L": scores["train_L"], "train_J": scores["train_J"],
+        "train_loss": model.loss_curve_[-1] if model.loss_curve_ else math.nan, "epochs": model.epochs_,
+        "epochs_trained": trained, "stop_reason": model.stop_reason_ if trained else None,
+        "best_epoch": model.best_epoch_, "backend": model.backend, "device": model.array_backend.device_name(),
+        "seconds": seconds, "samples_per_second": samples_per_second(run, seconds, trained),
+        "total_seconds": time.perf_counter() - t0, "n_train": run.n_train, "n_test": run.n_test,
+        "n_validation": 0 if run.val is None else int(run.val[0].shape[0]),
+        "n_dropped": d.n_dropped + d.n_test_dropped, "test_set": run.test_set, "sizes": list(model.sizes),
+        "model": run.args.save, "ranks": 1 if comm is None else comm.size,
+        "distributed": None if comm is None else comm.engine}
 
 
 def describe_run(s, d, model, val, n_train, n_test):
