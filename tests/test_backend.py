@@ -43,13 +43,14 @@ def test_cupy_without_a_device_is_a_clear_error():
 
 
 def test_import_is_quiet_fast_and_does_not_import_cupy():
-    code = ("import sys, time; t = time.perf_counter(); import gpumlp; dt = time.perf_counter() - t; "
-            "print(int('cupy' in sys.modules), dt)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    imported_cupy, seconds = out.stdout.split()
+    """Fast by what it loads, not by a clock (a wall-clock bound depends on the machine and its load):
+    beside the standard library, only NumPy, whose import then dominates; CuPy (seconds), SciPy,
+    scikit-learn, matplotlib, PyTorch, mpi4py and tqdm wait until something asks for them."""
+    code = ("import sys; before = set(sys.modules); import gpumlp; "
+            "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stderr == ""
-    assert imported_cupy == "0"
-    assert float(seconds) < 2.0  # numpy's own import dominates; CuPy's would add seconds
+    assert out.stdout.split() == ["gpumlp", "numpy"]
 
 
 def _auto_in_a_fresh_process(prelude="pass"):
@@ -57,7 +58,8 @@ def _auto_in_a_fresh_process(prelude="pass"):
     code = (f"import sys, gpumlp; from gpumlp import backend; {prelude}; m = gpumlp.MLP((2, 3, 2)); "
             "print(int('cupy' in sys.modules)); print(m.backend); print(m.array_backend.reason)")
     env = {k: v for k, v in os.environ.items() if k != "GPUMLP_BACKEND"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         timeout=120)
     imported, name, reason = out.stdout.splitlines()
     return imported == "1", name, reason
 
