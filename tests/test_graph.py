@@ -4,6 +4,7 @@ a drawing in which no edge crosses a node; and the names of functions and kernel
 code runs (a CupyOps step on a recording stand-in for CuPy)."""
 import itertools
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -420,8 +421,13 @@ def test_save_by_suffix_and_bad_arguments(tmp_path):
         graph("not a model")
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz (dot) is not installed; the DOT is parsed above")
 def test_graphviz_renders_the_dot(tmp_path):
+    """Graphviz itself reads our DOT. Skipped where it is not installed, except in CI ($CI set, .ci/run
+    installs it), where that is a failure: elsewhere the DOT is only parsed by the tests above."""
+    if shutil.which("dot") is None:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail("CI must render the DOT with Graphviz, but dot is not on PATH (apt-get install graphviz)")
+        pytest.skip("Graphviz (dot) is not installed; the DOT is parsed above")
     g = model((5, 7, 6, 3), ["tanh", "relu"], "cross_entropy", True, 0.1, "float32").graph(batch_size=4)
     out = subprocess.run(["dot", "-Tsvg"], input=g.to_dot().encode(), capture_output=True, timeout=60, check=False)
     assert out.returncode == 0 and out.stderr == b"", out.stderr
