@@ -104,7 +104,7 @@ class SparseBatches:
     def epoch(self, order, batch_size):
         x, y, w, n = self.x, self.y, self.w, self.x.shape[0]
         perm = None if order is None else self.backend.asarray(check_order(order, n))  # on the data's device, once
-        for i in range(0, n, batch_size):
+        for i in range(0, n if order is None else len(order), batch_size):  # a rank's order: its rows only
             rows = slice(i, i + batch_size) if perm is None else perm[i:i + batch_size]
             yield x[rows], y[rows], None if w is None else w[rows]
 

@@ -532,7 +532,7 @@ def test_a_sharded_plan_takes_chunks_until_the_largest_part_is_done():
         dp.sharded_plan([4, 4, 4], 2, 0)
 
 
-@pytest.mark.parametrize("source", ["gathered", "resident", "streamed"])
+@pytest.mark.parametrize("source", ["gathered", "resident", "streamed", "sparse"])
 def test_batch_sources_take_a_ranks_subset_of_the_rows(source):
     """A rank's order holds only its shards' rows: every source yields exactly those, in chunks (the
     GPU's with NumPy as the device, the streamed one with tests/test_stream.py's CuPy stand-in)."""
@@ -551,9 +551,14 @@ def test_batch_sources_take_a_ranks_subset_of_the_rows(source):
         src = StreamedBatches(SimpleNamespace(xp=cp, asarray=np.asarray), x, y, w)
     elif source == "resident":
         src = ResidentBatches(SimpleNamespace(xp=np, asarray=np.asarray), x, y, w)
+    elif source == "sparse":
+        sp = pytest.importorskip("scipy.sparse", reason="SciPy is not installed")
+        from gpumlp.batches import SparseBatches
+
+        src = SparseBatches(SimpleNamespace(xp=np, asarray=np.asarray), sp.csr_matrix(x), y, w)
     else:
         src = GatheredBatches(np, x, y, w)
-    got = [(np.array(b[0]), b[1], b[2]) for b in src.epoch(order, 3)]
+    got = [(b[0].toarray() if hasattr(b[0], "toarray") else np.array(b[0]), b[1], b[2]) for b in src.epoch(order, 3)]
     assert [len(b[1]) for b in got] == [3, 3, 1]
     np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), x[order])
     np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), y[order])
