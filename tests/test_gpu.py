@@ -66,9 +66,11 @@ def assert_close(got, want, tol, what=""):
 
 
 def edge_and_random(dtype, rng):
+    """5000 inputs (so that they reshape to (1000, 5)): the edges, then random values of two scales."""
     edges = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 1, -1, 5, -5, 20, -20, 88, -88, 100, -100,
              1e4, -1e4, 1e30, -1e30, np.inf, -np.inf, np.nan]
-    return np.concatenate([np.array(edges), rng.standard_normal(4000) * 3, rng.standard_normal(999) * 50]).astype(dtype)
+    return np.concatenate([np.array(edges), rng.standard_normal(4000) * 3,
+                           rng.standard_normal(1000 - len(edges)) * 50]).astype(dtype)
 
 
 # ------------------------------------------------------------------------------ φ and φ′

@@ -9,12 +9,15 @@ small shared library that ctypes drives. Into that library go
   update of kernels/optim.cu, written as host loops over the same __device__ functions;
 - the .cu files themselves (every RawKernel), run by a small host emulation of CUDA: each CUDA thread a
   fiber (ucontext), __syncthreads and the warp shuffles as barriers, blocks one after another in a given
-  order, the threads of a block in index order or reversed. This executes their indexing, grid-stride loops, warp/block reductions and the last-block grid
-  sum. Its limit: blocks never run concurrently, so races between blocks show only on a GPU
-  (tests/test_gpu.py).
-- gpumlp/_cupy_ops.py itself, on a host stand-in for CuPy (NumPy arrays, NumPy products for cuBLAS,
-  the two builds above for the kernels): whole training steps against the NumPy backend, every RawKernel
-  launch checked against the kernel's C signature in the .cu source (count and scalar types).
+  order, the threads of a block in index order or reversed. This executes their indexing, grid-stride
+  loops, warp/block reductions and the last-block grid sum. Its limit: blocks never run concurrently,
+  so races between blocks show only on a GPU (tests/test_gpu.py).
+- gpumlp/_cupy_ops.py itself and everything above it (model, step, trainer, L-BFGS, the estimators, the
+  command line), on a strict host stand-in for CuPy (tests/cupy_standin.py: device arrays that are NumPy
+  memory behind CuPy's rules, refusing NumPy arrays wherever real CuPy does; NumPy products for cuBLAS;
+  the two builds above for the kernels): whole training steps and fits against the NumPy backend, every
+  RawKernel launch checked against the kernel's C signature in the .cu source (count and scalar types).
+  tests/test_gpu_on_standin.py runs tests/test_gpu.py on it too.
 Each is compared with gpumlp.functions / gpumlp.optim on random inputs and on edge inputs: the kinks,
 ±large values where a naive formula overflows, ±inf and NaN.
 
@@ -770,8 +773,9 @@ def test_the_adam_kernel_applies_the_numpy_twins_bias_corrections_bit_for_bit(li
 
 
 # =====================================================================================================
-# gpumlp/_cupy_ops.py itself, on a host stand-in for CuPy: arrays are NumPy arrays, cuBLAS calls are
-# NumPy products with the same alpha/beta/transpose meaning, ElementwiseKernels run the host build of
+# gpumlp/_cupy_ops.py itself, on a host stand-in for CuPy (tests/cupy_standin.py): device arrays are NumPy
+# memory that refuses to mix with NumPy arrays as real CuPy does, cuBLAS calls are NumPy products with
+# the same alpha/beta/transpose meaning, ElementwiseKernels run the host build of
 # their operation strings (``lib``) and RawKernels run kernels/*.cu under the emulation above
 # (``grid_lib``), called with exactly the argument tuples CupyOps passes, converted by type as CuPy
 # does (arrays → pointers, None → NULL, NumPy scalars by value in their own C type). So CI executes
@@ -819,60 +823,60 @@ class _HostRawKernel:
 
 
 def _host_cupy(lib, grid_lib):
-    """A module object that CupyOps and gpumlp._kernels can use in place of cupy."""
-    import types
+    """The strict CuPy stand-in of tests/cupy_standin.py, its kernels run by the two host builds."""
+    import cupy_standin  # tests/ is on sys.path under pytest
 
-    cupy = types.ModuleType("cupy")
-    for name in ("empty", "zeros", "ones", "zeros_like", "ascontiguousarray", "add", "uint32"):
-        setattr(cupy, name, getattr(np, name))
+    def elementwise(kernel, arrays):
+        assert (kernel.in_params, kernel.out_params, kernel.operation) == _kernels.ELEMENTWISE[kernel.name]
+        assert kernel.preamble == _kernels.source(_kernels.MATH_HEADER)
+        assert all(a.dtype == arrays[0].dtype and a.shape == arrays[-1].shape for a in arrays)
+        if all(a.flags.c_contiguous for a in arrays):  # in place: the host loop writes into the output itself
+            run_elementwise(lib, kernel.name, arrays[0].dtype.type, *arrays)
+        else:  # strided views (CuPy indexes them in its loop): the same values through contiguous copies
+            out = run_elementwise(lib, kernel.name, arrays[0].dtype.type, *[np.ascontiguousarray(a) for a in arrays])
+            arrays[-1][...] = out
 
-    def gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):  # out = alpha op(a) op(b) + beta out
-        prod = (a.T if transa == "T" else a) @ (b.T if transb == "T" else b)
-        out[...] = alpha * prod + (beta * out if beta else 0)
-        return out
-
-    def gemv(transa, alpha, a, x, beta, y):  # y = alpha op(a) x + beta y
-        y[...] = alpha * ((a.T if transa == "T" else a) @ x) + (beta * y if beta else 0)
-
-    cupy.cublas = types.SimpleNamespace(gemm=gemm, gemv=gemv)
-
-    class ElementwiseKernel:
-        def __init__(self, in_params, out_params, operation, name, preamble=""):
-            assert (in_params, out_params, operation) == _kernels.ELEMENTWISE[name]
-            assert preamble == _kernels.source(_kernels.MATH_HEADER)
-            self.name = name
-
-        def __call__(self, *arrays):
-            assert all(a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays)
-            run_elementwise(lib, self.name, arrays[0].dtype.type, *arrays[:-1], arrays[-1])
-
-    class RawModule:
-        def __init__(self, code, options=()):
-            self.code = code
-
-        def get_function(self, name):
-            return _HostRawKernel(grid_lib, self.code, name)
-
-    cupy.ElementwiseKernel, cupy.RawModule = ElementwiseKernel, RawModule
-    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0))
-    return cupy
+    return cupy_standin.make_cupy(elementwise, lambda code, name: _HostRawKernel(grid_lib, code, name))
 
 
 @pytest.fixture
-def host_cupy_ops(lib, grid_lib, monkeypatch):
-    """CupyOps(dtype) built on the host stand-in (and gpumlp._kernels' caches cleared around it)."""
+def standin(lib, grid_lib, monkeypatch):
+    """The strict CuPy stand-in installed as ``cupy`` (gpumlp's caches of CuPy and of kernels cleared around
+    it): ``.cupy`` the module, ``.ops(dtype)`` a CupyOps on it, ``.model(sizes, **kw)`` an MLP whose
+    backend is the stand-in (``backend="cupy"``), ``.upload(a)`` a host array moved to the "device"."""
     import sys
+
+    import gpumlp.mlp
+    import gpumlp.pipeline  # noqa: F401 (its resolve is patched below)
+    from gpumlp import backend as backend_module
 
     cupy = _host_cupy(lib, grid_lib)
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     monkeypatch.setitem(sys.modules, "cupy.cublas", cupy.cublas)
-    _kernels._elementwise.cache_clear()
-    _kernels._module.cache_clear()
+    caches = [c for c in (_kernels._elementwise, _kernels._module, backend_module._cupy_module)
+              if hasattr(c, "cache_clear")]  # backend._cupy_module looks CuPy up in sys.modules each time
+    for c in caches:
+        c.cache_clear()
+    device = backend_module.Backend("cupy", cupy, "the host stand-in for CuPy")
+    real_resolve = backend_module.resolve
+    for module in [m for name, m in sys.modules.items() if name.startswith("gpumlp")]:
+        if getattr(module, "resolve", None) is real_resolve:  # every module that builds models by backend name
+            monkeypatch.setattr(module, "resolve", lambda name="auto": device if name == "cupy" else real_resolve(name))
     from gpumlp._cupy_ops import CupyOps
 
-    yield lambda dtype: CupyOps(np.dtype(dtype))
-    _kernels._elementwise.cache_clear()
-    _kernels._module.cache_clear()
+    def model(sizes, **kw):
+        return gpumlp.MLP(sizes, backend="cupy", **kw)
+
+    yield types.SimpleNamespace(cupy=cupy, backend=device, ops=lambda dtype: CupyOps(np.dtype(dtype)), model=model,
+                                upload=cupy.asarray)
+    for c in caches:
+        c.cache_clear()
+
+
+@pytest.fixture
+def host_cupy_ops(standin):
+    """CupyOps(dtype) built on the host stand-in."""
+    return standin.ops
 
 
 HOST_STEP_CASES = [
@@ -887,11 +891,14 @@ HOST_STEP_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kw", HOST_STEP_CASES, ids=lambda kw: kw["activation"])
-def test_cupy_ops_training_steps_on_a_host_stand_in(host_cupy_ops, kw, dtype):
+def test_cupy_ops_training_steps_on_a_host_stand_in(standin, kw, dtype):
+    """MLP.step on the stand-in's "device" (θ, the workspace, the optimizer's state and the batches all
+    device arrays, which the kernels and cuBLAS insist on) against the NumPy backend."""
     import gpumlp
 
-    models = [gpumlp.MLP((6, 9, 4), backend="numpy", dtype=dtype, seed=1, **kw) for _ in range(2)]
-    models[1].ops = host_cupy_ops(dtype)
+    models = [gpumlp.MLP((6, 9, 4), backend="numpy", dtype=dtype, seed=1, **kw),
+              standin.model((6, 9, 4), dtype=dtype, seed=1, **kw)]
+    assert type(models[1].ops).__name__ == "CupyOps" and type(models[1].theta).__module__.startswith("cupy")
     rng = np.random.default_rng(2)
     tol = {np.float32: 1e-5, np.float64: 1e-12}[dtype]
     for step in range(3):
@@ -900,7 +907,7 @@ def test_cupy_ops_training_steps_on_a_host_stand_in(host_cupy_ops, kw, dtype):
         w = rng.uniform(0.5, 2.0, 12) if step == 1 else None
         J = [m.step(X, y, lr=0.05, sample_weight=w) for m in models]
         np.testing.assert_allclose(J[1], J[0], rtol=tol, err_msg=f"J at step {step}")
-        np.testing.assert_allclose(models[1].theta, models[0].theta, rtol=tol, atol=tol,
+        np.testing.assert_allclose(models[1].theta.get(), models[0].theta, rtol=tol, atol=tol,
                                    err_msg=f"θ after step {step}")
     assert f"gpumlp_{models[0].loss}" in models[1].ops._kernels  # the stand-in's loss kernel ran
 
@@ -1017,7 +1024,9 @@ def _cupy_cublas_wrapper():
     def gemv(transa, alpha, a, x, beta, y):
         ns["gemv"](transa, alpha, _Dev(a), _Dev(x), beta, _Dev(y))
 
-    return types.SimpleNamespace(gemm=gemm, gemv=gemv), blas
+    import cupy_standin
+
+    return cupy_standin.device_blas(gemm, gemv), blas  # on the stand-in's device arrays only, as cuBLAS
 
 
 def test_the_column_major_blas_catches_a_wrong_leading_dimension():
@@ -1033,40 +1042,43 @@ def test_the_column_major_blas_catches_a_wrong_leading_dimension():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,n_in,n_out", [(7, 5, 3), (1, 5, 3), (7, 5, 1), (1, 5, 1), (7, 1, 3), (1, 1, 1)])
-def test_cupy_ops_gemms_through_cupys_cublas_wrapper(host_cupy_ops, dtype, B, n_in, n_out):
-    ops = host_cupy_ops(dtype)
+def test_cupy_ops_gemms_through_cupys_cublas_wrapper(standin, dtype, B, n_in, n_out):
+    ops = standin.ops(dtype)
     ops._cublas, blas = _cupy_cublas_wrapper()
     rng = np.random.default_rng(B * 100 + n_in * 10 + n_out)
     x, d = rng.standard_normal((B, n_in)).astype(dtype), rng.standard_normal((B, n_out)).astype(dtype)
     theta = rng.standard_normal(3 + n_out * n_in + n_out + 2).astype(dtype)  # W and b views into a flat buffer
-    W, b = theta[3:3 + n_out * n_in].reshape(n_out, n_in), theta[3 + n_out * n_in:3 + n_out * n_in + n_out]
-    W0, b0, x64, d64 = (a.astype(np.float64) for a in (W, b, x, d))
+    W0, b0 = theta[3:3 + n_out * n_in].reshape(n_out, n_in), theta[3 + n_out * n_in:3 + n_out * n_in + n_out]
+    W0, b0, x64, d64 = (a.astype(np.float64) for a in (W0, b0, x, d))
+    theta_d, x, d = (standin.upload(a) for a in (theta, x, d))
+    W, b = theta_d[3:3 + n_out * n_in].reshape(n_out, n_in), theta_d[3 + n_out * n_in:3 + n_out * n_in + n_out]
     tol = {np.float32: 1e-5, np.float64: 1e-12}[dtype]
 
     def close(got, want, what):
-        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=f"{what}, B={B}, n_in={n_in}, n_out={n_out}")
+        np.testing.assert_allclose(got.get(), want, rtol=tol, atol=tol,
+                                   err_msg=f"{what}, B={B}, n_in={n_in}, n_out={n_out}")
 
-    poison = lambda *s: np.full(s, 1.2345e20, dtype)  # noqa: E731
+    poison = lambda *s: standin.upload(np.full(s, 1.2345e20, dtype))  # noqa: E731
     close(ops.linear(x, W, b, poison(B, n_out)), x64 @ W0.T + b0, "linear")
     close(ops.input_grad(d, W, poison(B, n_in)), d64 @ W0, "input_grad")
     close(ops.weight_grad(d, x, poison(n_out, n_in)), d64.T @ x64, "weight_grad")
     close(ops.bias_grad(d, poison(n_out)), d64.sum(axis=0), "bias_grad")
-    before = theta.copy()
     assert ops.weight_grad(d, x, W, alpha=-0.1, beta=0.99) is W
     close(W, 0.99 * W0 - 0.1 * d64.T @ x64, "folded update in W")
-    np.testing.assert_array_equal(theta[:3], before[:3])  # nothing outside W moved
-    np.testing.assert_array_equal(theta[3 + n_out * n_in:], before[3 + n_out * n_in:])
+    after = theta_d.get()
+    np.testing.assert_array_equal(after[:3], theta[:3])  # nothing outside W moved
+    np.testing.assert_array_equal(after[3 + n_out * n_in:], theta[3 + n_out * n_in:])
     assert blas.calls.count("gemm") == 4 and blas.calls.count("gemv") == 1  # no NumPy fallback in between
 
 
 @pytest.mark.parametrize("kw,B", [(dict(activation="relu", bias=True, weight_decay=0.01), 1),
                                   (dict(activation="tanh", loss="squared", bias=True, momentum=0.9), 5)])
-def test_cupy_ops_training_steps_through_cupys_cublas_wrapper(host_cupy_ops, kw, B):
+def test_cupy_ops_training_steps_through_cupys_cublas_wrapper(standin, kw, B):
     """Whole steps of a (6, 9, 1) net through CuPy's cuBLAS wrapper: q = 1 (and B = 1 for plain SGD)."""
     import gpumlp
 
-    models = [gpumlp.MLP((6, 9, 1), backend="numpy", dtype="float64", seed=1, **kw) for _ in range(2)]
-    models[1].ops = host_cupy_ops("float64")
+    models = [gpumlp.MLP((6, 9, 1), backend="numpy", dtype="float64", seed=1, **kw),
+              standin.model((6, 9, 1), dtype="float64", seed=1, **kw)]
     models[1].ops._cublas, _ = _cupy_cublas_wrapper()
     rng = np.random.default_rng(3)
     for step in range(3):
@@ -1074,19 +1086,219 @@ def test_cupy_ops_training_steps_through_cupys_cublas_wrapper(host_cupy_ops, kw,
         y = rng.standard_normal((B, 1)) if models[0].loss == "squared" else np.zeros(B, int)
         J = [m.step(X, y, lr=0.05) for m in models]
         np.testing.assert_allclose(J[1], J[0], rtol=1e-12, err_msg=f"J at step {step}")
-        np.testing.assert_allclose(models[1].theta, models[0].theta, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(models[1].theta.get(), models[0].theta, rtol=1e-12, atol=1e-12)
 
 
-def test_cupy_ops_take_a_sparse_first_layer_input_on_a_host_stand_in(host_cupy_ops):
-    """CupyOps hands a sparse x (cupyx CSR on a GPU; SciPy's here) to the sparse-dense products of
-    gpumlp.ops instead of cuBLAS, for the forward product and the weight gradient, folded update included."""
+def test_cupy_ops_take_a_sparse_first_layer_input_on_a_host_stand_in(standin):
+    """CupyOps hands a sparse x (a cupyx CSR matrix on a GPU; the stand-in's here, SciPy's CSR on its
+    "device") to the sparse-dense products of gpumlp.ops instead of cuBLAS, for the forward product and
+    the weight gradient, folded update included."""
     sp = pytest.importorskip("scipy.sparse")
-    ops = host_cupy_ops("float64")
+    import cupy_standin
+
+    ops = standin.ops("float64")
     rng = np.random.default_rng(9)
     X = sp.random(12, 7, density=0.3, format="csr", random_state=9)
     Xd, W, b, d = X.toarray(), rng.standard_normal((5, 7)), rng.standard_normal(5), rng.standard_normal((12, 5))
-    np.testing.assert_allclose(ops.linear(X, W, b, np.full((12, 5), np.nan)), Xd @ W.T + b, rtol=1e-13, atol=1e-14)
-    np.testing.assert_allclose(ops.weight_grad(d, X, np.full((5, 7), np.nan)), d.T @ Xd, rtol=1e-13, atol=1e-14)
-    W2 = W.copy()
-    ops.weight_grad(d, X, W2, alpha=-0.1, beta=0.99)
-    np.testing.assert_allclose(W2, 0.99 * W - 0.1 * d.T @ Xd, rtol=1e-13, atol=1e-14)
+    up, nan = standin.upload, lambda *s: standin.upload(np.full(s, np.nan))
+    Xs = cupy_standin.DeviceCSR(X)
+    np.testing.assert_allclose(ops.linear(Xs, up(W), up(b), nan(12, 5)).get(), Xd @ W.T + b, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(ops.weight_grad(up(d), Xs, nan(5, 7)).get(), d.T @ Xd, rtol=1e-13, atol=1e-14)
+    W2 = up(W)
+    ops.weight_grad(up(d), Xs, W2, alpha=-0.1, beta=0.99)
+    np.testing.assert_allclose(W2.get(), 0.99 * W - 0.1 * d.T @ Xd, rtol=1e-13, atol=1e-14)
+
+
+def test_the_stand_in_refuses_host_arrays_where_cupy_does(standin):
+    """The stand-in is only worth its strictness: NumPy arrays handed to kernels, cuBLAS, operators and
+    functions are refused as real CuPy refuses them, and nothing converts a device array implicitly."""
+    cp, host = standin.cupy, np.ones((4, 3))
+    dev = standin.upload(host)
+    ops = standin.ops("float64")
+    for call in (lambda: ops.sq_norm(np.ones(5)),  # a RawKernel argument
+                 lambda: ops.act_forward("tanh", host, standin.upload(host)),  # an ElementwiseKernel argument
+                 lambda: ops.input_grad(dev, host.T, standin.upload(np.ones((4, 4)))),  # cuBLAS
+                 lambda: dev + host, lambda: host + dev, lambda: dev * np.float64(2) * np.ones(()),
+                 lambda: cp.isfinite(host), lambda: cp.ascontiguousarray(host), lambda: cp.take(dev, np.arange(2)),
+                 lambda: np.asarray(dev), lambda: np.isfinite(dev) & host):
+        with pytest.raises(TypeError):
+            call()
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray cannot be used for fill"):
+        dev[...] = host
+    # what CuPy allows: host -> device copies, scalars, host index arrays, 0-d host arrays as scalars
+    dev[...] = cp.asarray(host * 2)
+    dev[np.array([0, 1])] = np.float64(3.0)
+    dev[2] = np.array(5.0)
+    assert (dev.get() == [[3, 3, 3], [3, 3, 3], [5, 5, 5], [2, 2, 2]]).all()
+    assert isinstance(dev.sum(), cp.ndarray) and dev.sum().ndim == 0 and float(dev.sum()) == 39
+    assert cp.zeros_like(host).get().shape == (4, 3) and type(dev.data.ptr) is int
+
+
+FIT_CASES = [
+    dict(kw=dict(activation="tanh", momentum=0.9, bias=True, weight_decay=1e-3),
+         fit=dict(epochs=3, batch_size=16, lr=0.1, sample_weight=True)),
+    dict(kw=dict(activation="relu", optimizer="adam", bias=True),
+         fit=dict(epochs=4, batch_size=20, lr=0.01, early_stopping=True, validation_fraction=0.2, train_score=True)),
+    dict(kw=dict(activation="gelu", loss="squared", optimizer="adam", decoupled=True, weight_decay=1e-2),
+         fit=dict(epochs=2, batch_size=32, lr=0.01, shuffle=False, validation_data=True)),
+    dict(kw=dict(activation="sigmoid", weight_decay=1e-3), fit=dict(epochs=2, batch_size=25, lr=0.2,
+                                                                    class_weight="balanced")),
+]
+
+
+@pytest.mark.parametrize("case", FIT_CASES, ids=lambda c: c["kw"]["activation"])
+def test_fit_on_the_stand_in_follows_the_numpy_backend(standin, case):
+    """Whole fits (the trainer's epochs, shuffled device batches, weights, early stopping's split, validation,
+    the epoch's one read-back) on the strict stand-in against the NumPy backend, then inference from host data."""
+    import gpumlp
+
+    rng = np.random.default_rng(21)
+    kw, fit = dict(case["kw"]), dict(case["fit"])
+    squared = kw.get("loss") == "squared"
+    X = rng.standard_normal((70, 5))
+    y = rng.standard_normal((70, 3)) if squared else rng.integers(0, 3, 70)
+    if fit.pop("sample_weight", False):
+        fit["sample_weight"] = rng.uniform(0.2, 2.0, 70)
+    if fit.pop("validation_data", False):
+        fit["validation_data"] = (X[:20], y[:20])
+    models = [gpumlp.MLP((5, 8, 3), backend="numpy", dtype="float64", seed=4, **kw),
+              standin.model((5, 8, 3), dtype="float64", seed=4, **kw)]
+    for m in models:
+        m.fit(X, y, **fit)
+    cpu, dev = models
+    assert type(dev.theta).__module__.startswith("cupy") and dev.epochs_ == cpu.epochs_
+    np.testing.assert_allclose(dev.loss_curve_, cpu.loss_curve_, rtol=1e-11)
+    np.testing.assert_allclose(dev.theta.get(), cpu.theta, rtol=1e-10, atol=1e-12)
+    for k in ("score", "val_loss", "val_score"):
+        np.testing.assert_allclose(dev.history_[k], cpu.history_[k], rtol=1e-10, equal_nan=True, err_msg=k)
+    np.testing.assert_allclose(dev.decision_function(X), cpu.decision_function(X), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dev.score(X, y), cpu.score(X, y), rtol=1e-10)
+    if not squared:
+        np.testing.assert_array_equal(dev.predict(X), cpu.predict(X))
+        np.testing.assert_allclose(dev.predict_proba(X), cpu.predict_proba(X), rtol=1e-10, atol=1e-14)
+
+
+def _device_addresses(m):
+    """Where θ, ∂L/∂θ and every array of the optimizer's state live on the "device" (.data.ptr, as CuPy's)."""
+    o = m.optimizer
+    names = o.state_names + (("step",) if o.name == "adam" else ())
+    return {k: getattr(o, k).data.ptr for k in names} | {"theta": m.theta.data.ptr, "grad": m.grad.data.ptr}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow of the diverging fit is the point
+@pytest.mark.parametrize("kw", [dict(momentum=0.9), dict(optimizer="adam")], ids=["momentum", "adam"])
+def test_the_training_state_on_the_stand_in_keeps_its_device_addresses(standin, kw, tmp_path):
+    """The optimizer's device arrays (and θ, ∂L/∂θ) keep their addresses across load_state_dict, a resumed
+    file, set_params, a divergence restore inside fit and reset_parameters, with the values each promises;
+    and the state survives a checkpoint exactly (the device counter and moments round-trip)."""
+    import gpumlp
+
+    rng = np.random.default_rng(22)
+    X, y = rng.standard_normal((48, 5)), rng.integers(0, 3, 48)
+    m = standin.model((5, 8, 3), dtype="float64", seed=3, bias=True, **kw).fit(X, y, epochs=2, batch_size=16, lr=0.1)
+    where = _device_addresses(m)
+    saved = m.state_dict()
+    m.fit(X, y, epochs=1, batch_size=16, lr=0.1)
+    m.load_state_dict(saved)
+    assert _device_addresses(m) == where and m.optimizer.t == saved.meta["optimizer"]["t"] == 6
+    for k, v in m.optimizer.state_arrays().items():
+        np.testing.assert_array_equal(v.get(), saved.arrays[f"optimizer.{k}"])
+    m.save(tmp_path / "m.npz")
+    m.fit(X, y, epochs=1, batch_size=16, lr=0.1)
+    m.load_state_dict(gpumlp.load(tmp_path / "m.npz", backend="numpy").state_dict())
+    assert _device_addresses(m) == where
+    m.set_params(weight_decay=1e-3)
+    assert _device_addresses(m) == where
+    before = {k: v.get() for k, v in m.optimizer.state_arrays().items()}
+    theta = m.theta.get()
+    with pytest.raises(gpumlp.DivergenceError):
+        m.fit(X * 1e300, y, epochs=1, batch_size=16, lr=1e10)
+    assert _device_addresses(m) == where and m.optimizer.t == 6
+    np.testing.assert_array_equal(m.theta.get(), theta)
+    for k, v in m.optimizer.state_arrays().items():
+        np.testing.assert_array_equal(v.get(), before[k])
+    m.reset_parameters()
+    assert _device_addresses(m) == where and m.optimizer.t == 0
+    assert all(not v.get().any() for v in m.optimizer.state_arrays().values())
+
+
+@pytest.fixture
+def standin_sparse(standin, monkeypatch):
+    """The stand-in with cupyx.scipy.sparse (SciPy CSR matrices on its "device"), cuSPARSE taken as loaded."""
+    import sys
+
+    import cupy_standin
+    from gpumlp import backend as backend_module
+
+    for name, module in (("cupyx", types.ModuleType("cupyx")), ("cupyx.scipy", types.ModuleType("cupyx.scipy")),
+                         ("cupyx.scipy.sparse", cupy_standin.make_cupyx())):
+        monkeypatch.setitem(sys.modules, name, module)
+    real = backend_module.require_cuda_library
+    monkeypatch.setattr(backend_module, "require_cuda_library",
+                        lambda name, *a: None if name == "cuSPARSE" else real(name, *a))
+    return standin
+
+
+@pytest.mark.parametrize("kw", [dict(momentum=0.9), dict(optimizer="adam", weight_decay=1e-2), dict()],
+                         ids=["momentum", "adam", "sgd"])
+def test_sparse_fit_on_the_stand_in_follows_the_numpy_backend(standin_sparse, kw):
+    """Sparse X moved to the "device" whole (backend._csr), its batches gathered as CSR row subsets by a
+    device permutation, the first layer's products sparse-dense: the NumPy backend's run."""
+    sp = pytest.importorskip("scipy.sparse")
+    import gpumlp
+
+    X = sp.random(50, 7, density=0.3, format="csr", random_state=9)
+    y = np.random.default_rng(0).integers(0, 3, 50)
+    a = gpumlp.MLP((7, 6, 3), backend="numpy", dtype="float64", seed=1, bias=True, **kw).fit(X, y, epochs=2, batch_size=16)
+    b = standin_sparse.model((7, 6, 3), dtype="float64", seed=1, bias=True, **kw).fit(X, y, epochs=2, batch_size=16)
+    np.testing.assert_allclose(b.theta.get(), a.theta, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(b.decision_function(X), a.decision_function(X), rtol=1e-10, atol=1e-13)
+
+
+def test_lbfgs_and_the_estimators_on_the_stand_in(standin):
+    """Full-batch L-BFGS (θ out to SciPy and back each evaluation) and the scikit-learn estimators (host
+    coefs_ written back into the device θ, partial_fit, early stopping) on the strict stand-in."""
+    import gpumlp
+    from gpumlp.sklearn import MLPClassifier, MLPRegressor
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 5)), rng.integers(0, 3, 40)
+    a = gpumlp.MLP((5, 6, 3), backend="numpy", dtype="float64", seed=1, optimizer="lbfgs").fit(X, y, epochs=5)
+    b = standin.model((5, 6, 3), dtype="float64", seed=1, optimizer="lbfgs").fit(X, y, epochs=5)
+    np.testing.assert_allclose(b.theta.get(), a.theta, rtol=1e-8, atol=1e-12)
+    fits = []
+    for backend in ("numpy", "cupy"):
+        c = MLPClassifier(hidden_layer_sizes=(6,), solver="adam", max_iter=3, backend=backend, random_state=0)
+        with pytest.warns(Warning):  # ConvergenceWarning after 3 iterations
+            c.fit(X, y)
+        c.coefs_[0][0, 0] = 0.5  # a host edit, written back into θ before the next use
+        c.partial_fit(X, y)
+        fits.append(c)
+    assert type(fits[1].model_.theta).__module__.startswith("cupy")
+    np.testing.assert_allclose(fits[1].predict_proba(X), fits[0].predict_proba(X), rtol=1e-9, atol=1e-12)
+    r = MLPRegressor(hidden_layer_sizes=(6,), max_iter=4, backend="cupy", random_state=0, early_stopping=True,
+                     validation_fraction=0.25, n_iter_no_change=50)
+    with pytest.warns(Warning):
+        r.fit(X, X[:, 0])
+    assert np.isfinite(r.predict(X)).all()
+
+
+def test_the_command_line_on_the_stand_in(standin, tmp_path):
+    """gpumlp train (and a resume, a checkpointed early-stopping run), evaluate and predict with
+    --backend cupy on the strict stand-in: the command line's device code paths."""
+    from gpumlp import cli
+
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((60, 4)), rng.integers(0, 3, 60)
+    data, path = tmp_path / "d.npz", tmp_path / "m.npz"
+    np.savez(data, X=X, y=y)
+    common = ["--data", str(data), "--backend", "cupy", "--quiet", "--hidden", "5", "--batch-size", "16"]
+    assert cli.main(["train", *common, "--epochs", "2", "--momentum", "0.9", "--save", str(path)]) == 0
+    assert cli.main(["train", *common[:4], "--quiet", "--epochs", "3", "--resume", str(path), "--save", str(path)]) == 0
+    assert cli.main(["train", *common, "--epochs", "3", "--optimizer", "adam", "--lr", "1e-3", "--early-stopping",
+                     "--checkpoint-every", "1", "--save", str(tmp_path / "a.npz")]) == 0
+    assert cli.main(["evaluate", str(path), "--backend", "cupy"]) == 0
+    np.savetxt(tmp_path / "new.csv", X[:7], delimiter=",")
+    assert cli.main(["predict", str(path), "--backend", "cupy", "--data", str(tmp_path / "new.csv"),
+                     "--output", str(tmp_path / "labels.csv")]) == 0
+    assert len((tmp_path / "labels.csv").read_text().split()) >= 7
