@@ -10,8 +10,10 @@ where CuPy or a CUDA device is missing; nothing here touches CuPy at import.
 
 Tolerances, |gpu − reference| ≤ atol + rtol·|reference| per dtype, and why:
 - elementwise φ/φ′ and the loss terms: same formulas, CUDA's libdevice vs NumPy's libm differ by ≤ 2 ulp;
-  CuPy compiles with -ftz=true, so float32 results below 1.2e-38 become 0 (covered by atol); gelu′'s
-  amplified rounding near its tail as in tests/test_kernels_host.py (atol).
+  CuPy compiles with -ftz=true, so float32 results below 1.2e-38 become 0 (covered by atol) and float32
+  subnormal inputs are read as ±0 (the activations' reference is evaluated at the flushed inputs, since
+  relu′ of a subnormal is then φ′(0)); NVRTC fuses multiply-adds (1 − h² of tanh′ off by ≤ ½ ulp of h²,
+  atol); gelu′'s amplified rounding near its tail as in tests/test_kernels_host.py (atol).
 - sums (loss over the batch, Σa²): another summation order, error ~ log2(n)·eps relative.
 - a training step: cuBLAS and OpenBLAS sum the k products in other orders and blockings,
   ~ √k·eps relative, so float32 ~1e-5, float64 ~1e-13 (k ≤ 1000 here).
@@ -65,12 +67,32 @@ def assert_close(got, want, tol, what=""):
     np.testing.assert_allclose(got, np.asarray(want), rtol=rtol, atol=atol, equal_nan=True, err_msg=what)
 
 
+# Subnormal inputs, and inputs where tanh and sigmoid come within a few ulps of ±1 and gelu's tanh
+# saturates (as tests/test_kernels_host.py's SUBNORMAL and SATURATING).
+SUBNORMAL = {"float32": [1e-40, -1e-40, 1.4e-45, -1.4e-45, 1.1754942e-38, -1.1754942e-38],
+             "float64": [1e-310, -1e-310, 5e-324, -5e-324, 2.2250738585072e-308, -2.2250738585072e-308]}
+SATURATING = {"float32": [4, -4, 4.5, -4.5, 5.5, -5.5, 8, -8, 8.5, -8.5, 9, -9, 9.1, -9.1, 14, -14, 16, -16, 16.5,
+                          -16.5, 17, -17],
+              "float64": [8, -8, 9, -9, 17, -17, 18, -18, 18.5, -18.5, 19, -19, 19.5, -19.5, 33, -33, 36, -36, 36.5,
+                          -36.5, 37, -37, 38, -38]}
+
+
 def edge_and_random(dtype, rng):
     """5000 inputs (so that they reshape to (1000, 5)): the edges, then random values of two scales."""
     edges = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 1, -1, 5, -5, 20, -20, 88, -88, 100, -100,
-             1e4, -1e4, 1e30, -1e30, np.inf, -np.inf, np.nan]
+             1e4, -1e4, 1e30, -1e30, np.inf, -np.inf, np.nan] + SUBNORMAL[np.dtype(dtype).name] \
+        + SATURATING[np.dtype(dtype).name]
     return np.concatenate([np.array(edges), rng.standard_normal(4000) * 3,
                            rng.standard_normal(1000 - len(edges)) * 50]).astype(dtype)
+
+
+def flush_subnormals(a):
+    """The values as a kernel compiled with CuPy's -ftz=true sees them: float32 subnormals as ±0."""
+    a = np.array(a)
+    if a.dtype == np.float32:
+        sub = np.abs(a) < np.finfo(np.float32).tiny
+        a[sub] = np.copysign(np.float32(0), a[sub])
+    return a
 
 
 # ------------------------------------------------------------------------------ φ and φ′
@@ -82,8 +104,15 @@ def test_activation_kernels_match_functions(cp, activation, dtype):
     z = edge_and_random(dtype, rng).reshape(-1, 5)  # (B, h) as in a step
     dh = rng.standard_normal(z.shape).astype(dtype)
     with np.errstate(all="ignore"):
-        h_ref = F.ACTIVATIONS[activation].forward(z)
-        dz_ref = F.ACTIVATIONS[activation].backward(dh, z, h_ref)
+        # The reference at the inputs as the kernel sees them: CuPy's -ftz=true reads float32 subnormals as
+        # ±0, so relu′ and leaky_relu′ of a subnormal z are φ′(0) on the GPU (0 and the slope, where NumPy
+        # says 1: no tolerance covers that, the flushed reference has it exactly); float32 results below
+        # FLT_MIN become ±0, inside atol. NVRTC fuses 1 − h·h of tanh′ (and the products of gelu′) into
+        # FMAs: ≤ ½ ulp of h² times |dh|, inside atol (tests/test_kernels_host.py's
+        # test_activation_kernels_under_the_gpus_float_rules runs this comparison on a host build that
+        # flushes and fuses; tests/test_kernels_nvrtc.py shows NVRTC's code does both).
+        h_ref = F.ACTIVATIONS[activation].forward(flush_subnormals(z))
+        dz_ref = F.ACTIVATIONS[activation].backward(dh, flush_subnormals(z), flush_subnormals(h_ref))
     zd, dhd = cp.asarray(z), cp.asarray(dh)
     h = poisoned(cp, z.shape, dtype)
     assert ops.act_forward(activation, zd, h) is h

@@ -1,5 +1,5 @@
 """tests/test_gpu.py run on the CPU, on the strict CuPy stand-in (tests/cupy_standin.py, its kernels run by
-the host builds of tests/test_kernels_host.py), so that the GPU tests are right the first time they meet
+the host builds of tests/test_kernels_host.py, the ElementwiseKernels by its GPU arithmetic model), so that the GPU tests are right the first time they meet
 a GPU: every call they make into CuPy, CupyOps, the model and the trainer, every host/device crossing
 (the stand-in refuses NumPy arrays where real CuPy does), and their own arithmetic and tolerances
 against results that differ from a GPU's only as the host's libm and summation order differ.
@@ -21,7 +21,7 @@ import functools
 import pytest
 
 import test_gpu as G
-from test_kernels_host import grid_lib, lib, standin, standin_sparse  # noqa: F401 (fixtures)
+from test_kernels_host import gpu_float_model, grid_lib, standin, standin_sparse  # noqa: F401 (fixtures)
 
 GPU_ONLY = {
     "test_tf32_is_opt_in_and_changes_float32_products_only_at_the_1e3_level",
@@ -37,6 +37,14 @@ HEAVY = {"n": lambda n: n > 100_000, "B,q": lambda B, q: B * q > 50_000}
 # Five epochs of the command line over the digits (a minute under emulation); the command line's device
 # paths run on small data here in tests/test_kernels_host.py (test_the_command_line_on_the_stand_in).
 SLOW = {"test_a_command_line_run_on_the_gpu_predicts_from_python_on_either_backend"}
+
+
+@pytest.fixture(scope="module")
+def lib(gpu_float_model):
+    """The stand-in's ElementwiseKernels run on the device math built to do arithmetic as the GPU does
+    (float32 flushed to zero as by CuPy's -ftz=true, multiply-adds fused as by NVRTC): test_gpu.py's
+    expectations for subnormal and saturating inputs are the GPU's, and are checked against that here."""
+    return gpu_float_model.lib
 
 
 @pytest.fixture(autouse=True)

@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -46,6 +47,9 @@ CTYPE = {np.float32: ("float", "f32", ctypes.c_float), np.float64: ("double", "f
 # ..9.5 in float64, until tanh rounds to ±1 exactly) a 1-ulp difference of t = tanh(·) near ±1 is
 # multiplied by |z K (1 + 3C z²)| ≲ 20 (float32) or 100 (float64): 20 · 6e-8 ≈ 1.2e-6 and
 # 100 · 1.1e-16 ≈ 1e-14 absolute, on values that are themselves ~1e-7 (float32).
+# The host build keeps subnormals and rounds every operation on its own, as NumPy does, so the subnormal
+# and saturating edges (SUBNORMAL, SATURATING) hold to these tolerances with no allowance of their own;
+# what the GPU's flush-to-zero and FMAs change there is in test_activation_kernels_under_the_gpus_float_rules.
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 ATOL = {np.float32: 5e-6, np.float64: 1e-13}
 
@@ -55,6 +59,31 @@ PRELUDE = """
 #define __device__
 #define __forceinline__ inline
 #include "gpumlp_math.cuh"
+// GPUMLP_GPU_FLOAT_RULES (the GPU arithmetic model build, gpu_float_model below): float32 entry points
+// run as CuPy's -ftz=true has the GPU run float32 arithmetic, subnormal inputs read as zero and subnormal
+// results flushed to zero, for their duration (x86-64: MXCSR's DAZ and FTZ bits; AArch64: FPCR.FZ,
+// which does both). float64 is never flushed (-ftz applies to float32 only).
+#if defined(GPUMLP_GPU_FLOAT_RULES) && defined(__x86_64__)
+#include <xmmintrin.h>
+struct gpumlp_ftz_scope {
+    unsigned int saved;
+    gpumlp_ftz_scope() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }  // FTZ (bit 15) | DAZ (bit 6)
+    ~gpumlp_ftz_scope() { _mm_setcsr(saved); }
+};
+#define GPUMLP_FLOAT_SCOPE_float gpumlp_ftz_scope gpumlp_scope_;
+#elif defined(GPUMLP_GPU_FLOAT_RULES) && defined(__aarch64__)
+struct gpumlp_ftz_scope {
+    unsigned long saved;
+    gpumlp_ftz_scope() { asm volatile("mrs %0, fpcr" : "=r"(saved)); asm volatile("msr fpcr, %0" :: "r"(saved | (1ul << 24))); }
+    ~gpumlp_ftz_scope() { asm volatile("msr fpcr, %0" :: "r"(saved)); }
+};
+#define GPUMLP_FLOAT_SCOPE_float gpumlp_ftz_scope gpumlp_scope_;
+#elif defined(GPUMLP_GPU_FLOAT_RULES)
+#error "the GPU arithmetic model needs x86-64 or AArch64 (to flush float32 subnormals)"
+#else
+#define GPUMLP_FLOAT_SCOPE_float
+#endif
+#define GPUMLP_FLOAT_SCOPE_double
 """
 
 
@@ -92,6 +121,7 @@ def elementwise_cpp(name, ctype, suffix):
 namespace {name}_{suffix} {{
 typedef {ctype} T;
 extern "C" void {name}_{suffix}({", ".join(args)}, long long n) {{
+    GPUMLP_FLOAT_SCOPE_{ctype}
     for (long long i = 0; i < n; ++i) {{ {" ".join(refs)} {operation}; }}
 }}
 }}"""
@@ -182,24 +212,57 @@ HOST_LOOPS(double, f64)
 """
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
+def _build_device_math(tmp_path_factory, name, flags=()):
     cxx = _host_compiler("the CUDA device math")
-    d = tmp_path_factory.mktemp("kernels_host")
+    d = tmp_path_factory.mktemp(name)
     (d / _kernels.MATH_HEADER).write_text(_kernels.source(_kernels.MATH_HEADER))
     parts = [PRELUDE]
     for ctype, suffix, _ in CTYPE.values():
         parts += [elementwise_cpp(name, ctype, suffix) for name in sorted(_kernels.ELEMENTWISE)]
     parts.append(LOOPS)
     (d / "driver.cpp").write_text("\n".join(parts))
-    # -O2 without -ffast-math: IEEE semantics (NaN, inf, signed zeros) as on the GPU, which CuPy
-    # builds without fast math too (only -ftz=true, flush of float32 subnormals, differs there).
-    cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-I", str(d), str(d / "driver.cpp"),
-           "-o", str(d / "libgpumlp_host.so")]
+    cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", *flags, "-I", str(d), str(d / "driver.cpp"),
+           "-o", str(d / f"lib{name}.so")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"host compile of the device math failed:\n{res.stderr}"
     assert "warning" not in res.stderr, res.stderr
-    return ctypes.CDLL(str(d / "libgpumlp_host.so"))
+    return ctypes.CDLL(str(d / f"lib{name}.so"))
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    # -O2 without -ffast-math: IEEE semantics (NaN, inf, signed zeros), every operation rounded on its own
+    # (-std=c++17 is an ISO mode: GCC contracts no a*b + c into an FMA) and subnormals kept: exactly
+    # NumPy's arithmetic. The GPU differs in two ways, modelled by gpu_float_model below.
+    return _build_device_math(tmp_path_factory, "gpumlp_host")
+
+
+def _cpu_has_fma():
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True  # FMA is part of AArch64
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " fma" in line for line in f)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def gpu_float_model(tmp_path_factory):
+    """The device math built to do float arithmetic as CuPy has the GPU do it: a*b + c contracted into one
+    FMA where the compiler sees fit (NVRTC's default --fmad=true; GCC's -ffp-contract=fast), and float32
+    under flush-to-zero (CuPy's -ftz=true: subnormal inputs and results are zero). Returns the library and
+    whether FMA contraction is in it (an x86-64 CPU without FMA instructions gets the flush alone)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+        pytest.skip(f"the GPU arithmetic model flushes subnormals on x86-64 and AArch64 only, not {platform.machine()}")
+    fma = _cpu_has_fma()
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    flags = ["-DGPUMLP_GPU_FLOAT_RULES", "-ffp-contract=fast"] + (["-mfma"] if fma and x86 else [])
+    return types.SimpleNamespace(lib=_build_device_math(tmp_path_factory, "gpumlp_gpu_model", flags), fma=fma)
 
 
 def ptr(a):
@@ -221,9 +284,20 @@ def assert_close(got, want, dtype, what):
     np.testing.assert_allclose(got, want, rtol=RTOL[dtype], atol=ATOL[dtype], equal_nan=True, err_msg=what)
 
 
+# Subnormal inputs (CuPy's -ftz=true reads float32 ones as ±0 on the GPU) and inputs where φ saturates:
+# tanh and sigmoid within a few ulps of ±1 (1 − h² and h(1 − h) lose their digits to cancellation, and
+# an FMA changes the rounding of 1 − h²), gelu where its tanh reaches ±1 (the amplified tail of gelu′).
+SUBNORMAL = {np.float32: [1e-40, -1e-40, 1.4e-45, -1.4e-45, 1.1754942e-38, -1.1754942e-38],
+             np.float64: [1e-310, -1e-310, 5e-324, -5e-324, 2.2250738585072e-308, -2.2250738585072e-308]}
+SATURATING = {np.float32: [4, -4, 4.5, -4.5, 5.5, -5.5, 8, -8, 8.5, -8.5, 9, -9, 9.1, -9.1, 14, -14, 16, -16, 16.5,
+                           -16.5, 17, -17],
+              np.float64: [8, -8, 9, -9, 17, -17, 18, -18, 18.5, -18.5, 19, -19, 19.5, -19.5, 33, -33, 36, -36, 36.5,
+                           -36.5, 37, -37, 38, -38]}
+
+
 def edge_and_random(dtype, rng):
     edges = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 1, -1, 3, -3, 5, -5, 10, -10, 20, -20, 40, -40,
-             88, -88, 100, -100, 1e4, -1e4, 1e30, -1e30, np.inf, -np.inf, np.nan]
+             88, -88, 100, -100, 1e4, -1e4, 1e30, -1e30, np.inf, -np.inf, np.nan] + SUBNORMAL[dtype] + SATURATING[dtype]
     if dtype == np.float64:
         edges += [700, -700, 800, -800, 1e300, -1e300]
     return np.concatenate([np.array(edges), rng.standard_normal(500) * 3, rng.standard_normal(200) * 50]).astype(dtype)
@@ -245,6 +319,74 @@ def test_activation_forward_and_backward_match_functions(lib, activation, dtype)
             dz_ref = F.ACTIVATIONS[activation].backward(dh, z, h_ref)
             dz = run_elementwise(lib, f"gpumlp_{activation}_backward", dtype, dh, z, h_ref, np.full_like(z, np.nan))
             assert_close(dz, dz_ref, dtype, f"{activation} backward")
+
+
+def flush_subnormals(a):
+    """What CuPy's -ftz=true makes of float32 values on the GPU: subnormals (|a| < FLT_MIN) are ±0, the sign
+    kept; float64 is left as it is."""
+    a = np.array(a)
+    if a.dtype == np.float32:
+        sub = np.abs(a) < np.finfo(np.float32).tiny  # NaN compares False: kept
+        a[sub] = np.copysign(np.float32(0), a[sub])
+    return a
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", _kernels.ACTIVATIONS)
+def test_activation_kernels_under_the_gpus_float_rules(gpu_float_model, activation, dtype):
+    """The test above, on the device math built to do arithmetic as the GPU does (gpu_float_model: FMA
+    contraction; float32 flushed to zero), against the reference evaluated at the inputs as the GPU sees
+    them (float32 subnormals as ±0), with the same tolerances, because:
+    - a flushed subnormal is ±0 to the kernel: relu′ and leaky_relu′ of a subnormal z are φ′(0) (0 and the
+      slope, not 1: no tolerance could cover that, the flushed reference has it exactly), and results below
+      FLT_MIN become ±0, off by less than 1.2e-38, far inside ATOL;
+    - an FMA rounds 1 − h² once where NumPy rounds h² first: they differ by at most half an ulp of h²,
+      2⁻²⁵·|dh| (float32) or 2⁻⁵⁴·|dh| (float64), inside ATOL for |dh| up to ~100 (here ≲ 5). In gelu′ the
+      same half ulp of t² is multiplied by |½ z K (1 + 3C z²)| ≲ 10 in the float32 tail (≲ 50 in float64):
+      ≲ 3e-7 (float32) and 3e-15 (float64) absolute, inside ATOL too. tests/test_gpu.py compares the GPU's
+      results the same way, with the same tolerances."""
+    model = gpu_float_model.lib
+    rng = np.random.default_rng(0)
+    z = edge_and_random(dtype, rng)
+    with np.errstate(all="ignore"):
+        h_in = F.ACTIVATIONS[activation].forward(z)  # the h a step hands to φ′ (its own φ(z), here NumPy's)
+        h_ref = F.ACTIVATIONS[activation].forward(flush_subnormals(z))
+        h = run_elementwise(model, f"gpumlp_{activation}_forward", dtype, z, np.full_like(z, np.nan))
+        assert_close(h, h_ref, dtype, f"{activation} forward, GPU float rules")
+        for dh in (np.ones_like(z), rng.standard_normal(z.size).astype(dtype)):
+            dz_ref = F.ACTIVATIONS[activation].backward(dh, flush_subnormals(z), flush_subnormals(h_in))
+            dz = run_elementwise(model, f"gpumlp_{activation}_backward", dtype, dh, z, h_in, np.full_like(z, np.nan))
+            assert_close(dz, dz_ref, dtype, f"{activation} backward, GPU float rules")
+
+
+def test_the_gpu_float_model_flushes_and_fuses_where_the_host_build_does_not(lib, gpu_float_model):
+    """The model is not the host build under another name: relu′ and leaky_relu′ of float32 subnormals
+    are φ′(0) there and 1 in the host build (float64 subnormals are not flushed in either), and where an
+    FMA rounds 1 − h² differently from NumPy's two roundings, the model's tanh′ is the FMA's value."""
+    from fractions import Fraction
+
+    def grad(library, act, z, h=None):
+        z = np.asarray(z)
+        return run_elementwise(library, f"gpumlp_{act}_backward", z.dtype.type, np.ones_like(z), z,
+                               z if h is None else h, np.empty_like(z))
+
+    sub32, sub64 = np.array([1e-40, -1e-40, 1.4e-45], np.float32), np.array([1e-310, 5e-324], np.float64)
+    slope = np.float32(F.LEAKY_SLOPE)
+    np.testing.assert_array_equal(grad(lib, "relu", sub32), [1, 0, 1])
+    np.testing.assert_array_equal(grad(gpu_float_model.lib, "relu", sub32), [0, 0, 0])
+    np.testing.assert_array_equal(grad(lib, "leaky_relu", sub32), [1, slope, 1])
+    np.testing.assert_array_equal(grad(gpu_float_model.lib, "leaky_relu", sub32), [slope, slope, slope])
+    np.testing.assert_array_equal(grad(gpu_float_model.lib, "relu", sub64), [1, 1])
+    if not gpu_float_model.fma:
+        pytest.skip("this x86-64 CPU has no FMA instructions: the model flushes but cannot fuse")
+    for dtype, ulp in ((np.float32, 2.0**-24), (np.float64, 2.0**-53)):
+        h = (1 - ulp * np.arange(1, 200)).astype(dtype)  # just below 1: where 1 − h² cancels
+        two_roundings = (dtype(1) - h * h).astype(dtype)  # NumPy: h² rounded, then the difference
+        one_rounding = np.array([float(1 - Fraction(float(v)) ** 2) for v in h]).astype(dtype)  # exact, rounded once
+        differ = one_rounding != two_roundings
+        assert differ.sum() > 10, f"{dtype.__name__}: too few inputs where the roundings differ"
+        np.testing.assert_array_equal(grad(lib, "tanh", h, h), two_roundings)
+        np.testing.assert_array_equal(grad(gpu_float_model.lib, "tanh", h, h), one_rounding)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -995,7 +1137,6 @@ class _Dev:
         return _Dev(np.array(self.a, order=order))
 
 
-import types  # noqa: E402
 
 
 def _cupy_cublas_wrapper():

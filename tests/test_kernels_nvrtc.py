@@ -219,3 +219,51 @@ def test_our_wrapper_is_the_code_cupy_generates(name, dtype, layout):
     ours = cupy_style_source([kernel], CTYPE[dtype], *layout)
     ours = "\n".join(line for line in ours.splitlines() if not line.startswith("#include <cupy/"))
     assert " ".join(_cupy_generated_code(kernel, dtype, *layout).split()) == " ".join(ours.split())
+
+
+# --------------------------------------------------------------------------- what the host build does not do
+def _ptx_of_each_kernel(nvrtc, cupy_include_options, names, ctype, extra=()):
+    """PTX (for compute_90, with CuPy's options) of the ElementwiseKernels ``names``: kernel name -> its body."""
+    import re
+
+    src = cupy_style_source([_kernels.make_elementwise(n) for n in names], ctype, 1, True, True)
+    prog = nvrtc.createProgram(src, "ptx.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, ["-arch=compute_90", "--std=c++17", "-ftz=true", *cupy_include_options, *extra])
+        ptx = nvrtc.getPTX(prog).decode()
+    finally:
+        nvrtc.destroyProgram(prog)
+    return {body.split("(")[0].strip(): body for body in re.split(r"\.entry ", ptx)[1:]}
+
+
+def test_nvrtc_flushes_float32_and_leaves_multiply_adds_to_be_fused(nvrtc, cupy_include_options):
+    """What the host build of the device math does not model, as NVRTC compiles it with CuPy's options
+    (tests/test_kernels_host.py's gpu_float_model models both, and test_gpu.py expects both):
+    - -ftz=true: float32 arithmetic and comparisons carry .ftz (relu′'s z > 0 reads a subnormal z as 0);
+      float64 none;
+    - NVRTC's default --fmad=true: the multiply and the subtraction of tanh′ = 1 − h·h carry no rounding
+      modifier, which lets ptxas fuse them into one FMA (PTX ISA: mul/add/sub without .rn may be fused),
+      where --fmad=false writes .rn and so forbids it."""
+    names = ("gpumlp_relu_backward", "gpumlp_tanh_backward")
+    f32 = _ptx_of_each_kernel(nvrtc, cupy_include_options, names, "float")
+    f64 = _ptx_of_each_kernel(nvrtc, cupy_include_options, names, "double")
+    assert "setp.gt.ftz.f32" in f32["gpumlp_relu_backward"]
+    assert "setp.gt.f64" in f64["gpumlp_relu_backward"] and ".ftz" not in f64["gpumlp_relu_backward"]
+    for ptx, t in ((f32["gpumlp_tanh_backward"], "ftz.f32"), (f64["gpumlp_tanh_backward"], "f64")):
+        assert f"mul.{t}" in ptx and f"sub.{t}" in ptx  # fusable: no .rn
+        assert "mul.rn." not in ptx and "sub.rn." not in ptx
+    strict = _ptx_of_each_kernel(nvrtc, cupy_include_options, names, "float", ["--fmad=false"])
+    assert "mul.rn.ftz.f32" in strict["gpumlp_tanh_backward"] and "sub.rn.ftz.f32" in strict["gpumlp_tanh_backward"]
+
+
+def test_cupy_compiles_every_kernel_with_flush_to_zero():
+    """The premise of the test above: CuPy adds -ftz=true to every compile (cupy/cuda/compiler.py), and
+    _kernels passes no --fmad option of its own (NVRTC's default, fusing, applies)."""
+    import inspect
+
+    try:
+        from cupy.cuda import compiler
+    except Exception as exc:
+        _unavailable(f"CuPy is not importable ({exc})")
+    assert "options += ('-ftz=true',)" in inspect.getsource(compiler)
+    assert not any("fmad" in o for o in _kernels.RAW_OPTIONS)
