@@ -2,7 +2,8 @@
 the host builds of tests/test_kernels_host.py, the ElementwiseKernels by its GPU arithmetic model), so that the GPU tests are right the first time they meet
 a GPU: every call they make into CuPy, CupyOps, the model and the trainer, every host/device crossing
 (the stand-in refuses NumPy arrays where real CuPy does), and their own arithmetic and tolerances
-against results that differ from a GPU's only as the host's libm and summation order differ.
+against results that differ from a GPU's only as the host's libm and summation order differ. The GPU
+tests of tests/test_optim.py (the fused update kernels, Adam's device step counter) run here too.
 
 Not run here, because only a GPU can answer them (they run there, from tests/test_gpu.py):
 - what CUDA itself does: TF32 math modes, CuPy's memory pool and its hooks, a kernel spinning on
@@ -21,6 +22,7 @@ import functools
 import pytest
 
 import test_gpu as G
+import test_optim as O
 from test_kernels_host import gpu_float_model, grid_lib, standin, standin_sparse  # noqa: F401 (fixtures)
 
 GPU_ONLY = {
@@ -55,9 +57,12 @@ def cp(standin_sparse):
 
 
 def _without_heavy_cases(fn):
-    """``fn`` with the HEAVY parameter sets left out of its parametrize marks (a new function object)."""
+    """``fn`` with the HEAVY parameter sets left out of its parametrize marks and without its ``gpu`` mark
+    (which has it skipped where no GPU answers: here the stand-in does), as a new function object."""
     marks = []
     for mark in getattr(fn, "pytestmark", []):
+        if mark.name == "gpu":
+            continue
         if mark.name == "parametrize" and mark.args[0] in HEAVY:
             names, values = mark.args[0], mark.args[1]
             heavy = HEAVY[names]
@@ -77,8 +82,23 @@ for _name in dir(G):
     if _name.startswith("test_") and _name not in GPU_ONLY | SLOW:
         globals()[_name] = _without_heavy_cases(getattr(G, _name))
 
+# tests/test_optim.py's GPU tests: the fused SGD and Adam kernels through CupyOps against the NumPy rules,
+# and whole epochs of each optimizer (they ask cupy_status first: the stand-in answers it).
+OPTIM_GPU_TESTS = ("test_fused_sgd_kernel_matches_numpy", "test_fused_adam_kernel_matches_numpy",
+                   "test_cupy_training_matches_numpy")
+for _name in OPTIM_GPU_TESTS:
+    globals()[_name] = _without_heavy_cases(getattr(O, _name))
+
+
+@pytest.fixture(autouse=True)
+def _optim_sees_the_stand_in(standin, monkeypatch):
+    monkeypatch.setattr(O, "cupy_status", lambda: (True, "the host stand-in for CuPy"))
+
 
 def test_every_gpu_test_runs_here_or_is_named_as_gpu_only():
     ran = {name for name in globals() if name.startswith("test_") and name in dir(G)}
     assert ran | GPU_ONLY | SLOW == {name for name in dir(G) if name.startswith("test_")}
     assert GPU_ONLY | SLOW <= set(dir(G)), "a name that test_gpu.py no longer has"
+    gpu_marked = {name for name in dir(O) if name.startswith("test_")
+                  and any(m.name == "gpu" for m in getattr(getattr(O, name), "pytestmark", []))}
+    assert gpu_marked == set(OPTIM_GPU_TESTS), "test_optim.py's GPU tests changed: run the new ones here too"
