@@ -139,3 +139,30 @@ def test_the_help_lists_both_commands():
     p = subprocess.run([sys.executable, "-m", "gpumlp", "--help"], capture_output=True, text=True, timeout=60,
                        check=False, env={k: v for k, v in os.environ.items() if k != "GPUMLP_BACKEND"})
     assert p.returncode == 0 and "graph" in p.stdout and "check-gradients" in p.stdout
+
+
+def test_a_terminal_that_cannot_show_the_symbols_gets_escapes_and_the_dot_stays_utf8(tmp_path):
+    """Standard output that cannot encode ∂, λ or ² (an ASCII or Latin-1 locale; PYTHONIOENCODING stands
+    in for one on any machine): --help, check-gradients and a regression's R² come out with backslash
+    escapes instead of exit status 1 and a UnicodeEncodeError, and the DOT on standard output is the
+    UTF-8 file that --output writes."""
+    env = {k: v for k, v in os.environ.items() if k != "GPUMLP_BACKEND"}
+    env["PYTHONIOENCODING"] = "ascii"
+
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "gpumlp", *map(str, args)], capture_output=True, env=env,
+                           timeout=120, check=False)
+        assert p.returncode == 0, p.stderr.decode("utf-8", "replace")
+        return p.stdout
+
+    assert b"\\u03bb" in run("train", "--help")  # λ
+    out = run("check-gradients", "--hidden", "8", "--backend", "numpy")
+    assert b"\\u2202J/\\u2202W1" in out and b"all 7 gradients agree" in out
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "r.npz", X=X, y=X[:, 0] - X[:, 1])
+    assert b"test R\\xb2" in run("train", "--data", tmp_path / "r.npz", "--loss", "squared", "--epochs", "2",
+                                  "--backend", "numpy", "--quiet")
+    run("graph", "-o", tmp_path / "g.dot", "-q")
+    dot = run("graph")
+    assert dot == (tmp_path / "g.dot").read_bytes() and "∂J/∂W1".encode("utf-8") in dot

@@ -27,6 +27,8 @@ a run's model and preprocessing are a ``gpumlp.Pipeline``, used through public n
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 
@@ -42,6 +44,33 @@ __all__ = ["main", "build_parser"]
 
 
 def main(argv=None):
+    with _printable_streams():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def _printable_streams():
+    """While a command runs, a character that standard output or error cannot encode (λ, ∂, ε, R² in
+    help texts, results and graphs, on an ASCII or Latin-1 locale) is written as a backslash escape
+    instead of ending the command with a UnicodeEncodeError; the streams get their own handler back
+    after it."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError, io.UnsupportedOperation):  # closed, or not reconfigurable
+                continue
+            changed.append(stream)
+    try:
+        yield
+    finally:
+        for stream in changed:
+            with contextlib.suppress(ValueError, OSError, io.UnsupportedOperation):
+                stream.reconfigure(errors="strict")
+
+
+def _main(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])

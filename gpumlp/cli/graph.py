@@ -63,7 +63,12 @@ def cmd_graph(args):
     elif fmt == "png":
         sys.stdout.buffer.write(graph.to_png())
         sys.stdout.flush()
-    else:
-        sys.stdout.write(graph.to_dot() if fmt == "dot" else graph.to_svg())
+    else:  # DOT and SVG are UTF-8 files, as --output writes them, whatever the locale's encoding
+        text = graph.to_dot() if fmt == "dot" else graph.to_svg()
+        sys.stdout.flush()
+        if hasattr(sys.stdout, "buffer"):
+            sys.stdout.buffer.write(text.encode("utf-8"))
+        else:  # a text-only stream put in place by the caller
+            sys.stdout.write(text)
         sys.stdout.flush()
     return 0
