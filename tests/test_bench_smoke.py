@@ -73,7 +73,8 @@ def test_compare_lbfgs_runs_in_smoke_mode(tmp_path):
     out = tmp_path / "lbfgs.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_lbfgs.py"), "--rounds", "2", "--fits", "1",
                         "--datasets", "iris,diabetes", "--max-iter", "5", "--json", str(out)],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       capture_output=True, encoding="utf-8", timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8"))  # its ÷ and ·, any locale
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads(out.read_text())["summary"]
     for name in ("iris", "diabetes"):
