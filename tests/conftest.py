@@ -1,9 +1,29 @@
 """GPU plumbing for the tests: items marked ``gpu`` run only where CuPy imports and a CUDA device
-answers (``gpumlp.backend.cupy_status``); elsewhere they are skipped with the reason. And the count of
-scikit-learn's own MLP tests (tests/test_sklearn_upstream.py) that pass, printed at the end of a run."""
+answers (``gpumlp.backend.cupy_status``); elsewhere they are skipped with the reason. The count of
+scikit-learn's own MLP tests (tests/test_sklearn_upstream.py) that pass, printed at the end of a run.
+And a run that does not depend on the shell it starts from: gpumlp's own settings are taken out of the
+environment (the header says which), so the tests see gpumlp's defaults wherever they run and set a
+variable themselves where they test it."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Read by gpumlp when a model is made or a product runs; left in a developer's shell or a CI machine's
+# environment they changed what the tests see: GPUMLP_BACKEND=cupy made every model without a backend
+# fail on a CPU machine, GPUMLP_CBLAS=0 turned the OpenBLAS GEMM path off (its tests skipped or failed),
+# GPUMLP_TF32 / CUPY_TF32 round float32 products on the GPU to 10 bits, GPUMLP_MPI_CUDA_AWARE forces
+# the MPI engine's choice. Removed before anything is imported or collected; children inherit that.
+SETTINGS = ("GPUMLP_BACKEND", "GPUMLP_CBLAS", "GPUMLP_TF32", "GPUMLP_MPI_CUDA_AWARE", "CUPY_TF32")
+CLEARED = {name: os.environ.pop(name) for name in SETTINGS if name in os.environ}
+
+
+def pytest_report_header(config):
+    if CLEARED:
+        return "gpumlp settings taken out of the environment for this run: " + \
+            ", ".join(f"{k}={v}" for k, v in CLEARED.items())
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
