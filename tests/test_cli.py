@@ -278,6 +278,14 @@ def test_plot_without_matplotlib_fails_before_training(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- errors and exit codes
+def absent_dir(args, fragment, tmp_path):
+    """{absent} in a case: a directory that surely does not exist (a fixed /nonexistent may, and root
+    would then train and write there)."""
+    absent = tmp_path / "absent"
+    assert not absent.exists()
+    return [a.replace("{absent}", str(absent)) for a in args], fragment.replace("{absent}", str(absent))
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["train", "--lr", "-1"], "--lr: must be > 0"),
     (["train", "--lr", "nan"], "--lr: must be > 0"),
@@ -291,22 +299,24 @@ def test_plot_without_matplotlib_fails_before_training(tmp_path):
     (["train", "--activation", "swish"], "activation must be one of"),
     (["train", "--nesterov", "--momentum", "0"], "--nesterov needs --momentum > 0"),
     (["train", "--seed", "-1"], "--seed: must be >= 0"),
-    (["train", "--save", "/nonexistent/m.npz"], "--save /nonexistent/m.npz: no such directory /nonexistent"),
-    (["train", "--plot", "/nonexistent/c.png"], "--plot /nonexistent/c.png: no such directory /nonexistent"),
+    (["train", "--save", "{absent}/m.npz"], "--save {absent}/m.npz: no such directory {absent}"),
+    (["train", "--plot", "{absent}/c.png"], "--plot {absent}/c.png: no such directory {absent}"),
     (["nonsense"], "invalid choice"),
     ([], "required"),
 ])
-def test_usage_errors_exit_2(args, fragment):
+def test_usage_errors_exit_2(args, fragment, tmp_path):
+    args, fragment = absent_dir(args, fragment, tmp_path)
     p = run(*args, check_rc=2)
     assert fragment in p.stderr and "usage:" in p.stderr and "Traceback" not in p.stderr
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["train", "--data", "/nonexistent/x.csv"], "no such data file: /nonexistent/x.csv"),
-    (["evaluate", "/nonexistent/m.npz"], "no such model file"),
+    (["train", "--data", "{absent}/x.csv"], "no such data file: {absent}/x.csv"),
+    (["evaluate", "{absent}/m.npz"], "no such model file"),
     (["train", "--lr", "1e6", "--epochs", "3"], "diverged"),
 ])
-def test_failures_exit_1_with_one_line(args, fragment):
+def test_failures_exit_1_with_one_line(args, fragment, tmp_path):
+    args, fragment = absent_dir(args, fragment, tmp_path)
     p = run(*args, check_rc=1)
     assert fragment in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
