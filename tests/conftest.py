@@ -3,10 +3,13 @@ answers (``gpumlp.backend.cupy_status``); elsewhere they are skipped with the re
 scikit-learn's own MLP tests (tests/test_sklearn_upstream.py) that pass, printed at the end of a run.
 And a run that does not depend on the shell it starts from: gpumlp's own settings are taken out of the
 environment (the header says which), so the tests see gpumlp's defaults wherever they run and set a
-variable themselves where they test it."""
+variable themselves where they test it; where HOME cannot be written, CuPy gets a kernel cache of the
+run's own."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -19,11 +22,38 @@ SETTINGS = ("GPUMLP_BACKEND", "GPUMLP_CBLAS", "GPUMLP_TF32", "GPUMLP_MPI_CUDA_AW
 CLEARED = {name: os.environ.pop(name) for name in SETTINGS if name in os.environ}
 
 
+def _writable_home_for_cupy():
+    """CuPy makes its kernel cache (~/.cupy/kernel_cache) when it is imported, and its import fails
+    where that cannot be made: a HOME that does not exist or is read-only (build users such as
+    Debian's or Nix's have HOME=/nonexistent). Then the NVRTC tests and every child that imports CuPy
+    failed for that reason alone; such a run gets a kernel cache of its own, removed at the end."""
+    if "CUPY_CACHE_DIR" in os.environ:
+        return None
+    place = os.path.expanduser(os.path.join("~", ".cupy", "kernel_cache"))
+    while not os.path.exists(place) and os.path.dirname(place) != place:
+        place = os.path.dirname(place)  # the nearest part that exists: CuPy would create the rest
+    if os.path.isdir(place) and os.access(place, os.W_OK | os.X_OK):
+        return None
+    os.environ["CUPY_CACHE_DIR"] = tempfile.mkdtemp(prefix="gpumlp-tests-cupy-cache-")
+    return os.environ["CUPY_CACHE_DIR"]
+
+
+CUPY_CACHE = _writable_home_for_cupy()
+
+
 def pytest_report_header(config):
+    lines = []
     if CLEARED:
-        return "gpumlp settings taken out of the environment for this run: " + \
-            ", ".join(f"{k}={v}" for k, v in CLEARED.items())
-    return None
+        lines.append("gpumlp settings taken out of the environment for this run: " +
+                     ", ".join(f"{k}={v}" for k, v in CLEARED.items()))
+    if CUPY_CACHE:
+        lines.append(f"HOME cannot hold CuPy's kernel cache: CUPY_CACHE_DIR={CUPY_CACHE} for this run")
+    return lines
+
+
+def pytest_unconfigure(config):
+    if CUPY_CACHE:
+        shutil.rmtree(CUPY_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
