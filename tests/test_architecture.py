@@ -28,7 +28,7 @@ def _imports():
         name = _module_name(path)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
@@ -77,7 +77,7 @@ def test_the_file_format_and_the_step_do_not_know_the_model_class():
 
 def test_only_backend_asks_whether_an_array_is_cupys():
     offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-                 if p.name != "backend.py" and re.search(r"__module__\.startswith\(.cupy", p.read_text())]
+                 if p.name != "backend.py" and re.search(r"__module__\.startswith\(.cupy", p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 
@@ -139,12 +139,12 @@ def test_clients_use_public_names_only(path):
     """The command line, the estimators and the benchmarks reach no private attribute of gpumlp's
     objects (nor of one another's) and import no private gpumlp module or name (the kernel sources
     of gpu_check aside)."""
-    assert _private_reaches(path.read_text(), package_relative=path.parent != PACKAGE.parent / "benchmarks") == []
+    assert _private_reaches(path.read_text(encoding="utf-8"), package_relative=path.parent != PACKAGE.parent / "benchmarks") == []
 
 
 # ------------------------------------------------------------------------------ one screen per function
 def _functions(path):
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     return [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
@@ -159,7 +159,7 @@ def test_functions_of_the_clients_and_the_model_fit_on_a_screen(path):
 def test_the_model_class_stays_under_450_lines():
     """The lecture's model is parameters, forward/backward and predict; training lives in step.py and
     trainer.py, the checks in validation.py and mlp.py's module functions."""
-    classes = [n for n in ast.parse((PACKAGE / "mlp.py").read_text()).body
+    classes = [n for n in ast.parse((PACKAGE / "mlp.py").read_text(encoding="utf-8")).body
                if isinstance(n, ast.ClassDef) and n.name == "MLP"]
     assert len(classes) == 1 and classes[0].end_lineno - classes[0].lineno + 1 < 450
 

@@ -27,7 +27,7 @@ def cupy_imports(path):
     """(line, module) of every import of CuPy in ``path``: import statements, ``__import__("...")``
     and ``importlib.import_module("...")`` with a constant name."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]

@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 tomllib = pytest.importorskip("tomllib", reason="Python 3.11's tomllib reads pyproject.toml")
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+EXTRAS = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
 GPU_EXTRAS = ["cuda12", "cuda13", "nccl-cuda12", "nccl-cuda13"]
 
 
