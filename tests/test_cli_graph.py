@@ -141,13 +141,14 @@ def test_the_help_lists_both_commands():
     assert p.returncode == 0 and "graph" in p.stdout and "check-gradients" in p.stdout
 
 
-def test_a_terminal_that_cannot_show_the_symbols_gets_escapes_and_the_dot_stays_utf8(tmp_path):
+@pytest.mark.parametrize("handler", ["strict", "surrogateescape"])  # Python's, elsewhere and on a C locale
+def test_a_terminal_that_cannot_show_the_symbols_gets_escapes_and_the_dot_stays_utf8(tmp_path, handler):
     """Standard output that cannot encode ∂, λ or ² (an ASCII or Latin-1 locale; PYTHONIOENCODING stands
     in for one on any machine): --help, check-gradients and a regression's R² come out with backslash
     escapes instead of exit status 1 and a UnicodeEncodeError, and the DOT on standard output is the
     UTF-8 file that --output writes."""
     env = {k: v for k, v in os.environ.items() if k != "GPUMLP_BACKEND"}
-    env["PYTHONIOENCODING"] = "ascii"
+    env["PYTHONIOENCODING"] = f"ascii:{handler}"
 
     def run(*args):
         p = subprocess.run([sys.executable, "-m", "gpumlp", *map(str, args)], capture_output=True, env=env,

@@ -27,6 +27,7 @@ a run's model and preprocessing are a ``gpumlp.Pipeline``, used through public n
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import os
@@ -48,26 +49,43 @@ def main(argv=None):
         return _main(argv)
 
 
+def _escape_unencodable(exc):
+    """The error handler of _printable_streams: a character the stream's encoding lacks becomes a
+    backslash escape (\\u2202 for ∂); a byte that surrogateescape carried through from an undecodable
+    name (a file name on a C locale) goes out as that byte, as surrogateescape itself would write it."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    c = exc.object[exc.start]
+    if 0xDC80 <= ord(c) <= 0xDCFF:
+        return bytes([ord(c) - 0xDC00]), exc.start + 1
+    return c.encode("ascii", "backslashreplace").decode("ascii"), exc.start + 1
+
+
+codecs.register_error("gpumlp.escape", _escape_unencodable)
+
+
 @contextlib.contextmanager
 def _printable_streams():
     """While a command runs, a character that standard output or error cannot encode (λ, ∂, ε, R² in
     help texts, results and graphs, on an ASCII or Latin-1 locale) is written as a backslash escape
     instead of ending the command with a UnicodeEncodeError; the streams get their own handler back
-    after it."""
+    after it. (Python's own for standard output is "strict", or "surrogateescape" on a C locale;
+    both raise on such characters.)"""
     changed = []
     for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        errors = getattr(stream, "errors", None)
+        if errors in ("strict", "surrogateescape") and hasattr(stream, "reconfigure"):
             try:
-                stream.reconfigure(errors="backslashreplace")
+                stream.reconfigure(errors="gpumlp.escape")
             except (ValueError, OSError, io.UnsupportedOperation):  # closed, or not reconfigurable
                 continue
-            changed.append(stream)
+            changed.append((stream, errors))
     try:
         yield
     finally:
-        for stream in changed:
+        for stream, errors in changed:
             with contextlib.suppress(ValueError, OSError, io.UnsupportedOperation):
-                stream.reconfigure(errors="strict")
+                stream.reconfigure(errors=errors)
 
 
 def _main(argv):
