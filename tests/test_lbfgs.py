@@ -5,6 +5,7 @@ in test_sklearn.py."""
 import math
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +235,32 @@ def test_a_second_thread_cannot_train_a_model_in_an_l_bfgs_fit():
         t.join(10)
     assert len(errors) == 2 and all("another thread" in e for e in errors)
     assert m.epochs_ == 2 and m.weight_decay == 1e-3
+
+
+def test_scipys_blas_runs_one_thread_while_l_bfgs_minimises_and_numpys_keeps_its_own():
+    """SciPy's OpenBLAS and NumPy's each spin a worker after a call; with both spinning our threaded GEMMs
+    wait for a core (gpumlp.lbfgs' docstring). During the fit every BLAS beside NumPy's runs one thread."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg  # noqa: F401  (SciPy's BLAS loaded, as minimize loads it)
+    from gpumlp.lbfgs import scipy_blas_single_threaded
+
+    def counts():
+        return {c.filepath: c.num_threads for c in threadpoolctl.ThreadpoolController().lib_controllers
+                if c.user_api == "blas"}
+
+    before = counts()
+    numpy_dir = str(Path(np.__file__).resolve().parent)
+    ours = [f for f in before if f.startswith(numpy_dir)]  # numpy.libs/ sits beside numpy/
+    if len(before) < 2 or not ours:
+        pytest.skip(f"NumPy and SciPy do not each bring their own BLAS here ({sorted(before)}): nothing to limit")
+    during = []
+    X, y = blobs(60)
+    model().fit(X, y, epochs=3, callbacks=lambda m, record: during.append(counts()))
+    assert during
+    for seen in during:
+        assert {f: n for f, n in seen.items() if f not in ours} == {f: 1 for f in before if f not in ours}
+        assert {f: seen[f] for f in ours} == {f: before[f] for f in ours}
+    assert counts() == before  # restored after the fit
+    with scipy_blas_single_threaded():
+        assert all(n == 1 for f, n in counts().items() if f not in ours)
+    assert counts() == before
