@@ -13,6 +13,19 @@ weights: gpumlp.sklearn draws them as scikit-learn does). gpumlp on the NumPy ba
     iris, wine, breast_cancer, digits   MLPClassifier: test accuracy, training loss (loss_), n_iter_
     diabetes                            MLPRegressor (y standardised on the training split): test R²
 
+Small generated problems, where a fit is a few milliseconds and BLAS threads matter most (issue 17: two
+OpenBLAS pools spinning on two cores made gpumlp's fit 10x scikit-learn's on the first of them):
+
+    multilabel     make_multilabel_classification(600, n_features=20, n_classes=5, random_state=5),
+                   X standardised, train_test_split(test_size=0.3, random_state=0), hidden (64,):
+                   subset accuracy (one logistic unit per label)
+    moons          make_moons(300, noise=0.25, random_state=0), hidden (16,): a binary problem
+    blobs_3x10     make_classification(400, 10, n_informative=6, n_classes=3, random_state=0), hidden (32, 16)
+    regression_8   make_regression(500, 8, noise=5, random_state=0), hidden (32,): MLPRegressor, test R²
+
+(the generated sets: X standardised on all rows, an unstratified 70/30 split with random_state=0,
+regression_8's y standardised on its training split).
+
 Each child process imports one library, fits once to warm up (imports, BLAS threads, first-touch
 pages), then times ``--fits`` fits from scratch; the parent alternates the libraries (which one goes
 first rotates every round) and reports, per data set, the median fit time of each over all timed fits,
@@ -32,29 +45,50 @@ import subprocess
 import sys
 import time
 
-DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
+DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes", "multilabel", "moons", "blobs_3x10",
+            "regression_8")
 LIBS = ("gpumlp", "sklearn")
+HIDDEN = {"multilabel": (64,), "moons": (16,), "blobs_3x10": (32, 16), "regression_8": (32,)}  # else (100,)
+REGRESSION = ("diabetes", "regression_8")
+
+
+def _generated(name):
+    from sklearn import datasets
+
+    if name == "multilabel":
+        return datasets.make_multilabel_classification(600, n_features=20, n_classes=5, random_state=5)
+    if name == "moons":
+        return datasets.make_moons(300, noise=0.25, random_state=0)
+    if name == "blobs_3x10":
+        return datasets.make_classification(400, 10, n_informative=6, n_classes=3, random_state=0)
+    return datasets.make_regression(500, 8, noise=5, random_state=0)
 
 
 def _load(name, seed):
-    """(X_train, X_test, y_train, y_test, is_classifier), X (and diabetes' y) standardised on the training split."""
+    """(X_train, X_test, y_train, y_test, is_classifier), X (and the regressions' y) standardised (module docstring)."""
     import numpy as np
     from sklearn import datasets
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
-    classify = name != "diabetes"
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=y if classify else None)
-    scaler = StandardScaler().fit(Xtr)
-    Xtr, Xte = scaler.transform(Xtr), scaler.transform(Xte)
+    classify = name not in REGRESSION
+    if name in HIDDEN:
+        X, y = _generated(name)
+        X = StandardScaler().fit_transform(X)
+        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0)
+    else:
+        X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed,
+                                              stratify=y if classify else None)
+        scaler = StandardScaler().fit(Xtr)
+        Xtr, Xte = scaler.transform(Xtr), scaler.transform(Xte)
     if not classify:
         mu, sd = ytr.mean(), ytr.std()
         ytr, yte = (ytr - mu) / sd, (yte - mu) / sd
     return np.ascontiguousarray(Xtr), np.ascontiguousarray(Xte), ytr, yte, classify
 
 
-def _estimator(lib, classify, seed, max_iter):
+def _estimator(lib, name, classify, seed, max_iter):
     if lib == "gpumlp":
         from gpumlp.sklearn import MLPClassifier, MLPRegressor
 
@@ -64,7 +98,8 @@ def _estimator(lib, classify, seed, max_iter):
 
         extra = {}
     cls = MLPClassifier if classify else MLPRegressor
-    return cls(solver="lbfgs", random_state=seed, max_iter=max_iter, **extra)
+    return cls(hidden_layer_sizes=HIDDEN.get(name, (100,)), solver="lbfgs", random_state=seed, max_iter=max_iter,
+               **extra)
 
 
 def child(lib, name, seed, fits, max_iter):
@@ -81,7 +116,7 @@ def child(lib, name, seed, fits, max_iter):
     def fit():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # reported below, through n_iter_ == max_iter
-            fitted.append(_estimator(lib, classify, seed, max_iter).fit(Xtr, ytr))
+            fitted.append(_estimator(lib, name, classify, seed, max_iter).fit(Xtr, ytr))
 
     fit()  # warm-up
     samples = _timed(fit, fits)
@@ -151,7 +186,7 @@ def format_summary(summary):
             qs = "" if r["quiet_median_s"] is None else f"{r['quiet_median_s']:.4f}"
             lines.append(f"  {name:14s} {lib:8s} {r['median_s']:9.4f} {qs:>9s} {ratio:>14s} {r['n_iter']:6d}"
                          f" {r['loss']:10.3e} {r['train_score']:7.4f} {r['test_score']:7.4f}")
-    lines.append("\nscores: accuracy (classifiers), R² (diabetes); ÷sklearn: gpumlp's median fit ÷ scikit-learn's, "
+    lines.append("\nscores: accuracy (classifiers; subset accuracy for multilabel), R² (diabetes, regression_8); ÷sklearn: gpumlp's median fit ÷ scikit-learn's, "
                  "in brackets the median over rounds of the same ratio within one round (paired)")
     return "\n".join(lines)
 
