@@ -87,14 +87,27 @@ def scipy_minimize():
     return minimize
 
 
+_OTHER_BLAS = []  # [the threadpoolctl selection of the BLAS libraries beside NumPy's, or None], found once
+
+
 def scipy_blas_single_threaded():
     """A context in which every BLAS library loaded beside NumPy's runs one thread (module docstring);
     NumPy's keeps its setting. Does nothing where there is one BLAS (NumPy and SciPy share it: no
-    second pool to spin), where NumPy's cannot be told from the others, or without threadpoolctl."""
+    second pool to spin), where NumPy's cannot be told from the others, or without threadpoolctl. The
+    libraries are found once per process (a scan costs about a millisecond, a small fit a few)."""
+    if not _OTHER_BLAS:
+        _OTHER_BLAS.append(_other_blas())
+    others = _OTHER_BLAS[0]
+    return contextlib.nullcontext() if others is None else others.limit(limits=1)
+
+
+def _other_blas():
     try:
         import threadpoolctl
     except ImportError:
-        return contextlib.nullcontext()
+        return None
+    import scipy.linalg  # noqa: F401  (SciPy's BLAS, which its L-BFGS-B calls, is loaded by now)
+
     controller = threadpoolctl.ThreadpoolController()
     blas = [c for c in controller.lib_controllers if c.user_api == "blas"]
     numpy_dir = Path(np.__file__).resolve().parent
@@ -105,8 +118,8 @@ def scipy_blas_single_threaded():
 
     others = [c.filepath for c in blas if not is_numpy_s(c)]
     if len(blas) < 2 or len(others) == len(blas):
-        return contextlib.nullcontext()
-    return controller.select(filepath=others).limit(limits=1)
+        return None
+    return controller.select(filepath=others)
 
 
 class LBFGSTrainer:
