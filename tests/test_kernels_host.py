@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import types
@@ -91,13 +92,22 @@ def _in_ci():
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 def _host_compiler(what):
-    """The host C++ compiler; CI must have one (failing, not skipping), elsewhere the test skips."""
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
+    """The host C++ compiler as an argument list (``CXX`` may carry flags, as in ``CXX="g++ -m64"``); CI
+    must have one (failing, not skipping), elsewhere the test skips."""
+    cxx = shlex.split(os.environ.get("CXX", "")) or [
+        c for c in (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"),) if c]
+    if not cxx or shutil.which(cxx[0]) is None:
         if _in_ci():
-            pytest.fail(f"CI must run {what} on the host, but no C++ compiler was found")
-        pytest.skip("no host C++ compiler (g++, c++, clang++)")
+            pytest.fail(f"CI must run {what} on the host, but no C++ compiler was found "
+                        f"(CXX={os.environ.get('CXX', '')!r})")
+        pytest.skip("no host C++ compiler (g++, c++, clang++, or CXX)")
     return cxx
+
+
+def _compile(cmd):
+    """Run the compiler with its messages in English (the warning check reads them) and a time limit."""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
 
@@ -215,15 +225,15 @@ HOST_LOOPS(double, f64)
 def _build_device_math(tmp_path_factory, name, flags=()):
     cxx = _host_compiler("the CUDA device math")
     d = tmp_path_factory.mktemp(name)
-    (d / _kernels.MATH_HEADER).write_text(_kernels.source(_kernels.MATH_HEADER))
+    (d / _kernels.MATH_HEADER).write_text(_kernels.source(_kernels.MATH_HEADER), encoding="utf-8")
     parts = [PRELUDE]
     for ctype, suffix, _ in CTYPE.values():
         parts += [elementwise_cpp(name, ctype, suffix) for name in sorted(_kernels.ELEMENTWISE)]
     parts.append(LOOPS)
-    (d / "driver.cpp").write_text("\n".join(parts))
-    cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", *flags, "-I", str(d), str(d / "driver.cpp"),
+    (d / "driver.cpp").write_text("\n".join(parts), encoding="utf-8")
+    cmd = [*cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", *flags, "-I", str(d), str(d / "driver.cpp"),
            "-o", str(d / f"lib{name}.so")]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = _compile(cmd)
     assert res.returncode == 0, f"host compile of the device math failed:\n{res.stderr}"
     assert "warning" not in res.stderr, res.stderr
     return ctypes.CDLL(str(d / f"lib{name}.so"))
@@ -711,10 +721,10 @@ def grid_lib(tmp_path_factory):
     d = tmp_path_factory.mktemp("kernels_grid")
     # Our .cu files as CuPy gets them (headers inlined; their include guards let them share one unit).
     src = "\n".join([EMULATION] + [_kernels.module_source(cu) for cu in sorted(_kernels.RAW_KERNELS)] + [LAUNCHERS])
-    (d / "grid.cpp").write_text(src)
-    cmd = [cxx, "-std=c++17", "-O0", "-fPIC", "-shared", "-Wall", str(d / "grid.cpp"),
+    (d / "grid.cpp").write_text(src, encoding="utf-8")
+    cmd = [*cxx, "-std=c++17", "-O0", "-fPIC", "-shared", "-Wall", str(d / "grid.cpp"),
            "-o", str(d / "libgpumlp_grid.so")]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = _compile(cmd)
     assert res.returncode == 0, f"host compile of kernels/*.cu failed:\n{res.stderr}"
     return ctypes.CDLL(str(d / "libgpumlp_grid.so"))
 
