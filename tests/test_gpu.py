@@ -390,6 +390,7 @@ def test_backward_api_still_returns_every_gradient_on_the_gpu():
 def test_lbfgs_on_the_gpu_follows_the_numpy_backend():
     """Full-batch L-BFGS in float64, J and ∂J/∂θ computed on the device: the NumPy run's iterates (the
     two backends' products round differently, so the line searches see slightly different values)."""
+    pytest.importorskip("scipy.optimize", reason="SciPy is not installed (pip install gpumlp[lbfgs])")
     ref, gpu = _pair("float64", optimizer="lbfgs", activation="tanh")
     X, y, w = _data(ref, 300, np.random.default_rng(13), weighted=True)
     for m in (ref, gpu):
@@ -420,8 +421,10 @@ def test_an_lbfgs_evaluation_moves_theta_in_and_the_gradient_out(monkeypatch):
 def test_sparse_training_on_the_gpu_follows_the_dense_run(cp, optimizer):
     """Host SciPy CSR (moved once as a cupyx CSR) and cupyx CSR given directly: cuSPARSE products for
     the first layer, the dense run's weights to rounding."""
+    sp = pytest.importorskip("scipy.sparse", reason="SciPy is not installed")
+    if optimizer == "lbfgs":
+        pytest.importorskip("scipy.optimize", reason="SciPy is not installed (pip install gpumlp[lbfgs])")
     import cupyx.scipy.sparse as csp
-    import scipy.sparse as sp
 
     rng = np.random.default_rng(15)
     X = sp.random(300, 40, density=0.1, format="csr", random_state=15, data_rvs=rng.standard_normal)
@@ -436,6 +439,22 @@ def test_sparse_training_on_the_gpu_follows_the_dense_run(cp, optimizer):
     for m in runs[1:]:
         np.testing.assert_allclose(m.theta.get(), runs[0].theta.get(), rtol=1e-9, atol=1e-11)
         np.testing.assert_array_equal(m.predict(X), runs[0].predict(X.toarray()))
+
+
+def test_integer_sparse_counts_train_on_the_gpu_as_their_float_values(cp):
+    """cupyx holds no integer data: an int64 CSR matrix (CountVectorizer's output) is cast on the host and
+    trains as the dense float matrix of the same counts does."""
+    sp = pytest.importorskip("scipy.sparse", reason="SciPy is not installed")
+    rng = np.random.default_rng(17)
+    counts = sp.random(200, 30, density=0.2, format="csr", random_state=17,
+                       data_rvs=lambda k: rng.integers(1, 6, k)).astype(np.int64)
+    y = rng.integers(0, 3, 200)
+    runs = []
+    for Xin in (counts, counts.toarray().astype(np.float64)):
+        m = gpumlp.MLP((30, 16, 3), backend="cupy", dtype="float64", bias=True, seed=4, weight_decay=1e-3)
+        m.fit(Xin, y, epochs=3, batch_size=32, lr=0.05)
+        runs.append(m)
+    np.testing.assert_allclose(runs[0].theta.get(), runs[1].theta.get(), rtol=1e-9, atol=1e-11)
 
 
 def test_the_estimators_parameters_on_the_gpu_are_written_back_when_edited():
