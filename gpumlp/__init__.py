@@ -22,6 +22,7 @@ How the code is organised (each module one job; the arrows are imports):
     pipeline.py    the model with its preprocessing (imputer, scaler, labels, target scaling): gpumlp.load
     graph.py       the lecture's computational graph of a model, with its gradients (MLP.graph): DOT, SVG, PNG
     gradcheck.py   check_gradients: every gradient of backward against central differences, in float64
+    torch_io.py    to_torch / from_torch: a model as a torch.nn.Sequential and back (torch imported on call)
     io.py          model files (ModelState <-> .npz), no model class; data.py data files, splits, labels
     cli/, sklearn.py, bench.py   clients: they use public names only
 
@@ -37,6 +38,7 @@ from .pipeline import Pipeline, load
 from .step import Step
 from .trainer import Trainer
 from .data_parallel import DataParallelTrainer
+from .torch_io import from_torch, to_torch
 
 __all__ = ["MLP", "Pipeline", "Forward", "Gradients", "Step", "Trainer", "DataParallelTrainer", "DivergenceError",
-           "load", "get_backend", "check_gradients", "ACTIVATIONS", "LOSSES", "__version__"]
+           "load", "get_backend", "check_gradients", "ACTIVATIONS", "LOSSES", "to_torch", "from_torch", "__version__"]
