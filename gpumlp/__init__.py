@@ -20,6 +20,7 @@ How the code is organised (each module one job; the arrows are imports):
     lbfgs.py       full-batch L-BFGS: the step's J(θ) and ∂J/∂θ handed to SciPy's L-BFGS-B (optimizer="lbfgs")
     optim.py       the update rules; schedules.py the learning rate per epoch
     pipeline.py    the model with its preprocessing (imputer, scaler, labels, target scaling): gpumlp.load
+    onnx_export.py a model or pipeline as one ONNX graph (gpumlp.to_onnx; needs the onnx extra when called)
     graph.py       the lecture's computational graph of a model, with its gradients (MLP.graph): DOT, SVG, PNG
     gradcheck.py   check_gradients: every gradient of backward against central differences, in float64
     torch_io.py    to_torch / from_torch: a model as a torch.nn.Sequential and back (torch imported on call)
@@ -34,11 +35,11 @@ from .backend import resolve as get_backend
 from .functions import ACTIVATIONS, LOSSES
 from .gradcheck import check_gradients
 from .mlp import MLP, DivergenceError, Forward, Gradients
-from .pipeline import Pipeline, load
+from .pipeline import Pipeline, load, to_onnx
 from .step import Step
 from .trainer import Trainer
 from .data_parallel import DataParallelTrainer
 from .torch_io import from_torch, to_torch
 
 __all__ = ["MLP", "Pipeline", "Forward", "Gradients", "Step", "Trainer", "DataParallelTrainer", "DivergenceError",
-           "load", "get_backend", "check_gradients", "ACTIVATIONS", "LOSSES", "to_torch", "from_torch", "__version__"]
+           "load", "to_onnx", "get_backend", "check_gradients", "ACTIVATIONS", "LOSSES", "to_torch", "from_torch", "__version__"]

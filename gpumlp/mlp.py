@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import functions as F
-from . import io, metrics, optim, schedules, state
+from . import io, metrics, onnx_export, optim, schedules, state
 from .backend import is_device_array, resolve
 from .data_parallel import make_trainer
 from .graph import graph as computational_graph
@@ -370,12 +370,9 @@ class MLP:
             self._lock.release()
 
     # ------------------------------------------------------------------ inference
-    def _outputs(self, x, chunk=8192):
-        """o for the rows of a validated x, in chunks to bound memory (host rows move chunk by chunk)."""
-        b = self.array_backend
-        outs = [self._reference.forward(self.layers, b.asarray(x[i:i + chunk], dtype=self.dtype))[2]
-                for i in range(0, x.shape[0], chunk)]
-        return outs[0] if len(outs) == 1 else b.xp.concatenate(outs)
+    def _outputs(self, x):
+        """o for the rows of a validated x (``_infer``: in chunks, host rows moved chunk by chunk)."""
+        return _infer(self, x)
 
     def outputs(self, X):
         """The outputs o as a backend array (``decision_function`` without the copy); X on host or device."""
@@ -523,6 +520,10 @@ class MLP:
         """The lecture's computational graph of this model and its gradients (``gpumlp.graph``)."""
         return computational_graph(self, batch_size)
 
+    def to_onnx(self, path=None, *, dtype=None, opset=None):
+        """This model as an ONNX ``ModelProto`` (``gpumlp.onnx_export``; its input: features as ``predict`` takes them)."""
+        return onnx_export.export(self, None, path, dtype=dtype, opset=opset)
+
     def __reduce__(self):
         """Pickling and deepcopy (used by scikit-learn's joblib parallelism) go through the state
         dict, so they carry exactly what a saved file does; the copy lives on the same backend."""
@@ -533,6 +534,32 @@ class MLP:
         return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"weight_decay={self.weight_decay}, bias={self.bias}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend!r}, optimizer={self.optimizer.name!r})")
+
+
+INFER_CHUNK = 8192  # rows per forward pass of inference: bounds its memory (the same chunks as ever: no result moves)
+
+
+def _infer(model, x):
+    """The outputs o (n, q) of a validated x, INFER_CHUNK rows at a time (host rows move to the device chunk by
+    chunk). On NumPy through the step's NumpyOps: the reference's operations in its order, so its bits
+    (tests/test_inference.py holds them to ``forward``), without its temporaries (a new z and h per layer and
+    chunk, relu's slow array-and-scalar loop, the concatenation): the hidden layers' z and h go into buffers
+    made once per call (concurrent predictions share none), relu's h into its z, and each chunk's o straight
+    into its rows of the result (benchmarks/compare_predict.py). On the GPU the reference, as before."""
+    b, n, dtype, layers = model.array_backend, x.shape[0], model.dtype, model.layers
+    if b.is_gpu:
+        outs = [model._reference.forward(layers, b.asarray(x[i:i + INFER_CHUNK], dtype=dtype))[2]
+                for i in range(0, n, INFER_CHUNK)]
+        return outs[0] if len(outs) == 1 else b.xp.concatenate(outs)
+    rows = min(n, INFER_CHUNK)
+    o = np.empty((n, model.sizes[-1]), dtype)
+    z = [np.empty((rows, width), dtype) for width in model.sizes[1:-1]]
+    h = [zl if a == "relu" else np.empty_like(zl) for zl, a in zip(z, model.activations)]
+    for i in range(0, n, rows):
+        m = min(rows, n - i)
+        model.ops.forward(layers, b.asarray(x[i:i + m], dtype=dtype), [zl[:m] for zl in z], [hl[:m] for hl in h],
+                          o[i:i + m])
+    return o
 
 
 def _digest(model):

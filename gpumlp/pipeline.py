@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import io, metrics
+from . import io, metrics, onnx_export
 from .backend import BackendUnavailable, is_device_array, resolve
 from .data import LabelEncoder, MeanImputer, Scaler, scale_targets
 from .mlp import MLP
@@ -37,7 +37,7 @@ from .state import (
     with_preprocessing,
 )
 
-__all__ = ["Pipeline", "load"]
+__all__ = ["Pipeline", "load", "to_onnx"]
 
 
 class Pipeline:
@@ -242,6 +242,11 @@ class Pipeline:
         """Write the model and its preprocessing to ``path`` (``gpumlp.io.save``); ``load`` gives a Pipeline."""
         io.save(self, path)
 
+    def to_onnx(self, path=None, *, dtype=None, opset=None):
+        """The whole pipeline as one ONNX ``ModelProto`` (``gpumlp.onnx_export``): raw features in, labels as
+        saved (or regression outputs in the targets' units) and probabilities out; written to ``path`` if given."""
+        return onnx_export.export(self._mlp, self._pre, path, dtype=dtype, opset=opset)
+
     def __reduce__(self):
         s = self.state_dict()
         return _unpickle, (s.meta, s.arrays, self._mlp.backend)
@@ -289,3 +294,11 @@ def load(path, backend="auto", *, model_only=False):
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise io.ModelFileError(f"{path}: invalid model settings in meta: {exc}") from None
+
+
+def to_onnx(obj, path=None, *, dtype=None, opset=None):
+    """``obj.to_onnx(path, dtype=dtype, opset=opset)`` for a ``gpumlp.MLP`` or a ``Pipeline`` (what ``load``
+    returns): the ``onnx.ModelProto``, written to ``path`` when given; dtype "float32" (default) or "float64"."""
+    if not isinstance(obj, (MLP, Pipeline)):
+        raise TypeError(f"to_onnx exports a gpumlp.MLP or a gpumlp.Pipeline, got {type(obj).__name__}")
+    return obj.to_onnx(path, dtype=dtype, opset=opset)
