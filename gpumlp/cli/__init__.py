@@ -9,6 +9,7 @@
     gpumlp info                           versions, the backend "auto" picks and why, the device
     gpumlp graph -o graph.svg             the lecture's computational graph of the net, with its gradients
     gpumlp check-gradients [MODEL]        every gradient of backpropagation against central differences
+    gpumlp export model.npz -o model.onnx the saved model (its whole pipeline) as one ONNX file
 
 Exit status: 0 success, 2 usage errors (bad options), 1 anything else, with a one-line message on
 standard error (the traceback too with --debug). With --json the last line of standard output is a
@@ -20,6 +21,7 @@ The package, one module per job:
     train.py      gpumlp train                                evaluate.py   gpumlp evaluate, gpumlp predict
     info.py       gpumlp info                                 report.py     progress, JSON line, plot, errors
     graph.py      gpumlp graph                                gradcheck.py  gpumlp check-gradients
+    export.py     gpumlp export
 
 Data preparation (loading, the split, label encoding, imputation, scaling) is ``gpumlp.data.prepare``;
 a run's model and preprocessing are a ``gpumlp.Pipeline``, used through public names only.
@@ -34,6 +36,7 @@ import os
 import sys
 
 from .evaluate import cmd_evaluate, cmd_predict
+from .export import cmd_export
 from .gradcheck import cmd_check_gradients
 from .graph import cmd_graph
 from .info import cmd_info
@@ -97,7 +100,7 @@ def _main(argv):
     debug = getattr(args, "debug", False)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "info": cmd_info,
-                "graph": cmd_graph, "check-gradients": cmd_check_gradients}[args.command](args)
+                "graph": cmd_graph, "check-gradients": cmd_check_gradients, "export": cmd_export}[args.command](args)
     except UsageError as exc:
         if debug:
             raise

@@ -194,6 +194,7 @@ def build_parser():
     _add_info(sub)
     _add_graph(sub)
     _add_check_gradients(sub)
+    _add_export(sub)
     sub.add_parser("bench", help="throughput benchmarks (see 'gpumlp bench --help')", add_help=False)
     return parser
 
@@ -309,6 +310,23 @@ def _add_graph(sub):
                    help="the output format (default: from --output's suffix, else dot)")
     g.add_argument("--quiet", "-q", action="store_true", help="no message on standard error")
     g.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def _add_export(sub):
+    x = sub.add_parser("export", help="write a saved model as one ONNX file (onnxruntime, Triton, a browser)",
+                       description="Write a saved model as an ONNX graph (gpumlp.to_onnx): for a file that gpumlp train "
+                                   "saved, the whole pipeline (imputation, scaling, the MLP, the label names or the "
+                                   "targets' units), with outputs label and probabilities (classifiers) or predictions "
+                                   '(regressors). Needs onnx: pip install "gpumlp[onnx]".')
+    x.add_argument("model", metavar="MODEL", help="a saved model (.npz)")
+    x.add_argument("--output", "-o", default=None, metavar="FILE.onnx",
+                   help="where to write it (default: MODEL with the suffix .onnx)")
+    x.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="the graph's input and arithmetic (default float32, whatever the model's own dtype)")
+    x.add_argument("--opset", type=_positive(int), default=None, metavar="N",
+                   help="the ONNX opset (default 20, which onnxruntime loads since 1.17; 13 at least)")
+    x.add_argument("--quiet", "-q", action="store_true", help="no message on standard error")
+    x.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
 def _add_check_gradients(sub):
