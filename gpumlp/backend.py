@@ -14,7 +14,8 @@ says nothing about whether a GEMM can run. ``cuda_library_problem(name)`` tries 
 ``cublas_module()`` is ``cupy.cublas`` or a ``BackendUnavailable`` that names what to install.
 
 ``is_device_array(a)`` answers whether ``a`` is a CuPy array without importing CuPy, ``is_sparse(a)``
-whether it is a SciPy or CuPy sparse matrix without importing either.
+whether it is a SciPy or CuPy sparse matrix without importing either. ``cupy_from_dlpack(a)`` reads another
+library's CUDA array into CuPy (``gpumlp.validation.as_array`` decides when), ``cuda_device()`` is CuPy's device.
 ``BackendUnavailable`` (a RuntimeError) is what asking for ``backend="cupy"`` raises where it cannot run.
 """
 from __future__ import annotations
@@ -60,6 +61,18 @@ def _cupy_module():
     import cupy
 
     return cupy
+
+
+def cuda_device() -> int:
+    """The id of CuPy's current CUDA device, where gpumlp's device arrays are made (imports CuPy)."""
+    return int(_cupy_module().cuda.Device().id)
+
+
+def cupy_from_dlpack(a):
+    """A CUDA array of another library (``__dlpack__``: a torch tensor on the GPU, a JAX array, ...) as a CuPy
+    array on the same device memory, without a copy (``cupy.from_dlpack``, which passes CuPy's current stream
+    to the producer, so that its pending work on the array comes first). Imports CuPy."""
+    return _cupy_module().from_dlpack(a)
 
 
 # The CUDA libraries that CuPy loads on first use, each tried as gpumlp's code will first reach it.

@@ -306,17 +306,17 @@ class MLP:
 
     # ------------------------------------------------------------------ data
     def to_device(self, X, y=None, sample_weight=None, *, names=("X", "y", "sample_weight")):
-        """Validated backend arrays (x, y, w) for X (n, d) and, when given, y and sample_weight (else
-        None): x and w in the model's dtype, y as int64 labels (cross-entropy) or (n, q) targets.
-        Raises ValueError/TypeError naming the argument (``names``)."""
-        x = self.array_backend.asarray(check_X(X, names[0], self.sizes[0], self.dtype), dtype=self.dtype)
+        """Validated backend arrays (x, y, w) for X (n, d) and, when given, y and sample_weight (else None): x and w
+        in the model's dtype, y int64 labels (cross-entropy) or (n, q) targets; errors name the argument (``names``)."""
+        x = self.array_backend.asarray(check_X(X, names[0], self.sizes[0], self.dtype, backend=self.array_backend),
+                                       dtype=self.dtype)
         return (x, *self.targets_to_device(y, x.shape[0], sample_weight, names=names[1:]))
 
     def targets_to_device(self, y, n_samples, sample_weight=None, *, names=("y", "sample_weight")):
         """``to_device`` for y and sample_weight of ``n_samples`` examples alone: (y, w) or None each."""
         b = self.array_backend
         if y is not None:
-            y = check_y(y, self.loss, n_samples, self.sizes[-1], names[0], self.dtype)
+            y = check_y(y, self.loss, n_samples, self.sizes[-1], names[0], self.dtype, backend=b)
             y = b.asarray(y, dtype=np.int64 if self.loss == "cross_entropy" else self.dtype)
         w = check_sample_weight(sample_weight, n_samples, names[1])
         return y, None if w is None else b.asarray(rescaled_weights(w), dtype=self.dtype)
@@ -376,7 +376,7 @@ class MLP:
 
     def outputs(self, X):
         """The outputs o as a backend array (``decision_function`` without the copy); X on host or device."""
-        return self._outputs(check_X(X, "X", self.sizes[0], self.dtype))
+        return self._outputs(check_X(X, "X", self.sizes[0], self.dtype, backend=self.array_backend))
 
     def decision_function(self, X):
         """The outputs o (logits for the classification losses, log μ for poisson) as a host NumPy array."""
@@ -394,7 +394,7 @@ class MLP:
         return p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p
 
     def _checked(self, X, y, sample_weight):
-        x = check_X(X, "X", self.sizes[0], self.dtype)  # left where it is: _outputs moves it in chunks
+        x = check_X(X, "X", self.sizes[0], self.dtype, backend=self.array_backend)  # moved by _outputs, in chunks
         return (x, *self.targets_to_device(y, x.shape[0], sample_weight))
 
     def objective(self, X, y, sample_weight=None):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import io, metrics, onnx_export
-from .backend import BackendUnavailable, is_device_array, resolve
+from .backend import BackendUnavailable, resolve
 from .data import LabelEncoder, MeanImputer, Scaler, scale_targets
 from .mlp import MLP
 from .state import (
@@ -36,6 +36,7 @@ from .state import (
     preprocessing,
     with_preprocessing,
 )
+from .validation import as_host
 
 __all__ = ["Pipeline", "load", "to_onnx"]
 
@@ -142,6 +143,11 @@ class Pipeline:
     def _classify(self):
         return self._mlp.loss == "cross_entropy"
 
+    def _host(self, a, name):
+        """``a`` on the host, where the preprocessing runs (``validation.as_host``): NumPy, CuPy, or any array with
+        ``__dlpack__``; device memory for a model on NumPy is refused, as the MLP refuses it."""
+        return as_host(a, name, self._mlp.array_backend)
+
     def __getattr__(self, name):  # only for names not found: say where the model's attributes are
         mlp = self.__dict__.get("_mlp")
         attribute = getattr(type(self), name, None)
@@ -159,7 +165,7 @@ class Pipeline:
     # ------------------------------------------------------------------ inference on raw data
     def transform(self, X):
         """X as the MLP takes it: missing values imputed, scaled, in the MLP's dtype (host array)."""
-        X = _host(X)
+        X = self._host(X, "X")  # another library's array through DLPack, without a copy: the scaling makes one
         if X.dtype.kind not in "biuf":
             raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
         if X.ndim != 2:
@@ -201,11 +207,11 @@ class Pipeline:
         units (regression; uniform average over outputs), weighted as scikit-learn's metrics."""
         x = self.transform(X)
         if self._classify:
-            codes = LabelEncoder(self.classes_).transform(_host(y), "y")
+            codes = LabelEncoder(self.classes_).transform(self._host(y, "y"), "y")
             return self._mlp.score(x, codes, sample_weight)
-        y = np.asarray(_host(y), np.float64)
+        y = np.asarray(self._host(y, "y"), np.float64)
         pred = self.predict(X)
-        w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+        w = None if sample_weight is None else np.asarray(as_host(sample_weight, "sample_weight"), np.float64)
         n = y.shape[0]
         return metrics.r2(np.asarray(pred, np.float64).reshape(n, -1), y.reshape(n, -1), w)
 
@@ -217,7 +223,7 @@ class Pipeline:
 
     def encode_targets(self, y):
         """y as the MLP is trained on it: output indices of the labels, or scaled regression targets."""
-        y = _host(y)
+        y = self._host(y, "y")
         if self._classify:
             return LabelEncoder(self.classes_).transform(y, "y")
         y = np.asarray(y, np.float64)
@@ -265,10 +271,6 @@ def _check_fitted(step, kind, name, n, attribute):
         raise ValueError(f"{name} is not fitted")
     if np.shape(values) != (n,):
         raise ValueError(f"{name} is fitted to {np.shape(values)[0]} columns, the model has {n}")
-
-
-def _host(a):
-    return a.get() if is_device_array(a) else np.asarray(a)
 
 
 def _unpickle(meta, arrays, backend):

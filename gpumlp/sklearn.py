@@ -106,7 +106,7 @@ try:  # name the extra instead of a bare "No module named 'sklearn'" (or an old 
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
-    from sklearn.utils import check_random_state, column_or_1d
+    from sklearn.utils import check_array, check_consistent_length, check_random_state, column_or_1d
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
     from sklearn.utils.validation import check_is_fitted, validate_data
@@ -117,12 +117,12 @@ except ImportError as exc:
                       name=exc.name) from exc
 
 from . import optim, schedules
-from .backend import is_sparse
+from .backend import is_device_array, is_sparse, resolve
 from .data import LabelEncoder, class_sample_weights
 from .lbfgs import LBFGSTrainer, Objective
 from .mlp import MLP
 from .trainer import DivergenceError, Trainer
-from .validation import check_sample_weight
+from .validation import check_sample_weight, check_X, imported
 
 ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "identity": "identity", "logistic": "sigmoid"}
 SOLVERS = ("lbfgs", "sgd", "adam")
@@ -255,8 +255,8 @@ class _BaseMLP(BaseEstimator):
         fitted = "model_" in self.__dict__
         assigned = not fitted and "_assigned_coefs" in self.__dict__ and "_assigned_intercepts" in self.__dict__
         first = not (fitted or assigned) or (not self.warm_start and not incremental)
-        X, y = validate_data(self, X, y, reset=first, dtype=(np.float64, np.float32), accept_sparse=["csr", "csc"],
-                             multi_output=True, y_numeric=not isinstance(self, ClassifierMixin))
+        X, y = self._validated(X, y, reset=first)
+        classes = None if classes is None else imported(classes, "classes", host=True)
         if y.ndim == 2 and y.shape[1] == 1 and not self._keeps_2d_y(y):
             y = column_or_1d(y, warn=True)
         targets, loss, labels = self._targets(y, incremental, classes)
@@ -491,7 +491,39 @@ class _BaseMLP(BaseEstimator):
     def _device_input(self, X):
         check_is_fitted(self)
         self._write_back()
-        return validate_data(self, X, reset=False, dtype=(np.float64, np.float32), accept_sparse=["csr", "csc"])
+        return self._validated(X, reset=False)
+
+    def _validated(self, X, y="no_validation", reset=False):
+        """X, or (X, y), checked as scikit-learn's ``validate_data`` checks them. An array of another library (with
+        ``__dlpack__``: torch, JAX) is read through ``gpumlp.validation.imported``, without a copy, y on the host,
+        where scikit-learn's target checks run. X in CUDA memory (CuPy's, or DLPack's for a model on the GPU) stays
+        there, out of scikit-learn's checks (NumPy code): its values are checked on the device (``check_X``), its
+        feature count and names by ``validate_data(skip_check_array=True)``. For a model on NumPy it is refused.
+        ``y`` is scikit-learn's: "no_validation" for X alone, None where one is needed is scikit-learn's error."""
+        backend = self.model_.array_backend if "model_" in self.__dict__ else resolve(self.backend)
+        X = imported(X, "X", backend)
+        alone = isinstance(y, str) and y == "no_validation"
+        y = y if alone or y is None else imported(y, "y", backend, host=True)
+        checks = dict(dtype=(np.float64, np.float32), accept_sparse=["csr", "csc"])
+        targets = dict(multi_output=True, y_numeric=not isinstance(self, ClassifierMixin))
+        if not is_device_array(X):
+            return validate_data(self, X, reset=reset, **checks) if alone else \
+                validate_data(self, X, y, reset=reset, **checks, **targets)
+        X = check_X(X, "X", None if reset else getattr(self, "n_features_in_", None))
+        if y is None:
+            validate_data(self, X, None, reset=False, skip_check_array=True)  # scikit-learn's error: y is required
+        if not alone:  # scikit-learn's checks of y alone (validate_data's _check_y), before anything is set
+            y = check_array(y, accept_sparse="csr", ensure_2d=False, dtype=None, input_name="y", estimator=self)
+            y = y.astype(np.float64) if targets["y_numeric"] and y.dtype.kind == "O" else y
+            check_consistent_length(X, y)
+        validate_data(self, X, reset=reset, skip_check_array=True)  # feature names and n_features_in_ only
+        return X if alone else (X, y)
+
+    def _host_targets(self, y, sample_weight):
+        """``score``'s y and sample_weight on the host (arrays of other libraries through DLPack, CuPy's copied)."""
+        backend = self.model_.array_backend if "model_" in self.__dict__ else None
+        return (imported(y, "y", backend, host=True),
+                None if sample_weight is None else imported(sample_weight, "sample_weight", host=True))
 
     def _loss_grad_lbfgs(self, packed_coef_inter, X, y, sample_weight=None, *unused_buffers):
         """scikit-learn's private L-BFGS objective: J and ∂J/∂θ at ``packed_coef_inter`` in its packing
@@ -699,6 +731,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         p = self.model_.predict_proba(X)
         return np.hstack([1 - p, p]) if p.shape[1] == 1 else p
 
+    def score(self, X, y, sample_weight=None):
+        """Accuracy of ``predict`` (scikit-learn's ``ClassifierMixin.score``), y and sample_weight read on the host."""
+        return super().score(X, *self._host_targets(y, sample_weight))
+
     def predict_log_proba(self, X):
         p = self.predict_proba(X)
         return np.log(p, out=p)
@@ -763,6 +799,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y)."""
         return self._fit(X, y, sample_weight, incremental=True)
+
+    def score(self, X, y, sample_weight=None):
+        """R² of ``predict`` (scikit-learn's ``RegressorMixin.score``), y and sample_weight read on the host."""
+        return super().score(X, *self._host_targets(y, sample_weight))
 
     def predict(self, X):
         """The outputs (squared_error) or the means e^o (poisson); one output comes back 1-D, as

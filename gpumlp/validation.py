@@ -4,6 +4,19 @@ Each check raises ValueError or TypeError naming the argument and what was expec
 before any state changes, so a call that raises leaves the model exactly as it was. Arrays already
 on the device (CuPy) are checked there, without a copy to the host.
 
+Arrays of other libraries come in here, and only here (``as_array``), through DLPack when they have
+``__dlpack__`` and ``__dlpack_device__`` (torch, JAX, TensorFlow, ...): host memory becomes a NumPy view of
+the producer's buffer (``np.from_dlpack``: no copy; its shape, strides and dtype as DLPack describes them),
+CUDA memory a CuPy array on the same device memory (``cupy.from_dlpack``, through ``gpumlp.backend``). What
+cannot be read exactly is refused: a dtype NumPy lacks (bfloat16), a non-native byte order (NumPy does not
+export one), a tensor that requires grad (torch: ``.detach()``), another kind of device. Given the model's
+``backend``, device memory (CUDA through DLPack, or CuPy) for a model on NumPy is a TypeError that says how
+to move it, as PyTorch and scikit-learn refuse a CUDA tensor for CPU work, instead of a hidden copy per call.
+Sample weights are read on the host on either backend (``check_sample_weight``), from wherever they are.
+
+    as_array(a, name, backend)                    NumPy, CuPy or DLPack (torch, JAX, ...) -> NumPy or CuPy, no copy
+    as_host(a, name, backend)                     the same, then on the host
+    imported(a, name, backend)                    as_array for those two kinds, the rest as it is (for scikit-learn)
     check_X(X, name, n_features, dtype)           2-D, non-empty, real, finite as ``dtype`` (dense or sparse)
     check_y(y, loss, n, n_outputs, name, dtype)   labels in [0, q), or (n, q) targets: real (squared),
                                                   in [0, 1] (binary_cross_entropy), >= 0 (poisson)
@@ -19,9 +32,14 @@ import numbers
 
 import numpy as np
 
-from .backend import array_module, is_device_array, is_sparse
+from .backend import array_module, cuda_device, cupy_from_dlpack, is_device_array, is_sparse
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# DLPack's device types (dlpack.h, DLDeviceType): memory NumPy reads, memory CuPy reads, the others by name
+DLPACK_HOST = {1: "CPU", 3: "CUDA host (pinned)", 11: "ROCm host"}
+DLPACK_CUDA = {2: "CUDA", 13: "CUDA managed"}
+DLPACK_OTHER = {4: "OpenCL", 7: "Vulkan", 8: "Metal", 9: "VPI", 10: "ROCm", 12: "ext_dev", 14: "oneAPI",
+                15: "WebGPU", 16: "Hexagon", 17: "MAIA"}
 
 
 def check_dtype(dtype) -> np.dtype:
@@ -44,16 +62,91 @@ def check_positive_number(value, name, *, allow_zero=False, integer=False):
     return int(value) if integer else float(value)
 
 
-def _as_host_array(a, name):
-    """Anything array-like (NumPy, CuPy, lists) -> NumPy array without copying NumPy input."""
+def as_array(a, name, backend=None):
+    """``a`` as the arrays gpumlp computes with, without a copy: a NumPy or CuPy array as it is; an array of
+    another library with ``__dlpack__`` and ``__dlpack_device__`` (torch, JAX, ...) as a NumPy view of its host
+    memory or a CuPy array on its CUDA memory (module docstring); anything else (lists, pandas) through
+    ``np.asarray``. ``backend`` (the model's ``gpumlp.backend.Backend``; None: either) on NumPy refuses device
+    memory with a TypeError that says how to move it. Sparse matrices are ``check_X``'s, not handled here."""
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
     if is_device_array(a):
-        return a.get()
+        if backend is not None and not backend.is_gpu:
+            raise TypeError(_device_for_host_model(name, "a CuPy array (GPU memory)", "cupy.asnumpy(a) or a.get()"))
+        return a
+    if isinstance(a, np.ndarray):
+        return a
+    if _has_dlpack(a):
+        return _from_dlpack(a, name, backend)
     try:
         return np.asarray(a)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} could not be read as an array: {exc}") from exc
+
+
+def imported(a, name, backend=None, *, host=False):
+    """``as_array`` for what gpumlp reads itself (CuPy arrays, arrays with ``__dlpack__``), anything else as it is
+    (lists, pandas, SciPy matrices: scikit-learn's checks read their column names and formats). ``host``: device
+    memory copied to the host, as ``as_host``."""
+    if is_sparse(a) or (isinstance(a, np.ndarray) and not is_device_array(a)):
+        return a
+    if not (is_device_array(a) or _has_dlpack(a)):
+        return a
+    return as_host(a, name, backend) if host else as_array(a, name, backend)
+
+
+def as_host(a, name, backend=None):
+    """``as_array``, then on the host: device memory copied (``backend`` on NumPy refuses it, as ``as_array``)."""
+    a = as_array(a, name, backend)
+    return a.get() if is_device_array(a) else a
+
+
+def _has_dlpack(a):
+    return hasattr(type(a), "__dlpack__") and hasattr(type(a), "__dlpack_device__")
+
+
+def _device_for_host_model(name, what, how):
+    return (f"{name} is {what}, and this model computes on the host (backend='numpy'): move it to the host first "
+            f"({how}) or use a model on the GPU (backend='cupy')")
+
+
+def _from_dlpack(a, name, backend):
+    """A DLPack producer's memory as a NumPy view (host) or a CuPy array (CUDA), without a copy; else a TypeError."""
+    label = f"{type(a).__module__.split('.')[0]}.{type(a).__name__}"
+    if getattr(a, "dtype", None) is not None:
+        label += f" of dtype {a.dtype}"
+    try:
+        kind, device = (int(v) for v in a.__dlpack_device__())
+    except Exception as exc:  # a torch tensor on the meta device, ...
+        raise TypeError(f"{name} ({label}) has __dlpack__, but its __dlpack_device__ failed: {exc}") from exc
+    if kind in DLPACK_CUDA:
+        where = f"a {label} in {DLPACK_CUDA[kind]} memory (cuda:{device})"
+        if backend is not None and not backend.is_gpu:
+            raise TypeError(_device_for_host_model(name, where, "tensor.cpu() for torch, jax.device_get(a) for JAX"))
+        return _cuda_from_dlpack(a, name, where, device)
+    if kind not in DLPACK_HOST:
+        device_name = DLPACK_OTHER.get(kind, f"DLPack device type {kind}")
+        raise TypeError(f"{name} ({label}) is on a {device_name} device, which gpumlp cannot read (NumPy reads host "
+                        f"memory, CuPy CUDA memory): copy it to the host first")
+    try:
+        return np.from_dlpack(a)
+    except Exception as exc:  # BufferError: byte order, requires_grad; an unsupported dtype (bfloat16), ...
+        raise TypeError(f"{name} ({label}) could not be read through DLPack: {exc}") from exc
+
+
+def _cuda_from_dlpack(a, name, where, device):
+    try:
+        current = cuda_device()
+    except Exception as exc:  # ImportError: no CuPy; CUDARuntimeError: no usable driver
+        raise TypeError(f"{name} is {where}, which gpumlp reads through CuPy, and CuPy cannot run here "
+                        f"({type(exc).__name__}: {exc})") from exc
+    if device != current:
+        raise ValueError(f"{name} is {where}, and gpumlp computes on cuda:{current} (CuPy's current device): move "
+                         f"it there, or make that device current (cupy.cuda.Device({device}).use())")
+    try:
+        return cupy_from_dlpack(a)
+    except Exception as exc:  # the dtype or the layout, as for host memory
+        raise TypeError(f"{name} ({where}) could not be read through DLPack: {exc}") from exc
 
 
 def _finite_as(arr, xp, dtype, name):
@@ -73,17 +166,16 @@ def _finite_as(arr, xp, dtype, name):
     return arr
 
 
-def check_X(X, name="X", n_features=None, dtype=None):
+def check_X(X, name="X", n_features=None, dtype=None, *, backend=None):
     """A 2-D, non-empty, finite, real array. Returns a NumPy view or copy (dtype untouched, except that
     with ``dtype`` given, data of a wider float type come back cast to it, checked finite after the cast).
     A sparse matrix (SciPy or cupyx, any format) is checked on its stored values and comes back in CSR
-    (the format whose rows batches and chunks take), where it was; it is never densified."""
+    (the format whose rows batches and chunks take), where it was; it is never densified. Arrays of other
+    libraries come in through ``as_array`` (DLPack; ``backend``: the model's), CuPy's are checked on the device."""
     if is_sparse(X):
         return _check_sparse_X(X, name, n_features, dtype)
-    if is_device_array(X):
-        arr, xp = X, array_module(X)  # validated on the device, without a copy to the host
-    else:
-        arr, xp = _as_host_array(X, name), np
+    arr = as_array(X, name, backend)
+    xp = array_module(arr)  # a device array is validated on the device, without a copy to the host
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim != 2:
@@ -111,14 +203,13 @@ def _check_sparse_X(X, name, n_features, dtype):
     return X
 
 
-def check_y(y, loss, n_samples, n_outputs, name="y", dtype=None):
+def check_y(y, loss, n_samples, n_outputs, name="y", dtype=None, *, backend=None):
     """Targets for ``loss``: integer labels in [0, q) for cross-entropy; else (n, q) numbers (1-D
     when q = 1), checked finite as ``dtype`` like ``check_X``: any real value for squared, values in
-    [0, 1] for binary_cross_entropy (0/1 indicators, or probabilities), values >= 0 for poisson."""
-    if is_device_array(y):
-        arr, xp = y, array_module(y)
-    else:
-        arr, xp = _as_host_array(y, name), np
+    [0, 1] for binary_cross_entropy (0/1 indicators, or probabilities), values >= 0 for poisson.
+    Read as ``check_X`` reads X (``as_array``), where they are."""
+    arr = as_array(y, name, backend)
+    xp = array_module(arr)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
     if arr.shape[:1] != (n_samples,):
@@ -150,11 +241,12 @@ def check_sample_weight(w, n_samples, name="sample_weight"):
     """Per-example weights as a host array of shape (n_samples,) (its dtype kept), or None.
 
     A single number stands for that weight on every example (scikit-learn's convention). Weights must
-    be finite and non-negative with a positive sum (L is the weighted mean Σ wᵢ lᵢ / Σ wᵢ).
+    be finite and non-negative with a positive sum (L is the weighted mean Σ wᵢ lᵢ / Σ wᵢ). They are read on
+    the host on either backend (``as_host``: arrays of other libraries through DLPack, device memory copied).
     """
     if w is None:
         return None
-    arr = _as_host_array(w, name)
+    arr = as_host(w, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
     if arr.ndim == 0:
@@ -185,7 +277,7 @@ def check_classes(classes, loss, n_outputs):
     """``partial_fit``'s classes: distinct integer labels in [0, n_outputs) (cross-entropy only)."""
     if loss != "cross_entropy":
         raise ValueError("classes is only meaningful for loss='cross_entropy'")
-    c = np.asarray(classes)
+    c = as_host(classes, "classes")
     if c.ndim != 1 or c.size == 0 or c.dtype.kind not in "iu":
         raise ValueError(f"classes must be a 1-D array of integer labels, got {classes!r}")
     if len(np.unique(c)) != c.size or c.min() < 0 or c.max() >= n_outputs:
