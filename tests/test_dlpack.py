@@ -400,3 +400,40 @@ def test_the_estimators_keep_cuda_memory_on_the_device(trained_device, early_sto
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         MLPClassifier(backend="cupy").fit(DLPackOnly(bad, CUDA), y)
+
+
+class _Forwarding:
+    """A real CUDA producer behind nothing but the protocol: every argument forwarded (CuPy passes its stream)."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __dlpack__(self, **kwargs):
+        return self.a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+
+@pytest.mark.gpu
+def test_cuda_memory_of_another_library_stays_on_a_real_gpu():
+    """Where a GPU answers: real cupy.from_dlpack, the model computing on the producer's device memory itself
+    (the same address), and its results those of the NumPy backend."""
+    import cupy
+
+    X, y, w = _data()
+    Xd, yd = cupy.asarray(X), cupy.asarray(y)
+    m = gpumlp.MLP((5, 7, 3), backend="cupy", dtype="float64", seed=1, bias=True)
+    host = gpumlp.MLP((5, 7, 3), backend="numpy", dtype="float64", seed=1, bias=True)
+    x = m.to_device(_Forwarding(Xd))[0]
+    assert isinstance(x, cupy.ndarray) and x.data.ptr == Xd.data.ptr
+    data = gpumlp.Trainer(m).prepare(_Forwarding(Xd), _Forwarding(yd))
+    assert data.x.data.ptr == Xd.data.ptr and data.y.data.ptr == yd.data.ptr
+    np.testing.assert_allclose(m.predict_proba(_Forwarding(Xd)), host.predict_proba(X), rtol=1e-12)
+    m.fit(_Forwarding(Xd), _Forwarding(yd), epochs=2, batch_size=16, sample_weight=w)
+    host.fit(X, y, epochs=2, batch_size=16, sample_weight=w)
+    np.testing.assert_allclose(m.theta.get(), host.theta, rtol=1e-10, atol=1e-12)
+    if torch.cuda.is_available():
+        t = torch.from_numpy(X).cuda()
+        assert m.to_device(t)[0].data.ptr == t.data_ptr()
+        np.testing.assert_array_equal(m.predict(t), host.predict(X))
