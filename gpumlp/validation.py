@@ -5,7 +5,7 @@ before any state changes, so a call that raises leaves the model exactly as it w
 on the device (CuPy) are checked there, without a copy to the host.
 
 Arrays of other libraries come in here, and only here (``as_array``), through DLPack when they have
-``__dlpack__`` and ``__dlpack_device__`` (torch, JAX, TensorFlow, ...): host memory becomes a NumPy view of
+``__dlpack__`` and ``__dlpack_device__`` (torch, JAX, ...): host memory becomes a NumPy view of
 the producer's buffer (``np.from_dlpack``: no copy; its shape, strides and dtype as DLPack describes them),
 CUDA memory a CuPy array on the same device memory (``cupy.from_dlpack``, through ``gpumlp.backend``). What
 cannot be read exactly is refused: a dtype NumPy lacks (bfloat16), a non-native byte order (NumPy does not
