@@ -275,3 +275,19 @@ def test_the_snapshot_sees_every_kind_of_change():
     before = snapshot(m)
     m.optimizer.velocity[0] += 1  # a single element of a state array
     assert snapshot(m) != before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finiteness_is_decided_per_element_when_the_sum_overflows_or_cancels(dtype):
+    """check_X tries the sum first (one pass, no temporary): finite values whose sum overflows are still
+    accepted, and +inf beside -inf (a NaN sum) or a lone NaN among huge values still refused."""
+    from gpumlp.validation import check_X
+
+    big = np.full((4, 3), np.finfo(dtype).max / 2, dtype)
+    assert check_X(big) is not None  # the sum is inf, every value finite
+    for bad in (np.inf, np.nan):
+        X = big.copy()
+        X[1, 2] = bad
+        X[2, 0] = -np.inf if bad == np.inf else X[2, 0]
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            check_X(X)
