@@ -73,8 +73,9 @@ class Pipeline:
                 raise ValueError(f"classes must be {q} sorted labels without repeats (one per output), got "
                                  f"{classes.tolist()}")
         if target_scaler is not None:
-            if classify:
-                raise ValueError("target_scaler applies to regression models, this one uses cross_entropy")
+            if mlp.loss != "squared":  # predict inverts the scaling on o: only the squared loss's o are targets
+                raise ValueError(f"target_scaler applies to models with the squared loss (their outputs are the "
+                                 f"scaled targets), this one uses {mlp.loss}")
             _check_fitted(target_scaler, Scaler, "target_scaler", q, "scale")
         if feature_names is not None:
             feature_names = [str(n) for n in feature_names]

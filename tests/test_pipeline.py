@@ -106,7 +106,7 @@ def test_regression_outputs_come_back_in_the_targets_units():
 @pytest.mark.parametrize("kw, err, match", [
     ({"classes": [1, 2]}, ValueError, "classes must be 10 sorted labels"),
     ({"classes": list(range(10))[::-1]}, ValueError, "sorted labels without repeats"),
-    ({"target_scaler": Scaler("standard")}, ValueError, "applies to regression"),
+    ({"target_scaler": Scaler("standard")}, ValueError, "applies to models with the squared loss"),
     ({"scaler": Scaler("standard")}, ValueError, "scaler is not fitted"),
     ({"scaler": "standard"}, TypeError, "scaler must be a gpumlp.data.Scaler"),
     ({"feature_names": ["a", "b"]}, ValueError, "must name the model's 64 inputs"),
@@ -225,3 +225,15 @@ def test_a_bare_model_from_a_pipeline_file_saved_alone_keeps_all_its_preprocessi
         np.testing.assert_array_equal(again.predict(X), want)
     # in the targets' units (a mean in the thousands), not standardised ones (a mean near 0)
     assert abs(want.mean() - Y.mean()) < 3 * Y.std() < abs(Y.mean())
+
+
+@pytest.mark.parametrize("loss", ["poisson", "binary_cross_entropy"])
+def test_a_target_scaler_is_refused_where_the_outputs_are_not_the_scaled_targets(loss):
+    """predict inverts the target scaling on the raw outputs o: right for the squared loss only (a Poisson
+    model's o is log μ, a logistic one's a logit), so another loss with a target scaler would predict nonsense."""
+    from gpumlp.data import Scaler
+
+    m = gpumlp.MLP((3, 4, 1), loss=loss, backend="numpy", seed=0)
+    ts = Scaler("standard").fit(np.arange(6.0).reshape(-1, 1))
+    with pytest.raises(ValueError, match="squared loss"):
+        gpumlp.Pipeline(m, target_scaler=ts)
