@@ -4,7 +4,6 @@ a drawing in which no edge crosses a node; and the names of functions and kernel
 code runs (a CupyOps step on a recording stand-in for CuPy)."""
 import itertools
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 import gpumlp
+from ci import in_ci
 from gpumlp import _kernels
 from gpumlp import functions as F
 from gpumlp.graph import graph
@@ -425,7 +425,7 @@ def test_graphviz_renders_the_dot(tmp_path):
     """Graphviz itself reads our DOT. Skipped where it is not installed, except in CI ($CI set, .ci/run
     installs it), where that is a failure: elsewhere the DOT is only parsed by the tests above."""
     if shutil.which("dot") is None:
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        if in_ci():
             pytest.fail("CI must render the DOT with Graphviz, but dot is not on PATH (apt-get install graphviz)")
         pytest.skip("Graphviz (dot) is not installed; the DOT is parsed above")
     g = model((5, 7, 6, 3), ["tanh", "relu"], "cross_entropy", True, 0.1, "float32").graph(batch_size=4)

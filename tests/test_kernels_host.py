@@ -36,6 +36,7 @@ import types
 import numpy as np
 import pytest
 
+from ci import in_ci
 from gpumlp import _kernels
 from gpumlp import functions as F
 from gpumlp import optim
@@ -88,8 +89,6 @@ struct gpumlp_ftz_scope {
 """
 
 
-def _in_ci():
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 def _host_compiler(what):
     """The host C++ compiler as an argument list (``CXX`` may carry flags, as in ``CXX="g++ -m64"``); CI
@@ -97,7 +96,7 @@ def _host_compiler(what):
     cxx = shlex.split(os.environ.get("CXX", "")) or [
         c for c in (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"),) if c]
     if not cxx or shutil.which(cxx[0]) is None:
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"CI must run {what} on the host, but no C++ compiler was found "
                         f"(CXX={os.environ.get('CXX', '')!r})")
         pytest.skip("no host C++ compiler (g++, c++, clang++, or CXX)")

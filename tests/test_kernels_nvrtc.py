@@ -20,18 +20,17 @@ import os
 
 import pytest
 
+from ci import in_ci
 from gpumlp import _kernels
 
 ARCHS = ("sm_80", "sm_90")
 CTYPE = {"float32": "float", "float64": "double"}
 
 
-def _in_ci():
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _unavailable(why):
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"CI must compile the CUDA sources, but {why}")
     pytest.skip(why)
 

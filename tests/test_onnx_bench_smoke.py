@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from ci import needed
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "compare_predict.py"
 
 
 def test_compare_predict_runs_every_library_in_smoke_mode(tmp_path):
     for module in ("onnx", "onnxruntime", "sklearn", "torch"):  # all in the test extra: CI fails without one
-        if os.environ.get("CI", "").strip().lower() in ("", "0", "false", "no"):
-            pytest.importorskip(module)
+        needed(module)
     out = tmp_path / "predict.json"
     r = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "2", "--shapes", "6-8-3", "--batch", "300",
                         "--calls", "5", "--samples", "2", "--json", str(out)], capture_output=True, encoding="utf-8",

@@ -1,6 +1,5 @@
 """`gpumlp export` (issue 15), run as a user runs it: in a subprocess, checking the file, the output and
 the exit status."""
-import importlib
 import os
 import subprocess
 import sys
@@ -9,19 +8,12 @@ import numpy as np
 import pytest
 
 import gpumlp
+from ci import needed
 from gpumlp.data import load_digits
 
 
-def _needed(module):
-    """The test extra's module: skipped where it is absent, except in CI ($CI set), which installs the extra,
-    so that a missing one fails there instead of passing as skipped."""
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
-
-
-onnx = _needed("onnx")
-ort = _needed("onnxruntime")
+onnx = needed("onnx")
+ort = needed("onnxruntime")
 
 
 def run(*args, cwd=None, env=None):

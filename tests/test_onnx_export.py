@@ -6,9 +6,7 @@ The tolerances: float32 graphs multiply in onnxruntime's MLAS, ours in OpenBLAS 
 sums) and onnxruntime's float32 Tanh, Sigmoid, Exp, Gelu are within a few ulps (~1e-7 relative), so
 1e-5 leaves two orders of magnitude for depth; float64 gets 1e-10 (the same holds at ~1e-15, and the
 one kernel that did not, onnxruntime's float64 Gelu at ~4e-10, is why float64 composes GELU)."""
-import importlib
 import json
-import os
 import subprocess
 import sys
 
@@ -16,20 +14,13 @@ import numpy as np
 import pytest
 
 import gpumlp
+from ci import needed
 from gpumlp import onnx_export
 from gpumlp.data import MeanImputer, Scaler
 
 
-def _needed(module):
-    """The test extra's module: skipped where it is absent, except in CI ($CI set), which installs the extra,
-    so that a missing one fails there instead of passing as skipped."""
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
-
-
-onnx = _needed("onnx")
-ort = _needed("onnxruntime")
+onnx = needed("onnx")
+ort = needed("onnxruntime")
 
 TOL = {"float32": 1e-5, "float64": 1e-10}
 BATCH = 3000
