@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 
 from .base import _GZIP_MAGIC, Table, _open_regular
+from .chunks import Chunk, Slice, Source, chunk_rows_for
 
 _MISSING = frozenset({"", "na", "nan", "n/a", "?"})  # a CSV field, stripped and lower-cased
 _MISSING_SPELLINGS = sorted({"".join(letters) for token in _MISSING
@@ -282,3 +283,213 @@ def _is_int(s):
         return True
     except (TypeError, ValueError):
         return False
+
+
+# ---------------------------------------------------------------------------------- CSV, streamed
+_MAX_LINE = 64 * 2**20  # bytes in one line at most: a file without line breaks is refused, not read whole
+
+
+class CsvSource(Source):
+    """A CSV/TSV file streamed with ``read_csv``'s rules (the delimiter, header detection, a BOM dropped,
+    quoted numbers, text labels, missing values; errors name the file's line and the column).
+
+    A chunk is ``chunk_rows_for(columns)`` records; where each starts (its byte offset and line) is found
+    by the first sequential read (``sequential``, the statistics pass), after which a chunk is read by
+    seeking to it. A gzipped file cannot seek: its chunks are read in file order (``random_access``
+    False). Each slice is parsed by NumPy's reader when it can (numbers only), else field by field."""
+
+    format = "csv"
+
+    def __init__(self, path, label_column=-1, delimiter=None, *, header=None, require_labels=True):
+        if header not in (None, True, False):
+            raise ValueError(f"header must be None (detect), True or False, got {header!r}")
+        self.path = os.fspath(path)
+        self.delimiter = csv_delimiter(self.path, delimiter)
+        names, self.header_line, self.n_columns = _csv_head(self.path, self.delimiter, header, label_column)
+        if not self.n_columns:
+            raise ValueError(f"{self.path}: no data rows")
+        if label_column is None:
+            if require_labels:
+                raise ValueError("label_column is None but labels are required")
+            col = None
+        else:
+            col = _label_index(self.path, label_column, names, self.n_columns)
+            if self.n_columns < 2:
+                raise ValueError(f"{self.path}: has a single column; it needs features and a label column")
+        self.names, self.label_column, self.has_labels = names, col, col is not None
+        self.feature_names = None if names is None else [n for j, n in enumerate(names) if j != col]
+        self.label_name = None if names is None or col is None else names[col]
+        self.n_features = self.n_columns - (col is not None)
+        with _open_regular(self.path) as f:
+            self.random_access = f.read(2) != _GZIP_MAGIC
+        self.chunk_records = chunk_rows_for(self.n_columns)
+        self._chunks = None
+        self._stream = None  # (binary file, its position, the line before it) kept between reads
+
+    @property
+    def chunks(self):
+        if self._chunks is None:
+            for _ in self.sequential(self.chunk_records, parse=False):
+                pass
+        return self._chunks
+
+    def describe_column(self, j):
+        return _column_name(self.file_column(j), self.names)
+
+    def describe_label(self):
+        return _column_name(self.label_column, self.names)
+
+    # -- reading
+    def _open_at(self, offset, line):
+        """The binary stream at ``offset`` (a record's start, after physical line ``line``)."""
+        if self._stream is not None and self._stream[1] == offset:
+            return self._stream
+        self.close()
+        f = _open_regular(self.path)
+        binary = gzip.GzipFile(fileobj=f) if not self.random_access else f
+        try:
+            binary.seek(offset)
+        except (OSError, EOFError, zlib.error):
+            f.close()
+            raise ValueError(f"{self.path}: corrupt gzip data (damaged or truncated)") from None
+        self._stream = [binary, offset, line, f]
+        return self._stream
+
+    def _lines(self, stream):
+        """(physical line number, text) of the lines from the stream's position, bounded in length."""
+        binary = stream[0]
+        while True:
+            try:
+                raw = binary.readline(_MAX_LINE + 1)
+            except (OSError, EOFError, zlib.error):
+                raise ValueError(f"{self.path}: corrupt gzip data (damaged or truncated)") from None
+            if not raw:
+                return
+            stream[2] += 1
+            if len(raw) > _MAX_LINE:
+                raise ValueError(f"{self.path}: line {stream[2]} is longer than {_MAX_LINE >> 20} MiB; not a CSV "
+                                 f"file of rows (or its lines end in a bare carriage return)")
+            stream[1] += len(raw)
+            try:
+                text = raw.decode("utf-8-sig" if stream[2] == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{self.path}: not UTF-8 text (line {stream[2]}); save the file as UTF-8") from None
+            yield stream[2], text
+
+    def _records(self, stream, n):
+        """Up to ``n`` records from the stream: (their text lines, the line of each record's end, whether
+        any spans lines). Blank lines are skipped; a record continues while its quotes are unbalanced."""
+        texts, ends, multi, open_record = [], [], False, None
+        for line, text in self._lines(stream):
+            if line <= self.header_line:
+                continue
+            if open_record is None:
+                if not text.strip() and self.delimiter not in text:
+                    continue
+                open_record = [text, text.count('"')]
+            else:
+                open_record[0] += text
+                open_record[1] += text.count('"')
+                multi = True
+            if open_record[1] % 2 == 0:
+                texts.append(open_record[0])
+                ends.append(line)
+                open_record = None
+                if len(texts) == n:
+                    break
+        if open_record is not None:  # the file ends inside a quoted field: the field reader says so
+            texts.append(open_record[0])
+            ends.append(stream[2])
+            multi = True
+        return texts, np.array(ends, np.int64), multi
+
+    def sequential(self, slice_rows, chunks=None, parse=True):
+        """(chunk, slice) of every chunk in file order (``chunks``: only those indices), finding the
+        chunks on the first read."""
+        if self._chunks is not None:
+            for c in self._chunks:
+                if chunks is None or c.index in chunks:
+                    for piece in self.read(c, slice_rows, parse):
+                        yield c, piece
+            return
+        found, stream = [], self._open_at(0, 0)
+        while True:
+            chunk = Chunk(len(found), 0, 0, 0, (stream[1], stream[2]))
+            for piece in self._read_records(stream, chunk, self.chunk_records, slice_rows, parse):
+                chunk.rows += len(piece)
+                yield chunk, piece
+            if not chunk.rows:
+                break
+            chunk.first_row = sum(c.rows for c in found)
+            found.append(chunk)
+        if not found:
+            raise ValueError(f"{self.path}: no data rows")
+        self._chunks = found
+
+    def read(self, chunk, slice_rows, parse=True):
+        stream = self._open_at(*chunk.locator)
+        yield from self._read_records(stream, chunk, chunk.rows, slice_rows, parse)
+
+    def _read_records(self, stream, chunk, n, slice_rows, parse):
+        left = n
+        while left > 0:
+            texts, lines, multi = self._records(stream, min(left, max(int(slice_rows), 1)))
+            if not texts:
+                return
+            left -= len(texts)
+            yield self._parse(texts, lines, multi) if parse else _Count(len(texts))
+
+    def _parse(self, texts, lines, multi):
+        values = None if multi else _loadtxt(texts, self.delimiter, self.n_columns)
+        col = self.label_column
+        if values is None:
+            return Slice(*self._by_fields(texts, lines), lines, self.path)
+        if col is None:  # numbers only; a NaN read from the text "nan" is a missing value, as below
+            return Slice(values, None, None, lines, self.path)
+        y = values[:, col].copy()
+        return Slice(np.delete(values, col, axis=1), y, np.isnan(y), lines, self.path)
+
+    def _by_fields(self, texts, lines):
+        """(X, labels, missing labels) read field by field: text labels, missing values, and what is wrong."""
+        rows = list(csv.reader(texts, delimiter=self.delimiter))
+        against = "the header" if self.names is not None else "the first row"
+        for line, fields in zip(lines, rows):
+            if len(fields) != self.n_columns:
+                raise ValueError(f"{self.path}: not a numeric CSV file: row {line} has {len(fields)} fields, "
+                                 f"{against} has {self.n_columns}")
+        cells = np.char.strip(np.array(rows, dtype=str).reshape(len(rows), self.n_columns))
+        missing = _is_missing(cells)
+        col = self.label_column
+        columns = [_parse_column(self.path, cells[:, j], missing[:, j], lines, j, self.names, j == col)
+                   for j in range(self.n_columns)]
+        features = [c for j, c in enumerate(columns) if j != col]
+        X = np.column_stack(features) if features else np.zeros((len(rows), 0))
+        return (X, None, None) if col is None else (X, columns[col], missing[:, col])
+
+    def close(self):
+        if self._stream is not None:
+            binary, *_, f = self._stream
+            binary.close()
+            f.close()
+            self._stream = None
+
+
+class _Count:
+    """A slice that was only counted (the index pass)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+def _loadtxt(texts, delimiter, n_columns):
+    """NumPy's fast reader on single-line records of numbers, or None when it cannot read them all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            values = np.loadtxt(texts, delimiter=delimiter, quotechar='"', ndmin=2, dtype=np.float64, comments=None)
+        except ValueError:
+            return None
+    return values if values.shape == (len(texts), n_columns) else None

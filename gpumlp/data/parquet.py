@@ -1,0 +1,192 @@
+"""Streamed Parquet: a file, or a directory of files read as one pyarrow dataset (``pip install
+"gpumlp[parquet]"``).
+
+Every file's schema must be the first file's (the same column names and types, in the same order): a
+file that differs is refused, naming it and the first difference. Feature columns hold numbers
+(integers, floats, booleans); nulls and NaN are missing values. The label column (the last unless
+named) holds numbers, booleans or text. A chunk is a row group: pyarrow decodes a row group at a time
+(``ParquetFile.read_row_group``, one thread); a row group too large for the reader's share of the
+memory budget is read in record batches of the slices' size instead (``iter_batches``), whose buffers
+grow with the columns (a page each), not with the rows.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .chunks import Chunk, Slice, Source
+
+EXTRA_HINT = 'pip install "gpumlp[parquet]" (or pip install pyarrow)'
+
+
+def import_pyarrow():
+    """pyarrow and pyarrow.parquet, or an ImportError naming the extra that brings them."""
+    try:
+        import pyarrow
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"reading Parquet files needs pyarrow, which is not installed: {EXTRA_HINT}") from None
+    return pyarrow, pq
+
+
+def parquet_files(path):
+    """The Parquet files of ``path`` (a file, or a directory read as one dataset), sorted."""
+    pa, _ = import_pyarrow()
+    import pyarrow.dataset as ds
+
+    if not os.path.isdir(path):
+        return [os.fspath(path)]
+    try:
+        files = sorted(ds.dataset(os.fspath(path), format="parquet").files)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"{path}: not a directory of Parquet files ({exc})") from None
+    if not files:
+        raise ValueError(f"{path}: a directory with no Parquet files")
+    return files
+
+
+def _numeric(pa, t):
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _label_type(pa, t):
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return _numeric(pa, t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+class ParquetSource(Source):
+    """A Parquet file or directory; ``label`` names the label column (name, or index as for CSV: -1 the
+    last), None for none (prediction)."""
+
+    format = "parquet"
+
+    def __init__(self, path, label=-1, require_labels=True):
+        self.pa, self.pq = import_pyarrow()
+        self.path = os.fspath(path)
+        self.files = parquet_files(self.path)
+        schemas, self.chunks = [], []
+        for i, f in enumerate(self.files):
+            meta = self._open(f).metadata
+            schema = meta.schema.to_arrow_schema()
+            if schemas and not schema.equals(schemas[0], check_metadata=False):
+                raise ValueError(f"{f}: its columns differ from those of {self.files[0]} ("
+                                 f"{_first_difference(schemas[0], schema)}); the files of a data set must agree")
+            schemas.append(schema)
+            first = 0
+            for g in range(meta.num_row_groups):
+                rows = meta.row_group(g).num_rows
+                if rows:
+                    self.chunks.append(Chunk(len(self.chunks), rows, i, first, g))
+                first += rows
+        self.schema = schemas[0]
+        self._columns(label, require_labels)
+        self._file = (None, None)
+
+    def _columns(self, label, require_labels):
+        names = list(self.schema.names)
+        if label is None:
+            col = None
+        elif isinstance(label, str) and not _is_int(label):
+            if label.strip() not in names:
+                raise ValueError(f"label column {label!r} is not a column of {self.path}; columns: {names}")
+            col = names.index(label.strip())
+        else:
+            col = int(label)
+            if not -len(names) <= col < len(names):
+                raise ValueError(f"label column {label} is out of range for {self.path}, which has {len(names)} columns")
+            col %= len(names)
+        if col is None and require_labels:
+            raise ValueError("label_column is None but labels are required")
+        if col is not None and len(names) < 2:
+            raise ValueError(f"{self.path}: has a single column; it needs features and a label column")
+        for j, field in enumerate(self.schema):
+            if j != col and not _numeric(self.pa, field.type):
+                raise ValueError(f"{self.path}: column {j + 1} ({field.name!r}) holds {field.type}; feature columns "
+                                 f"must hold numbers")
+        if col is not None and not _label_type(self.pa, self.schema.field(col).type):
+            raise ValueError(f"{self.path}: the label column {col + 1} ({names[col]!r}) holds "
+                             f"{self.schema.field(col).type}; labels must be numbers or text")
+        self.label_column = col
+        self.label_name = None if col is None else names[col]
+        self.feature_names = [n for j, n in enumerate(names) if j != col]
+        self.n_features = len(self.feature_names)
+        self.has_labels = col is not None
+
+    def _open(self, path):
+        try:
+            return self.pq.ParquetFile(path, buffer_size=1 << 16, pre_buffer=False)
+        except (self.pa.ArrowException, OSError) as exc:
+            raise ValueError(f"{path}: not a readable Parquet file (damaged or truncated: {exc})") from None
+
+    def _cached(self, i):
+        if self._file[0] != i:
+            self._file = (i, self._open(self.files[i]))
+        return self._file[1]
+
+    def read(self, chunk, slice_rows):
+        path, f = self.files[chunk.file], self._cached(chunk.file)
+        columns = list(self.schema.names)
+        try:
+            if chunk.rows <= slice_rows:
+                batches = [f.read_row_group(chunk.locator, columns=columns, use_threads=False)]
+            else:
+                batches = f.iter_batches(batch_size=int(slice_rows), row_groups=[chunk.locator], columns=columns,
+                                         use_threads=False)
+            first = chunk.first_row
+            for batch in batches:
+                yield self._slice(batch, path, first)
+                first += batch.num_rows
+        except self.pa.ArrowException as exc:
+            raise ValueError(f"{path}: row group {chunk.locator + 1} (rows {chunk.first_row + 1} to "
+                             f"{chunk.first_row + chunk.rows}) cannot be read (damaged or truncated: {exc})") from None
+
+    def _slice(self, batch, path, first):
+        n = batch.num_rows
+        X = np.empty((n, self.n_features), np.float64)
+        y = missing = None
+        k = 0
+        for j in range(batch.num_columns):
+            column = batch.column(j)
+            if j == self.label_column:
+                y, missing = self._labels(column)
+                continue
+            values = column.to_numpy(zero_copy_only=False)
+            X[:, k] = values
+            if column.null_count:
+                X[np.asarray(column.is_null().to_numpy(zero_copy_only=False)), k] = np.nan
+            k += 1
+        return Slice(X, y, missing, np.arange(first + 1, first + n + 1, dtype=np.int64), path)
+
+    def _labels(self, column):
+        pa = self.pa
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type) if hasattr(column, "cast") else column
+        nulls = np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
+        if _numeric(pa, column.type):
+            y = np.asarray(column.to_numpy(zero_copy_only=False), np.float64)
+            y[nulls] = np.nan
+            return y, np.isnan(y)
+        values = column.fill_null("").to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=str), nulls
+
+    def close(self):
+        self._file = (None, None)
+
+
+def _first_difference(a, b):
+    if a.names != b.names:
+        return f"column names {b.names} against {a.names}"
+    for fa, fb in zip(a, b):
+        if not fa.type.equals(fb.type):
+            return f"column {fa.name!r} holds {fb.type}, not {fa.type}"
+    return "their schemas differ"
+
+
+def _is_int(s):
+    try:
+        int(s)
+        return True
+    except (TypeError, ValueError):
+        return False
