@@ -50,8 +50,8 @@ class PinnedBatches:
         self._consumed = [cupy.cuda.Event(disable_timing=True) for _ in range(2)]
         self._busy = [False, False]  # whether a copy/step has used slot j since the last epoch
 
-    def _issue(self, j, rows):
-        """Gather ``rows`` on the host into slot j and start its copy to the device."""
+    def _issue(self, j, rows, x):
+        """Gather ``x[rows]`` on the host into slot j and start its copy to the device."""
         slot, b = j % 2, len(rows)
         if self._busy[slot]:
             self._copied[slot].synchronize()  # copy j−2 still reading pinned[slot]?
@@ -59,20 +59,22 @@ class PinnedBatches:
         # mode="clip": with the default "raise", NumPy gathers into a temporary and copies that into
         # out (a second host copy of every batch). The rows are checked in range once per epoch, by
         # batches.check_order, so clipping never moves an index.
-        np.take(self._x, rows, axis=0, out=self._pinned[slot][:b], mode="clip")
+        np.take(x, rows, axis=0, out=self._pinned[slot][:b], mode="clip")
         self._device[slot][:b].set(self._pinned[slot][:b], stream=self._copy_stream)
         self._copied[slot].record(self._copy_stream)
         self._busy[slot] = True
 
-    def epoch(self, order, batch_size):
+    def epoch(self, order, batch_size, x=None):
         """Yield the device batch of each ``order[i:i + batch_size]`` in turn. The caller enqueues
-        its work on the current stream before asking for the next batch."""
+        its work on the current stream before asking for the next batch. ``x``: rows of another host
+        array of the same row shape and dtype (a streamed block, ``batches.ViewBatches``)."""
+        x = self._x if x is None else x
         compute = self._cp.cuda.get_current_stream()
         starts = list(range(0, len(order), batch_size))
-        self._issue(0, order[:batch_size])
+        self._issue(0, order[:batch_size], x)
         for k, i in enumerate(starts):
             if k + 1 < len(starts):
-                self._issue(k + 1, order[starts[k + 1]:starts[k + 1] + batch_size])
+                self._issue(k + 1, order[starts[k + 1]:starts[k + 1] + batch_size], x)
             slot = k % 2
             compute.wait_event(self._copied[slot])
             yield self._device[slot][:min(batch_size, len(order) - i)]

@@ -17,6 +17,12 @@
                       gathered into a CSR batch of their own; the first layer multiplies it as it is
                       (``Ops.linear``, ``Ops.weight_grad``), so neither X nor a batch is densified
 
+    ViewBatches       streamed data (``gpumlp.data.stream``): ``order`` is the epoch's seed (None: file
+                      order); the file's chunks in a seeded order, rows shuffled in a buffer, read by a
+                      thread ahead of the step (``gpumlp.data.streaming.View.blocks``); on the GPU each
+                      block's rows go to the device through the pinned, double-buffered staging of
+                      ``_stream``
+
 ``batch_source(backend, x, y, w)`` picks the one that fits where ``x`` lives. The shuffle is the same
 host permutation on every backend, so a seed gives the same batches everywhere.
 
@@ -109,8 +115,32 @@ class SparseBatches:
             yield x[rows], y[rows], None if w is None else w[rows]
 
 
+class ViewBatches:
+    def __init__(self, backend, view):
+        self.backend, self.view = backend, view
+
+    def epoch(self, order, batch_size):
+        if not self.backend.is_gpu:
+            yield from self.view.epoch(order, batch_size)
+            return
+        from ._stream import PinnedBatches
+
+        asarray, pinned = self.backend.asarray, None
+        for x, y, w in self.view.blocks(order, batch_size):
+            if pinned is None:
+                pinned = PinnedBatches(self.backend.xp, np.empty((batch_size,) + x.shape[1:], x.dtype), batch_size)
+            y, w = asarray(y), None if w is None else asarray(w)
+            rows = pinned.epoch(np.arange(x.shape[0]), batch_size, x=x)
+            for i, xb in zip(range(0, x.shape[0], batch_size), rows):
+                yield xb, y[i:i + batch_size], None if w is None else w[i:i + batch_size]
+
+
 def batch_source(backend, x, y, w):
     """The source for training data ``x`` (a host array on the GPU backend means: stream it)."""
+    from .data.streaming import View
+
+    if isinstance(x, View):
+        return ViewBatches(backend, x)
     if is_sparse(x):
         return SparseBatches(backend, x, y, w)
     if not backend.is_gpu:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import functions as F
-from . import io, metrics, onnx_export, optim, schedules, state
+from . import io, metrics, onnx_export, optim, schedules, state, streamed
 from .backend import is_device_array, resolve
+from .data.streaming import is_stream
 from .data_parallel import make_trainer
 from .graph import graph as computational_graph
 from .lbfgs import LBFGSTrainer
@@ -74,6 +75,16 @@ class Gradients:
     db: list | None = None
 
 
+def _streamable(method):
+    """An MLP method that takes a streamed source in place of X (``gpumlp.streamed``'s function of its name)."""
+    @functools.wraps(method)
+    def call(self, X, *args, **kw):
+        if is_stream(X):
+            return getattr(streamed, method.__name__)(self, X, *args, **kw)
+        return method(self, X, *args, **kw)
+    return call
+
+
 def _exclusive(what):
     """Decorator: run the method under ``MLP.exclusive(what)``."""
     def wrap(method):
@@ -116,11 +127,10 @@ class MLP:
     target scaling and header names it was trained with; its ``scaler_`` and ``classes_`` read it) and
     ``training_config_`` (the command line's settings), None unless set.
 
-    Warm starts: like a PyTorch module, an MLP keeps training from where it is (weights, optimizer
-    state, schedule position, curves); ``reset_parameters()`` starts over (curves and counters kept).
-    ``gpumlp.sklearn``'s estimators follow scikit-learn: ``fit`` starts afresh unless ``warm_start``.
-    Initialisation: see ``reset_parameters``.
-    """
+    Warm starts: like a PyTorch module, an MLP keeps training from where it is (weights, optimizer state,
+    schedule position, curves); ``reset_parameters()`` starts over (curves and counters kept; initialisation:
+    see there). ``gpumlp.sklearn``'s estimators follow scikit-learn: ``fit`` starts afresh unless ``warm_start``.
+    Streamed data (``gpumlp.data.stream``) go where arrays do: fit, predict, score (``gpumlp.streamed``)."""
 
     def __init__(self, sizes, activation="relu", loss="cross_entropy", weight_decay=0.0, bias=False,
                  dtype="float32", backend="auto", seed=None, optimizer="sgd", momentum=0.0,
@@ -374,6 +384,7 @@ class MLP:
         """o for the rows of a validated x (``_infer``: in chunks, host rows moved chunk by chunk)."""
         return _infer(self, x)
 
+    @_streamable
     def outputs(self, X):
         """The outputs o as a backend array (``decision_function`` without the copy); X on host or device."""
         return self._outputs(check_X(X, "X", self.sizes[0], self.dtype, backend=self.array_backend))
@@ -397,11 +408,13 @@ class MLP:
         x = check_X(X, "X", self.sizes[0], self.dtype, backend=self.array_backend)  # moved by _outputs, in chunks
         return (x, *self.targets_to_device(y, x.shape[0], sample_weight))
 
+    @_streamable
     def objective(self, X, y, sample_weight=None):
         """J = L + s on (X, y) (L weighted by sample_weight when given), as a float."""
         x, yy, w = self._checked(X, y, sample_weight)
         return float(F.LOSSES[self.loss].forward(self._outputs(x), yy, w)) + F.regulariser(self._W, self.weight_decay)
 
+    @_streamable
     def score(self, X, y, sample_weight=None):
         """``metrics.score`` of this loss: accuracy (subset accuracy for binary_cross_entropy) or R² (squared,
         poisson), weighted as scikit-learn's metrics when sample_weight is given."""
@@ -420,8 +433,8 @@ class MLP:
         x, yy, w = self.to_device(X, y, sample_weight)
         return float(self.training_step(x.shape[0]).train(x, yy, w, self.optimizer, lr))
 
-    def fit(self, X, y, epochs=10, batch_size=64, lr=0.01, shuffle=True, validation_data=None, sample_weight=None,
-            verbose=False, *, class_weight=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=None,
+    def fit(self, X, y=None, epochs=10, batch_size=64, lr=0.01, shuffle=True, validation_data=None,
+            sample_weight=None, verbose=False, *, class_weight=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=None,
             tol=1e-4, callbacks=None, train_score=False, comm=None, sharded=False, max_fun=15000):
         """Minibatch training from the current weights (see the class docstring on warm starts), run by a
         ``gpumlp.Trainer``; with ``comm``, ``sharded``: over its ranks (``gpumlp.data_parallel``). Returns self.
@@ -438,20 +451,18 @@ class MLP:
             a dict {label: weight} (missing labels weigh 1); multiplies sample_weight. Cross-entropy only.
         validation_data : (X_val, y_val) or (X_val, y_val, w_val); records ``validation_loss_curve_``
             and ``validation_curve_`` (score per epoch).
-        early_stopping : monitor the validation score (from ``validation_data``, else from a
-            held-out ``validation_fraction`` of X, stratified by class for cross-entropy); stop
-            after more than ``n_iter_no_change`` (default 10) consecutive epochs without an
-            improvement greater than ``tol`` over the best score, and restore the best weights.
-        n_iter_no_change : without early stopping, an integer turns on scikit-learn's convergence
-            rule on the training loss (stop after more than n epochs without it falling by more
-            than ``tol``); None (default) trains all ``epochs``. With the "adaptive" schedule a
-            plateau divides the learning rate by 5 instead of stopping (see ``gpumlp.schedules``).
+        early_stopping : monitor the validation score (from ``validation_data``, else from a held-out
+            ``validation_fraction`` of X, stratified by class for cross-entropy); stop after more than
+            ``n_iter_no_change`` (default 10) epochs in a row not improving the best score by ``tol``; restore the best.
+        n_iter_no_change : without early stopping, an integer turns on scikit-learn's convergence rule on the training
+            loss (stop after more than n epochs without it falling by more than ``tol``); None (default) trains all
+            ``epochs``. With the "adaptive" schedule a plateau divides the lr by 5 instead (``gpumlp.schedules``).
         callbacks : a callable or a list of them, called as ``cb(model, record)`` after each epoch
             (``record`` is that epoch's ``history_`` entry as a dict); returning True stops training.
 
+        X may be a streamed source (``gpumlp.data.stream``; y None), its rows shuffled by chunks and a buffer.
         ``stop_reason_`` says why training ended: "epochs", "plateau", "lr_too_small", "callback" (L-BFGS also
-        "converged", "max_fun", "line_search"). Checkpoints saved from a callback resume the run exactly.
-        """
+        "converged", "max_fun", "line_search"). Checkpoints saved from a callback resume the run exactly."""
         if self.optimizer.name == "lbfgs" and comm is None:
             return LBFGSTrainer(self, callbacks=callbacks, train_score=train_score, verbose=verbose).fit(
                 X, y, epochs, max_fun=max_fun, tol=tol, sample_weight=sample_weight, class_weight=class_weight,

@@ -33,7 +33,7 @@ Full-batch L-BFGS is ``gpumlp.lbfgs.LBFGSTrainer``; it shares ``prepare`` and ``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from . import schedules
 from .backend import is_device_array, is_sparse
 from .batches import batch_source
 from .data import class_sample_weights, split_indices
+from .data.split import StreamSplit
+from .data.statistics import materialise, training_view
+from .data.streaming import View, is_stream
 from .monitor import PlateauMonitor
 from .state import HISTORY_KEYS
 from .validation import check_positive_number, check_sample_weight, check_X, rescaled_weights
@@ -168,8 +171,13 @@ class Trainer:
         """Validated ``TrainingData``: X, y and the combined per-example weights on the model's backend.
 
         On the GPU, host data too large for the device (``_stream.fits_on_device``) stay on the host
-        as one contiguous array of the model's dtype, and their batches are streamed."""
+        as one contiguous array of the model's dtype, and their batches are streamed. A streamed source
+        (``gpumlp.data.stream``) is counted and checked in one pass (``_stream_data``)."""
         m = self.model
+        if is_stream(X):
+            return self._stream_data(X, y, sample_weight, class_weight)
+        if y is None:
+            raise TypeError("y is required: the targets of X (y=None is for a streamed source, gpumlp.data.stream)")
         x = self._training_X(X)
         n = x.shape[0]
         yy, _ = m.targets_to_device(y, n)
@@ -182,6 +190,17 @@ class Trainer:
             if not w.sum() > 0:
                 raise ValueError("sample_weight times class_weight must have a positive sum")
         return self._data(x, yy, self._device_weights(w))
+
+    def _stream_data(self, X, y, sample_weight, class_weight, chunks=None):
+        """``TrainingData`` of a streamed source: a ``View`` of its rows in the model's dtype (labels from the
+        source; weights are not streamed)."""
+        m = self.model
+        for name, value in (("y", y), ("sample_weight", sample_weight), ("class_weight", class_weight)):
+            if value is not None:
+                raise ValueError(f"{name} with a streamed source: its labels come from the source (y=None), and "
+                                 f"per-example or class weights are not streamed; train from arrays to weight rows")
+        view = training_view(X, m.loss, m.sizes[-1], m.dtype, self.batch_size, m.sizes[1:-1], chunks=chunks)
+        return self._data(view, None, None)
 
     def _device_weights(self, w):
         """The combined per-example weights (host, or None) as the step uses them: rescaled by a power
@@ -217,6 +236,14 @@ class Trainer:
         """(training data, validation triple): the early-stopping split (``data.split_indices``)."""
         m = self.model
         stratify = m.loss == "cross_entropy"
+        if isinstance(data.x, View):  # a seeded streamed split (data.split.StreamSplit), the held-out rows in memory
+            view = replace(data.x, part="train", split=StreamSplit(0.0, fraction, seed), stratify=stratify)
+            x_val, y_val = materialise(view.with_part("validation"), view.plan.validation_bytes,
+                                       "the early-stopping validation split")
+            view.n_rows = data.n - x_val.shape[0]
+            if x_val.shape[0] < 2 or view.n_rows < 1:
+                raise ValueError(f"validation_fraction={fraction} of {data.n} examples holds out {x_val.shape[0]}")
+            return self._data(view, None, None), (x_val, y_val, None)
         labels = np.asarray(m.array_backend.to_host(data.y)) if stratify else np.arange(data.n)
         kept, held = split_indices(labels, fraction, seed, stratify=stratify)
 
@@ -337,19 +364,25 @@ class Trainer:
         m = self.model
         _check_minibatch(m)
         backend, xp, n, B = m.array_backend, m.array_backend.xp, data.n, self.batch_size
-        order = m.rng.permutation(n) if self.shuffle else None
+        streamed = isinstance(data.x, View)  # its epoch order is a seed: the stream has no row index
+        order = (int(m.rng.integers(2**63)) if streamed else m.rng.permutation(n)) if self.shuffle else None
         batches = data.source.epoch(order, B)
         step = m.training_step(min(B, n))
         start = _EpochStart(m)
         n_steps = -(-n // B)
         Js = xp.empty(n_steps + 1, m.dtype)  # each step's J, then whether θ ended finite
         on_step, every = self.on_step, self.step_interval or max(1, n_steps // 100)
+        k = -1
         for k, (x, y, w) in enumerate(batches):
+            if k >= n_steps:
+                _changed(data.x, n)
             Js[k] = step.train(x, y, w, m.optimizer, lr)
             if not backend.is_gpu and not math.isfinite(Js[k]):
                 self._diverged(start, k, f"the objective J became {float(Js[k])}")
             if on_step is not None and (k + 1) % every == 0:
                 on_step(k + 1, n_steps)  # host integers only: no read-back, no wait
+        if k + 1 != n_steps:
+            _changed(data.x, n)
         # J is taken before each update, so an update that overflows shows in no J of this epoch
         # (it would only in the next one, whose snapshot would then hold the non-finite weights).
         Js[-1] = xp.isfinite(m.theta).all()
@@ -369,6 +402,12 @@ class Trainer:
         raise DivergenceError(
             f"training diverged: {what} in epoch {m.epochs_ + 1}, step {step + 1}. The weights were restored "
             f"to those at the start of that epoch. Try a smaller learning rate.")
+
+
+def _changed(x, n):
+    path = getattr(getattr(x, "source", None), "path", "the data")
+    raise ValueError(f"{path}: the epoch's batches do not hold the {n} rows counted before training: the file "
+                     f"changed while it was being read")
 
 
 def _check_minibatch(model):

@@ -6,6 +6,7 @@
     X, y = load("data.tsv", missing="drop")             # tab-separated; rows with missing values dropped
     table = load_table("data.csv")                      # X, y and the header's feature and label names
     X, y = load("data.npz")                             # NPZ with arrays X and y
+    src = stream("big.parquet", memory_budget="256MiB") # larger than memory: read a chunk at a time
     train, test = split_indices(y, 0.2, seed=0)         # the one hold-out rule (stratified, seeded)
     codes = LabelEncoder().fit(y).transform(y)          # class labels -> output indices
     scaler = Scaler("standard").fit(X[train])           # fitted on the training split only
@@ -26,6 +27,14 @@ One module per job:
     labels.py         class labels <-> output indices, class weights
     preprocessing.py  the mean imputer and the scaler
     prepared.py       a run's data (prepare), the data digest, another file's columns by name
+
+    Streamed data (files larger than memory; ``stream``):
+    chunks.py         what every streamed format gives: chunks (row groups, blocks of rows) and slices
+    parquet.py, npy.py, csvfile.py (CsvSource)      the streamed formats
+    rows.py           the missing-value policy and the split's parts, applied as rows are read
+    reader.py         the prefetching reader thread and the shuffle buffer
+    streaming.py      stream(): the source, its memory plan, its views (parts of the split) and epochs
+    statistics.py     the statistics pass (labels, moments, digest, part sizes) and prepare_stream
 """
 from .base import EMBEDDED, Table, _open_regular
 from .csvfile import csv_columns, csv_delimiter, load_csv, read_csv
@@ -37,8 +46,11 @@ from .npz import load_npz
 from .prepared import MISSING, TARGET_SCALINGS, Prepared, align_columns, data_digest, prepare
 from .preprocessing import SCALINGS, MeanImputer, Scaler, scale_targets
 from .split import split_indices, split_indices_v1
+from .statistics import StreamPrepared, prepare_stream
+from .streaming import StreamSource, parse_size, stream
 
 __all__ = ["EMBEDDED", "FORMATS", "MISSING", "SCALINGS", "TARGET_SCALINGS", "Table", "Prepared", "LabelEncoder",
            "MeanImputer", "Scaler", "load_digits", "load", "load_table", "load_csv", "read_csv", "csv_columns",
            "csv_delimiter", "load_idx", "read_idx", "load_npz", "detect_format", "split_indices",
-           "split_indices_v1", "class_sample_weights", "scale_targets", "align_columns", "data_digest", "prepare"]
+           "split_indices_v1", "class_sample_weights", "scale_targets", "align_columns", "data_digest", "prepare",
+           "stream", "StreamSource", "StreamPrepared", "prepare_stream", "parse_size"]

@@ -29,6 +29,7 @@ import numpy as np
 from .base import EMBEDDED
 from .chunks import Chunk, Slice, Source
 from .reader import ShuffleBuffer, prefetch, shuffled_blocks
+from .rows import apply_missing, split_parts
 from .split import StreamSplit
 
 DEFAULT_BUDGET = 512 * 2**20
@@ -293,6 +294,7 @@ class Transform:
     target_scaler: object = None
     class_weights: np.ndarray | None = None
     label_dtype: object = None  # y's dtype when neither encoder nor target_scaler: int64 labels, or dtype
+    label_columns: bool = False  # y as (rows, 1), the targets of a one-output regression or logistic model
 
     def apply(self, piece, what="the data"):
         X = piece.X
@@ -309,6 +311,8 @@ class Transform:
                 y = scale_targets(self.target_scaler, y).astype(self.dtype)
             elif self.label_dtype is not None:
                 y = np.asarray(y).astype(self.label_dtype)
+            if self.label_columns:
+                y = y.reshape(-1, 1)
         w = None if self.class_weights is None or y is None else self.class_weights[y].astype(self.dtype)
         return x, y, w
 
@@ -358,8 +362,6 @@ class View:
 
     def rows(self, chunk, piece, counters):
         """The slice's rows of this part: the missing policy, then the split (ranks carried in ``counters``)."""
-        from .statistics import apply_missing, split_parts
-
         piece = apply_missing(self.source, piece, self.missing, count=None)
         if self.part == "all" or self.split is None or len(piece) == 0:
             return piece
