@@ -36,7 +36,9 @@ process holds the concatenation of the parts and takes, as batch k, the union ov
 rank's k-th chunk. The weight sums per step (for the shares) are exchanged once per epoch. The
 training score, validation loss and score are those over all parts (each rank passes its part of the
 validation data); "balanced" class weights come from the global label counts; early stopping's
-split holds out the fraction of each part, seeded from the shared seed and the rank.
+split holds out the fraction of each part, seeded from the shared seed and the rank. A streamed source
+(``gpumlp.data.stream``) is sharded by its chunks: rank r reads every P-th chunk from chunk r and
+never the rest of the file; its epoch order is a seed from the shared one and the rank.
 
 Agreement. Before training: the model's settings (all but the seed) and the call's arguments are
 compared across ranks, then the data by digest (replicated) or layout (sharded); a failure on any
@@ -68,6 +70,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import functions as F
+from . import streamed
+from .data.statistics import rank_chunks
+from .data.streaming import View, is_stream
 from .distributed import Communicator, describe_array, digest, is_collective, mark_collective
 from .state import ModelState
 from .trainer import DivergenceError, Trainer, TrainingData, _EpochStart
@@ -206,6 +211,8 @@ def global_objective(model, comm, x, y, w=None):
 def global_score(model, comm, x, y, w=None):
     """``MLP.score`` over every rank's (x, y, w): accuracy or R² (uniform over outputs); the arrays as
     for ``global_objective``. Collective."""
+    if isinstance(x, View):
+        return streamed.score(model, x, y, w, comm=comm)
     to_host = model.array_backend.to_host
     yy, ww = model.targets_to_device(y, x.shape[0])[0], w
     o = model.outputs(x)
@@ -308,6 +315,8 @@ class DataParallelTrainer(Trainer):
     # ------------------------------------------------------------------ data
     def prepare(self, X, y, sample_weight=None, class_weight=None):
         m = self.model
+        if is_stream(X):
+            return self._stream_prepare(X, y, sample_weight, class_weight)
         if self.sharded and isinstance(class_weight, str) and class_weight == "balanced" and m.loss == "cross_entropy":
             class_weight = self._balanced(y)
         data = super().prepare(X, y, sample_weight, class_weight)
@@ -321,6 +330,21 @@ class DataParallelTrainer(Trainer):
                                         hint="With comm=, every rank passes the same X, y and weights; "
                                              "with sharded=True each rank passes its own part")
         return data
+
+    def _stream_prepare(self, X, y, sample_weight, class_weight):
+        """A streamed source: sharded only, each rank reading its own chunks (every P-th, ``rank_chunks``)."""
+        if not self.sharded:
+            raise ValueError("a streamed source under comm= needs sharded=True: each rank reads its own chunks of "
+                             "the file (replicated data would have every rank read all of it)")
+        data = super().prepare(X, y, sample_weight, class_weight)
+        self.comm.require_identical("the training data's layouts", (data.x.n_features, str(data.x.transform.dtype)),
+                                    hint="Every rank streams the same file (or files of the same columns)")
+        return data
+
+    def _stream_data(self, X, y, sample_weight, class_weight, chunks=None):
+        if not isinstance(X, View):  # a StreamSource: this rank's chunks (a View brings its own)
+            chunks = rank_chunks(X.source, self.comm)
+        return super()._stream_data(X, y, sample_weight, class_weight, chunks=chunks)
 
     def _balanced(self, y):
         """class_weight="balanced" from the label counts of all parts, as a {label: weight} dict."""
@@ -399,7 +423,10 @@ class DataParallelTrainer(Trainer):
                 plan.order = None  # the rows in their own order: slices, as one process takes them
             return plan
         seed = int(m.rng.integers(2**63)) if self.shuffle else None
-        order = None if seed is None else np.random.default_rng([seed, comm.rank]).permutation(data.n)
+        rank_rng = None if seed is None else np.random.default_rng([seed, comm.rank])
+        if isinstance(data.x, View):  # a stream's epoch order is a seed (its chunks' order, its buffer's draws)
+            return sharded_plan(data.counts, B, comm.rank, None if seed is None else int(rank_rng.integers(2**63)))
+        order = None if seed is None else rank_rng.permutation(data.n)
         sums = None
         if data.w_host is not None:
             w = data.w_host if order is None else data.w_host[order]

@@ -47,6 +47,7 @@ class Statistics:
     chunk_digests: dict = field(default_factory=dict)
     signature: list = field(default_factory=list)
     label_range: tuple = (np.inf, -np.inf)  # the smallest and largest numeric label (present)
+    local_counts: np.ndarray | None = None  # ``counts`` of this rank's chunks alone (a sharded scan)
 
     @property
     def digest(self):
@@ -126,8 +127,10 @@ def scan(source, *, split=None, missing="error", classify=True, stratify=None, m
     if h is not None:
         digests[current] = h.hexdigest()
     stats = Statistics(counts, dropped[0], None, feature_m, target_m, digests, source.signature(), (lo, hi))
+    stats.local_counts = counts.copy()
     if comm is not None and comm.size > 1:
         stats, labels = _combine(stats, labels, comm)
+        stats.local_counts = counts.copy()
     if classify and labels:
         stats.labels = _label_array(labels, source.path)
     return stats
@@ -250,11 +253,12 @@ def prepare_stream(source, *, missing="error", test_size=0.2, validation_split=0
     transform = Transform(dtype, imputer if missing == "impute" else None, scaler, encoder, target_scaler,
                           label_dtype=None if classify else dtype, label_columns=not classify)
     policy = "keep" if missing == "impute" else missing
-    base = View(inner, "train", split, transform, policy, int(counts[0]), chunks, plan, True, classify)
-    test = base.with_part("test", int(counts[2])) if test_size else None
+    mine = stats.local_counts  # a rank's views hold its chunks' rows (all of them with one process)
+    base = View(inner, "train", split, transform, policy, int(mine[0]), chunks, plan, True, classify)
+    test = base.with_part("test", int(mine[2])) if test_size else None
     X_val = y_val = None
     if validation_split:
-        X_val, y_val = materialise(base.with_part("validation", int(counts[1])), plan.validation_bytes,
+        X_val, y_val = materialise(base.with_part("validation", int(mine[1])), plan.validation_bytes,
                                    "the validation split")
     return StreamPrepared(source, base, test, X_val, y_val, classes, scaler,
                           imputer if missing == "impute" else None, target_scaler, split, stats,
@@ -277,10 +281,12 @@ def materialise(view, budget, what):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def training_view(source, loss, n_outputs, dtype, batch_size=32, hidden=(), chunks=None):
+def training_view(source, loss, n_outputs, dtype, batch_size=32, hidden=(), chunks=None, n_inputs=None):
     """A ``StreamSource`` given to ``MLP.fit``: its rows as they are (no split, no scaling: as arrays are
     taken), counted and checked in one pass: labels are output indices in [0, n_outputs) (cross-entropy),
-    0/1 (binary cross-entropy) or numbers (regression); a missing value is an error."""
+    0/1 (binary cross-entropy) or numbers (regression); a missing value is an error. ``n_inputs``: the
+    features the model takes (checked before anything is read)."""
+    check_features(source, n_inputs)
     if isinstance(source, View):
         return source
     if not source.has_labels:
@@ -306,6 +312,12 @@ def training_view(source, loss, n_outputs, dtype, batch_size=32, hidden=(), chun
         raise ValueError(f"{path}: {column} holds negative values (down to {lo}); the poisson loss needs counts >= 0")
     transform = Transform(dtype, label_dtype=np.int64 if classify else dtype, label_columns=not classify)
     return View(source.source, "all", None, transform, "error", int(stats.counts.sum()), chunks, plan, True, classify)
+
+
+def check_features(source, n_inputs):
+    """ValueError unless the streamed ``source`` (a ``StreamSource`` or ``View``) has ``n_inputs`` features."""
+    if n_inputs is not None and source.n_features != n_inputs:
+        raise ValueError(f"{source.source.path} has {source.n_features} features, the model expects {n_inputs}")
 
 
 __all__ = ["Statistics", "StreamPrepared", "apply_missing", "materialise", "prepare_stream", "rank_chunks",
