@@ -141,9 +141,9 @@ class LBFGSTrainer:
             validation_data=None, early_stopping=False, n_iter_no_change=None):
         """Minimise J over (X, y) from the current θ (module docstring). Returns the model. Another thread
         training the same model meanwhile gets a RuntimeError (``MLP.exclusive``), as with ``gpumlp.Trainer``."""
-        from .data.streaming import is_stream
+        from .data.streaming import as_stream
 
-        if is_stream(X):
+        if as_stream(X) is not None:
             raise ValueError("optimizer='lbfgs' minimises J over the whole training set at once, which a streamed "
                              "source does not hold in memory: use 'sgd' or 'adam' (minibatches), or load the data")
         with self.model.exclusive("fit"):

@@ -27,7 +27,7 @@ import numpy as np
 from . import functions as F
 from . import io, metrics, onnx_export, optim, schedules, state, streamed
 from .backend import is_device_array, resolve
-from .data.streaming import is_stream
+from .data.streaming import as_stream
 from .data_parallel import make_trainer
 from .graph import graph as computational_graph
 from .lbfgs import LBFGSTrainer
@@ -79,8 +79,9 @@ def _streamable(method):
     """An MLP method that takes a streamed source in place of X (``gpumlp.streamed``'s function of its name)."""
     @functools.wraps(method)
     def call(self, X, *args, **kw):
-        if is_stream(X):
-            return getattr(streamed, method.__name__)(self, X, *args, **kw)
+        source = as_stream(X)  # a StreamSource or View, or a re-iterable of (X_chunk, y_chunk) pairs
+        if source is not None:
+            return getattr(streamed, method.__name__)(self, source, *args, **kw)
         return method(self, X, *args, **kw)
     return call
 

@@ -43,7 +43,7 @@ from .batches import batch_source
 from .data import class_sample_weights, split_indices
 from .data.split import StreamSplit
 from .data.statistics import materialise, training_view
-from .data.streaming import View, is_stream
+from .data.streaming import View, as_stream
 from .monitor import PlateauMonitor
 from .state import HISTORY_KEYS
 from .validation import check_positive_number, check_sample_weight, check_X, rescaled_weights
@@ -174,8 +174,9 @@ class Trainer:
         as one contiguous array of the model's dtype, and their batches are streamed. A streamed source
         (``gpumlp.data.stream``) is counted and checked in one pass (``_stream_data``)."""
         m = self.model
-        if is_stream(X):
-            return self._stream_data(X, y, sample_weight, class_weight)
+        source = as_stream(X)  # a StreamSource or View, or a re-iterable of (X_chunk, y_chunk) pairs
+        if source is not None:
+            return self._stream_data(source, y, sample_weight, class_weight)
         if y is None:
             raise TypeError("y is required: the targets of X (y=None is for a streamed source, gpumlp.data.stream)")
         x = self._training_X(X)

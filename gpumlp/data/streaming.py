@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,6 +138,10 @@ class PairsSource(Source):
     def __init__(self, pairs):
         if isinstance(pairs, (str, bytes, np.ndarray)) or not hasattr(pairs, "__iter__"):
             raise TypeError(f"expected a re-iterable of (X_chunk, y_chunk) pairs, got {type(pairs).__name__}")
+        if isinstance(pairs, Iterator):  # a generator or iterator: the check pass would use it up before the epochs
+            raise TypeError(f"a {type(pairs).__name__} of (X_chunk, y_chunk) pairs can be read only once; streamed "
+                            f"training reads its chunks again every epoch: give a re-iterable (a list, or an "
+                            f"object whose __iter__ starts over)")
         self.pairs, self.random_access = pairs, isinstance(pairs, Sequence)
         self.chunks, d, labelled = [], None, None
         for i, pair in enumerate(pairs):
@@ -371,8 +375,8 @@ class View:
     def pieces(self, order_seed=None):
         """(x, y, w) host arrays of this part's rows, chunk by chunk (in a seeded order when ``order_seed``)."""
         slice_rows = self.plan.slice_rows if self.plan is not None else 65536
-        if order_seed is None and hasattr(self.source, "sequential"):
-            reads = ((c, p) for c, p in sequential(self.source, slice_rows, self.chunks))
+        if order_seed is None or not self.source.random_access:  # file order: one pass (an iterable's only one)
+            reads = sequential(self.source, slice_rows, self.chunks)
         else:
             reads = ((c, p) for c in self._chunk_list(order_seed) for p in self.source.read(c, slice_rows))
         counters, current = {}, None
@@ -497,7 +501,7 @@ def as_stream(X):
     pairs: a list or tuple whose first item is such a pair), else None."""
     if is_stream(X):
         return X
-    if isinstance(X, (list, tuple)) and X and isinstance(X[0], tuple) and len(X[0]) == 2 and \
+    if isinstance(X, (list, tuple)) and X and isinstance(X[0], (tuple, list)) and len(X[0]) == 2 and \
             np.ndim(X[0][0]) == 2:
         return StreamSource(PairsSource(X))
     if not isinstance(X, (list, tuple, np.ndarray, str, bytes)) and hasattr(X, "__iter__") and \
