@@ -16,17 +16,18 @@ import numpy as np
 
 from . import functions as F
 from .data.preprocessing import Moments
-from .data.statistics import training_view
+from .data.statistics import check_features, training_view
 from .data.streaming import StreamSource, View
 
 
 def as_view(model, src, labelled=False):
     """``src`` as a ``View`` of the model's dtype (a ``StreamSource``: every row, labels checked when
     ``labelled``; a ``View``: as it is, its rows counted)."""
+    if not isinstance(src, (StreamSource, View)):
+        raise TypeError(f"expected a streamed source (gpumlp.data.stream) or View, got {type(src).__name__}")
+    check_features(src, model.sizes[0])
     if isinstance(src, View):
         return src
-    if not isinstance(src, StreamSource):
-        raise TypeError(f"expected a streamed source (gpumlp.data.stream) or View, got {type(src).__name__}")
     if labelled:
         return training_view(src, model.loss, model.sizes[-1], model.dtype, hidden=model.sizes[1:-1])
     return src.view(model.dtype, hidden=model.sizes[1:-1])

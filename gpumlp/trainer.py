@@ -200,7 +200,8 @@ class Trainer:
             if value is not None:
                 raise ValueError(f"{name} with a streamed source: its labels come from the source (y=None), and "
                                  f"per-example or class weights are not streamed; train from arrays to weight rows")
-        view = training_view(X, m.loss, m.sizes[-1], m.dtype, self.batch_size, m.sizes[1:-1], chunks=chunks)
+        view = training_view(X, m.loss, m.sizes[-1], m.dtype, self.batch_size, m.sizes[1:-1], chunks=chunks,
+                             n_inputs=m.sizes[0])
         return self._data(view, None, None)
 
     def _device_weights(self, w):
