@@ -375,14 +375,17 @@ class Trainer:
         Js = xp.empty(n_steps + 1, m.dtype)  # each step's J, then whether θ ended finite
         on_step, every = self.on_step, self.step_interval or max(1, n_steps // 100)
         k = -1
-        for k, (x, y, w) in enumerate(batches):
-            if k >= n_steps:
-                _changed(data.x, n)
-            Js[k] = step.train(x, y, w, m.optimizer, lr)
-            if not backend.is_gpu and not math.isfinite(Js[k]):
-                self._diverged(start, k, f"the objective J became {float(Js[k])}")
-            if on_step is not None and (k + 1) % every == 0:
-                on_step(k + 1, n_steps)  # host integers only: no read-back, no wait
+        try:
+            for k, (x, y, w) in enumerate(batches):
+                if k >= n_steps:
+                    _changed(data.x, n)
+                Js[k] = step.train(x, y, w, m.optimizer, lr)
+                if not backend.is_gpu and not math.isfinite(Js[k]):
+                    self._diverged(start, k, f"the objective J became {float(Js[k])}")
+                if on_step is not None and (k + 1) % every == 0:
+                    on_step(k + 1, n_steps)  # host integers only: no read-back, no wait
+        finally:  # a streamed epoch left early (an error, a divergence) stops its reader thread now,
+            getattr(batches, "close", lambda: None)()  # not when the traceback's frames are freed
         if k + 1 != n_steps:
             _changed(data.x, n)
         # J is taken before each update, so an update that overflows shows in no J of this epoch
