@@ -145,9 +145,15 @@ class Trainer:
             monitor = PlateauMonitor(mode="val_score" if early_stopping else "loss",
                                      patience=10 if n_iter_no_change is None else n_iter_no_change, tol=tol,
                                      split=split, validation_fraction=validation_fraction if split else None)
+        m = self.model
+        before = m.monitor_, m.rng.bit_generator.state
         self._open_monitor(monitor)
         if split:
-            data, val = self._hold_out(data, validation_fraction, self.model.monitor_.split_seed)
+            try:  # a streamed split may still be refused (its rows over the budget): then nothing changed
+                data, val = self._hold_out(data, validation_fraction, m.monitor_.split_seed)
+            except BaseException:
+                m.monitor_, m.rng.bit_generator.state = before
+                raise
         return self.run(data, epochs, val)
 
     def partial_fit(self, X, y, *, sample_weight=None, class_weight=None, n_iter_no_change=10, tol=1e-4):
