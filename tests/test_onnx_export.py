@@ -64,8 +64,16 @@ def trained(sizes, loss="cross_entropy", dtype="float32", **kw):
 
 
 def check_classifier(out, labels, proba, dtype):
+    """onnxruntime's labels are ours, except on a row whose two largest probabilities lie within the
+    probabilities' tolerance of each other: there either is right, and which one wins depends on the
+    last bits of the GEMMs (another BLAS kernel, e.g. OPENBLAS_CORETYPE=Haswell, flips a float32 tie)."""
     assert list(out) == ["label", "probabilities"]
-    np.testing.assert_array_equal(out["label"], labels)
+    differ = np.flatnonzero(np.asarray(out["label"]) != np.asarray(labels))
+    if differ.size:
+        top2 = np.sort(np.asarray(proba, np.float64)[differ], axis=1)[:, -2:]
+        assert (top2[:, 1] - top2[:, 0] <= 4 * TOL[dtype] * np.abs(proba).max()).all(), \
+            f"labels differ on rows {differ[:10].tolist()}, which are not ties within rounding"
+        assert differ.size <= max(1, labels.shape[0] // 1000)
     assert out["label"].dtype == labels.dtype if labels.dtype.kind != "U" else out["label"].dtype == object
     assert out["probabilities"].dtype == np.dtype(dtype) and out["probabilities"].shape == proba.shape
     assert rel_error(out["probabilities"], proba) <= TOL[dtype]
