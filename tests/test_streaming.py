@@ -15,6 +15,9 @@ import pytest
 
 import gpumlp
 from gpumlp.data import stream
+import test_kernels_host
+
+lib, grid_lib, standin = test_kernels_host.lib, test_kernels_host.grid_lib, test_kernels_host.standin  # fixtures (8.)
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -185,12 +188,15 @@ def test_predict_score_and_objective_over_a_stream_are_those_of_the_arrays(kind,
     assert m.objective(src) == pytest.approx(m.objective(X, y), rel=1e-5)
 
 
-def test_regression_scores_over_a_stream(tmp_path):
-    X, t = _regression(1500, 5, "squared")
-    m = gpumlp.MLP([D, 8, 1], seed=0, loss="squared").fit(X, t, epochs=3, batch_size=32, lr=0.02)
+@pytest.mark.parametrize("loss", ["squared", "binary_cross_entropy", "poisson"])
+def test_one_output_scores_over_a_stream(loss, tmp_path):
+    X, t = _regression(1500, 5, loss)
+    m = gpumlp.MLP([D, 8, 1], seed=0, loss=loss).fit(X, t, epochs=3, batch_size=32, lr=0.02)
     src = stream(write_parquet(tmp_path / "r.parquet", X, t, row_group_size=200))
     np.testing.assert_array_equal(m.predict(src), m.predict(X))
-    # R² from merged per-block moments in float64 against the in-memory float32 sums.
+    if loss == "binary_cross_entropy":
+        np.testing.assert_array_equal(m.predict_proba(src), m.predict_proba(X))
+    # R² from merged per-block moments in float64 against the in-memory float32 sums (accuracy: counts).
     assert m.score(src) == pytest.approx(m.score(X, t), abs=1e-5)
     assert m.objective(src) == pytest.approx(m.objective(X, t), rel=1e-5)
 
@@ -202,8 +208,18 @@ def test_predict_over_a_file_without_labels(tmp_path, data):
     src = stream(tmp_path / "X.npy", chunk_rows=128)
     assert not src.has_labels
     np.testing.assert_array_equal(m.predict(src), m.predict(X))
+    np.testing.assert_array_equal(m.predict([(X[:700], None), (X[700:], None)]), m.predict(X))
     with pytest.raises(ValueError, match="labels"):
         m.score(src)
+
+
+def test_train_score_and_partial_fit_take_a_stream(data):
+    X, y, _, _ = data
+    m = gpumlp.MLP([D, 8, K], seed=0).fit(pairs(X, y), epochs=2, train_score=True)
+    assert m.history_["score"][-1] == m.score(X, y)
+    p = gpumlp.MLP([D, 8, K], seed=0)
+    p.partial_fit(pairs(X, y), None, classes=[0, 1, 2])
+    assert p.epochs_ == 1 and p.samples_seen_ == X.shape[0]
 
 
 # ---------------------------------------------------------------------------------- 4. validation
@@ -506,3 +522,69 @@ def test_stream_refuses_a_format_that_cannot_stream(tmp_path, data):
         stream(tmp_path / "missing.parquet")
     with pytest.raises(TypeError, match="pairs"):
         stream(42)
+
+
+# ---------------------------------------------------------------------------------- 8. the GPU path, on the stand-in
+@pytest.fixture
+def pinned_standin(standin, monkeypatch):
+    """The CuPy stand-in (tests/cupy_standin.py) with what ``_stream.PinnedBatches`` asks of CuPy and the
+    stand-in lacks: pinned host memory (a bytearray), streams and events (the stand-in runs everything at
+    once, in order, so they only need to exist) and ``ndarray.set(host, stream=)``."""
+    import cupy_standin
+
+    class Event:
+        def __init__(self, **kw):
+            pass
+
+        def record(self, stream=None):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            pass
+
+        def wait_event(self, event):
+            pass
+
+        def synchronize(self):
+            pass
+
+    cuda, current = standin.cupy.cuda, Stream()
+    for name, value in (("alloc_pinned_memory", bytearray), ("Event", Event), ("Stream", Stream),
+                        ("get_current_stream", lambda: current)):
+        monkeypatch.setattr(cuda, name, value, raising=False)
+    plain_set = cupy_standin.DeviceArray.set
+    monkeypatch.setattr(cupy_standin.DeviceArray, "set", lambda self, host, stream=None: plain_set(self, host))
+    return standin
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_streamed_fit_on_the_gpu_stand_in_is_the_cpu_streamed_fit(shuffle, pinned_standin, monkeypatch, tmp_path,
+                                                                    data):
+    """ViewBatches on the GPU backend: each block's rows through PinnedBatches(x=block) to the device. The
+    batches are the host's (the epoch's seed comes from the model's host rng on either backend), so the
+    runs differ only as the device kernels' sums differ from NumPy's: float64, a few ulps per step."""
+    X, y, _, _ = data
+    Xf, yf = write_npy(tmp_path, X, y)
+    src = stream(Xf, labels=yf, chunk_rows=300, shuffle_buffer=256)  # many blocks: the pinned slots reused
+    kw = dict(epochs=2, batch_size=32, lr=0.05, shuffle=shuffle)
+    cpu = gpumlp.MLP([D, 16, K], seed=0, dtype="float64", bias=True).fit(src, **kw)
+    from gpumlp._stream import PinnedBatches
+
+    blocks, epoch = [], PinnedBatches.epoch
+
+    def spy(self, order, batch_size, x=None):
+        blocks.append(x.shape[0])
+        yield from epoch(self, order, batch_size, x=x)
+
+    monkeypatch.setattr(PinnedBatches, "epoch", spy)
+    gpu = pinned_standin.model([D, 16, K], seed=0, dtype="float64", bias=True).fit(src, **kw)
+    assert gpu.array_backend.is_gpu and sum(blocks) == 2 * X.shape[0] and len(blocks) > 10
+    np.testing.assert_allclose(gpu.theta.get(), cpu.theta, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-9)
+    assert gpu.samples_seen_ == cpu.samples_seen_ == 2 * X.shape[0]
+    np.testing.assert_array_equal(gpu.predict(src), cpu.predict(src))
+    assert _no_readers_left()
