@@ -130,8 +130,10 @@ class ViewBatches:
             if pinned is None:
                 pinned = PinnedBatches(self.backend.xp, np.empty((batch_size,) + x.shape[1:], x.dtype), batch_size)
             y, w = asarray(y), None if w is None else asarray(w)
-            rows = pinned.epoch(np.arange(x.shape[0]), batch_size, x=x)
-            for i, xb in zip(range(0, x.shape[0], batch_size), rows):
+            # Run each block's batches to their end: after its last one PinnedBatches records that the step
+            # has read its slot, which the next block's first copy into that slot waits for.
+            for k, xb in enumerate(pinned.epoch(np.arange(x.shape[0]), batch_size, x=x)):
+                i = k * batch_size
                 yield xb, y[i:i + batch_size], None if w is None else w[i:i + batch_size]
 
 

@@ -537,7 +537,7 @@ def pinned_standin(standin, monkeypatch):
             pass
 
         def record(self, stream=None):
-            pass
+            recorded.append(stream)
 
         def synchronize(self):
             pass
@@ -552,12 +552,13 @@ def pinned_standin(standin, monkeypatch):
         def synchronize(self):
             pass
 
-    cuda, current = standin.cupy.cuda, Stream()
+    cuda, current, recorded = standin.cupy.cuda, Stream(), []
     for name, value in (("alloc_pinned_memory", bytearray), ("Event", Event), ("Stream", Stream),
                         ("get_current_stream", lambda: current)):
         monkeypatch.setattr(cuda, name, value, raising=False)
     plain_set = cupy_standin.DeviceArray.set
     monkeypatch.setattr(cupy_standin.DeviceArray, "set", lambda self, host, stream=None: plain_set(self, host))
+    standin.compute_events = lambda: sum(s is current for s in recorded)  # events recorded on the step's stream
     return standin
 
 
@@ -583,6 +584,12 @@ def test_a_streamed_fit_on_the_gpu_stand_in_is_the_cpu_streamed_fit(shuffle, pin
     monkeypatch.setattr(PinnedBatches, "epoch", spy)
     gpu = pinned_standin.model([D, 16, K], seed=0, dtype="float64", bias=True).fit(src, **kw)
     assert gpu.array_backend.is_gpu and sum(blocks) == 2 * X.shape[0] and len(blocks) > 10
+    # Every batch's slot is marked read by its step once the step is queued, the last batch of each block
+    # too: the next block's first copy into that slot waits for it (on a GPU, else it overwrites the rows
+    # a queued step still reads; the stand-in runs at once, so only the count shows it). Plus one event
+    # per PinnedBatches, recorded when it is made.
+    steps, made = sum(-(-b // 32) for b in blocks), 2
+    assert pinned_standin.compute_events() == steps + made
     np.testing.assert_allclose(gpu.theta.get(), cpu.theta, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-9)
     assert gpu.samples_seen_ == cpu.samples_seen_ == 2 * X.shape[0]
