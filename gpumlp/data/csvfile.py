@@ -3,6 +3,7 @@ delimiter, header detection (a UTF-8 BOM dropped), missing values, and errors th
 (the file's line, the header being line 1) and the column."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import gzip
@@ -352,23 +353,38 @@ class CsvSource(Source):
         except (OSError, EOFError, zlib.error):
             f.close()
             raise ValueError(f"{self.path}: corrupt gzip data (damaged or truncated)") from None
-        self._stream = [binary, offset, line, f]
+        self._stream = [binary, offset, line, f, collections.deque(), b""]
         return self._stream
 
     def _lines(self, stream):
-        """(physical line number, text) of the lines from the stream's position, bounded in length."""
-        binary = stream[0]
+        """(physical line number, text) of the lines from the stream's position, bounded in length.
+
+        Lines end as ``read_csv`` (a text file opened with newline="") ends them: at \\n, \\r\\n or a lone
+        \\r. A read that holds more than one line (lone carriage returns) is split; its lines wait in
+        the stream (its 5th entry) and the unfinished end of a read cut at the bound (its 6th) waits
+        for the next read, so that the stream's offset is always that of the lines handed out."""
+        binary, pending = stream[0], stream[4]
         while True:
-            try:
-                raw = binary.readline(_MAX_LINE + 1)
-            except (OSError, EOFError, zlib.error):
-                raise ValueError(f"{self.path}: corrupt gzip data (damaged or truncated)") from None
-            if not raw:
-                return
+            if pending:
+                raw = pending.popleft()
+            else:
+                tail, stream[5] = stream[5], b""
+                try:
+                    raw = tail + binary.readline(_MAX_LINE + 1 - len(tail))
+                except (OSError, EOFError, zlib.error):
+                    raise ValueError(f"{self.path}: corrupt gzip data (damaged or truncated)") from None
+                if not raw:
+                    return
+                if b"\r" in raw and (raw.find(b"\r", 0, len(raw) - 2) >= 0 or raw.endswith(b"\r")):
+                    pieces = raw.splitlines(keepends=True)
+                    if len(raw) > _MAX_LINE and not raw.endswith(b"\n") and len(pieces) > 1:
+                        stream[5] = pieces.pop()  # cut at the bound: finished by the next read
+                    raw = pieces[0]
+                    pending.extend(pieces[1:])
             stream[2] += 1
             if len(raw) > _MAX_LINE:
-                raise ValueError(f"{self.path}: line {stream[2]} is longer than {_MAX_LINE >> 20} MiB; not a CSV "
-                                 f"file of rows (or its lines end in a bare carriage return)")
+                raise ValueError(f"{self.path}: line {stream[2]} is longer than {_size_words(_MAX_LINE)}; not a CSV "
+                                 f"file of rows")
             stream[1] += len(raw)
             try:
                 text = raw.decode("utf-8-sig" if stream[2] == 1 else "utf-8")
@@ -378,27 +394,37 @@ class CsvSource(Source):
 
     def _records(self, stream, n):
         """Up to ``n`` records from the stream: (their text lines, the line of each record's end, whether
-        any spans lines). Blank lines are skipped; a record continues while its quotes are unbalanced."""
-        texts, ends, multi, open_record = [], [], False, None
+        any spans lines). Blank lines are skipped; a record continues while a quoted field is open (csv's
+        rules: a quote opens a field only at its start; \"\" inside one is a quote)."""
+        texts, ends, multi = [], [], False
+        parts, size, start, quoted = None, 0, 0, False
         for line, text in self._lines(stream):
             if line <= self.header_line:
                 continue
-            if open_record is None:
+            if parts is None:
                 if not text.strip() and self.delimiter not in text:
                     continue
-                open_record = [text, text.count('"')]
+                parts, size, start = [text], len(text), line
+                quoted = '"' in text and _ends_quoted(text, False, self.delimiter)
             else:
-                open_record[0] += text
-                open_record[1] += text.count('"')
+                parts.append(text)
+                size += len(text)
                 multi = True
-            if open_record[1] % 2 == 0:
-                texts.append(open_record[0])
+                if size > _MAX_LINE:
+                    raise ValueError(f"{self.path}: the record that starts on line {start} is longer than "
+                                     f"{_size_words(_MAX_LINE)} (a quoted field that is never closed?)")
+                quoted = '"' not in text or _ends_quoted(text, True, self.delimiter)
+            if not quoted:
+                record = parts[0] if len(parts) == 1 else "".join(parts)
+                parts = None
+                if '"' in record and self.delimiter not in record and _blank_record(record):
+                    continue  # a blank field in quotes: skipped, as read_csv skips it
+                texts.append(record)
                 ends.append(line)
-                open_record = None
                 if len(texts) == n:
                     break
-        if open_record is not None:  # the file ends inside a quoted field: the field reader says so
-            texts.append(open_record[0])
+        if parts is not None:  # the file ends inside a quoted field: csv's reader takes the field as it is
+            texts.append("".join(parts))
             ends.append(stream[2])
             multi = True
         return texts, np.array(ends, np.int64), multi
@@ -451,7 +477,12 @@ class CsvSource(Source):
 
     def _by_fields(self, texts, lines):
         """(X, labels, missing labels) read field by field: text labels, missing values, and what is wrong."""
-        rows = list(csv.reader(texts, delimiter=self.delimiter))
+        reader = csv.reader(texts, delimiter=self.delimiter)
+        try:
+            rows = list(reader)
+        except csv.Error as exc:
+            raise ValueError(f"{self.path}: not a readable CSV file ({exc}, line {lines[max(reader.line_num, 1) - 1]})") \
+                from None
         against = "the header" if self.names is not None else "the first row"
         for line, fields in zip(lines, rows):
             if len(fields) != self.n_columns:
@@ -468,7 +499,7 @@ class CsvSource(Source):
 
     def close(self):
         if self._stream is not None:
-            binary, *_, f = self._stream
+            binary, _, _, f, *_ = self._stream
             binary.close()
             f.close()
             self._stream = None
@@ -493,3 +524,37 @@ def _loadtxt(texts, delimiter, n_columns):
         except ValueError:
             return None
     return values if values.shape == (len(texts), n_columns) else None
+
+
+def _ends_quoted(text, quoted, delimiter):
+    """Whether a line (``text``, one physical line) ends inside a quoted field, by csv's rules
+    (doublequote, not strict), given whether it starts inside one."""
+    pos = 0
+    while True:
+        if quoted:
+            q = text.find('"', pos)
+            if q < 0:
+                return True
+            if text.startswith('"', q + 1):  # "" inside a quoted field: a quote
+                pos = q + 2
+                continue
+            quoted = False  # the field's closing quote; what follows up to the delimiter is taken as it is
+            d = text.find(delimiter, q + 1)
+        elif text.startswith('"', pos):  # a field that starts with a quote
+            quoted, pos = True, pos + 1
+            continue
+        else:
+            d = text.find(delimiter, pos)
+        if d < 0:
+            return False
+        pos = d + 1
+
+
+def _blank_record(text):
+    """Whether csv reads the record as no fields or one blank field (what ``_records`` above skips)."""
+    fields = next(csv.reader([text]), [])
+    return not fields or (len(fields) == 1 and not fields[0].strip())
+
+
+def _size_words(n):
+    return f"{n >> 20} MiB" if n >= 2**20 else f"{n} bytes"
