@@ -68,9 +68,12 @@ class ParquetSource(Source):
         self.files = parquet_files(self.path)
         schemas, self.chunks = [], []
         for i, f in enumerate(self.files):
-            meta = self._open(f).metadata
+            opened = self._open(f)
+            meta = opened.metadata
+            if hasattr(opened, "close"):  # one file open at a time, however many the directory holds
+                opened.close()
             schema = meta.schema.to_arrow_schema()
-            if schemas and not schema.equals(schemas[0], check_metadata=False):
+            if schemas and _first_difference(schemas[0], schema):
                 raise ValueError(f"{f}: its columns differ from those of {self.files[0]} ("
                                  f"{_first_difference(schemas[0], schema)}); the files of a data set must agree")
             schemas.append(schema)
@@ -152,10 +155,8 @@ class ParquetSource(Source):
             if j == self.label_column:
                 y, missing = self._labels(column)
                 continue
-            values = column.to_numpy(zero_copy_only=False)
-            X[:, k] = values
-            if column.null_count:
-                X[np.asarray(column.is_null().to_numpy(zero_copy_only=False)), k] = np.nan
+            # in Arrow, to float64 (nulls NaN): booleans, integers and dictionary-encoded values alike
+            X[:, k] = column.cast(self.pa.float64(), safe=False).to_numpy(zero_copy_only=False)
             k += 1
         return Slice(X, y, missing, np.arange(first + 1, first + n + 1, dtype=np.int64), path)
 
@@ -165,7 +166,7 @@ class ParquetSource(Source):
             column = column.cast(column.type.value_type) if hasattr(column, "cast") else column
         nulls = np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
         if _numeric(pa, column.type):
-            y = np.asarray(column.to_numpy(zero_copy_only=False), np.float64)
+            y = np.array(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), np.float64)
             y[nulls] = np.nan
             return y, np.isnan(y)
         values = column.fill_null("").to_numpy(zero_copy_only=False)
@@ -176,12 +177,19 @@ class ParquetSource(Source):
 
 
 def _first_difference(a, b):
+    """How schema ``b`` differs from ``a`` in what the reader uses (the columns' names, order and types),
+    or None: whether a column may hold nulls, whether its values are dictionary-encoded and the files'
+    metadata may differ."""
     if a.names != b.names:
         return f"column names {b.names} against {a.names}"
+
+    def plain(t):
+        return t.value_type if hasattr(t, "value_type") and hasattr(t, "index_type") else t
+
     for fa, fb in zip(a, b):
-        if not fa.type.equals(fb.type):
+        if not plain(fa.type).equals(plain(fb.type)):
             return f"column {fa.name!r} holds {fb.type}, not {fa.type}"
-    return "their schemas differ"
+    return None
 
 
 def _is_int(s):
