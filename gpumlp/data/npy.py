@@ -74,13 +74,21 @@ class NpySource(Source):
 
     def __init__(self, path, labels=None):
         self.path = os.fspath(path)
-        self._x = _Mapped(self.path, "features")
+        self._x, self._y = _Mapped(self.path, "features"), None
+        try:
+            self._check(labels)
+        except BaseException:
+            self.close()  # the maps of a refused file are not left open
+            raise
+
+    def _check(self, labels):
         if len(self._x.shape) != 2:
             raise ValueError(f"{self.path}: the features must be 2-D (n_samples, n_features), got shape {self._x.shape}")
         if self._x.dtype.kind not in "biuf":
             raise ValueError(f"{self.path}: holds {_dtype_words(self._x.dtype)}; features must be real numbers")
         self.n_features = int(self._x.shape[1])
-        self._y = None
+        if not self.n_features:
+            raise ValueError(f"{self.path}: the features have shape {self._x.shape}: no feature columns")
         if labels is not None:
             self._y = _Mapped(labels, "labels")
             if len(self._y.shape) != 1:
