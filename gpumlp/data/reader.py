@@ -84,12 +84,15 @@ class ShuffleBuffer:
         self.w = np.empty(rows, dtype) if weighted else None
         self.fill = 0
 
-    def add(self, x, y, w, at):
-        n = x.shape[0]
+    def add(self, x, y, w, at=0):
+        """Append the rows of x, y (and w) from row ``at`` on."""
+        n = x.shape[0] - at
         end = self.fill + n
-        self.x[self.fill:end], self.y[self.fill:end] = x[at:at + n] if at else x, y[at:at + n] if at else y
+        if end > self.x.shape[0]:
+            raise ValueError(f"{n} rows do not fit a shuffle buffer holding {self.fill} of {self.x.shape[0]}")
+        self.x[self.fill:end], self.y[self.fill:end] = x[at:], y[at:]
         if self.w is not None:
-            self.w[self.fill:end] = w
+            self.w[self.fill:end] = w[at:]
         self.fill = end
 
     def take(self, rows):
