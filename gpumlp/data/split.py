@@ -86,12 +86,18 @@ def stratum_keys(labels):
     """A uint64 key per label (numbers by their float64 value, so that 3 and 3.0 agree; text by a hash of
     its UTF-8 bytes): what the streamed split stratifies by."""
     labels = np.asarray(labels)
+    if labels.dtype.kind == "O":  # Python objects: numbers keyed as numbers, anything else as text
+        try:
+            labels = labels.astype(np.float64)
+        except (TypeError, ValueError):
+            labels = labels.astype(str)
     if labels.dtype.kind in "US":
         import hashlib
 
         return np.array([int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little")
                          for v in labels.tolist()], np.uint64)
-    return np.asarray(labels, np.float64).view(np.uint64).copy()
+    values = np.asarray(labels, np.float64) + 0.0  # + 0.0: -0.0 is 0.0
+    return values.view(np.uint64).copy()
 
 
 def window_held(j, fraction, key):
@@ -99,8 +105,10 @@ def window_held(j, fraction, key):
     systematic sampling". With φ a seeded phase in [0, 1), member j lies in window t = ⌊f·j + φ⌋; each
     window (the indices i with ⌊f·i + φ⌋ = t: ⌊1/f⌋ or ⌈1/f⌉ of them, window 0 starting below 0) holds
     out one index, at a seeded uniform position in it, so that window 0 holds out a member with the
-    probability of its share. The first m members hold out f·m in expectation and always within one of
-    it; each decision is made online from j alone."""
+    probability of its share. The first m members hold out f·m in expectation, and always less than two
+    from it: only window 0 and the window of member m − 1 are partly seen, each off by less than one
+    (a window's own position is uniform, so a bound of one would need aligned windows, whose
+    expectation is not f·m where 1/f is not an integer). Each decision is made online from j alone."""
     j = np.asarray(j, np.int64)
     if j.size == 0:
         return np.zeros(0, bool)
@@ -130,8 +138,8 @@ class StreamSplit:
     stratum for regression) are ranked in file order, and ``window_held`` holds out ``test_size`` of
     them; the validation split holds out ``validation_split`` of the stratum's remaining (training)
     rows the same way, under another key. Each chunk and class is thus split in proportion up to less
-    than one row, so the whole split is stratified and its sizes are within (chunks × classes) rows of
-    the fractions, in expectation exact. The part of a row depends on the seed, its chunk, its label and
+    than two rows, so the whole split is stratified and its sizes are within 2 × (chunks × classes)
+    rows of the fractions, in expectation exact (the errors of the chunks are independent, of mean 0). The part of a row depends on the seed, its chunk, its label and
     its rank only: any reader of a chunk (another epoch, another rank, ``gpumlp evaluate``) finds it again.
 
     ``assign(chunk, keys, counters)`` -> parts (0 train, 1 validation, 2 test) for the next rows of a
