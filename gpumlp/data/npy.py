@@ -56,9 +56,13 @@ class _Mapped:
         view = np.frombuffer(self._map, self.dtype, count=count, offset=start).reshape((b - a,) + self.shape[1:])
         out = np.array(view, copy=True)
         del view
+        # Whole pages from the one holding the slice's first byte to the one holding its last: a partial
+        # last page kept would stay resident for every slice (one page per slice, growing with the file);
+        # dropped, the next slice's first rows are read again from the page cache.
         page = start - start % mmap.PAGESIZE
+        end = min(len(self._map), -(-(start + (b - a) * self.row_bytes) // mmap.PAGESIZE) * mmap.PAGESIZE)
         if hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_DONTNEED, page, start + (b - a) * self.row_bytes - page)
+            self._map.madvise(mmap.MADV_DONTNEED, page, end - page)
         return out
 
     def close(self):
