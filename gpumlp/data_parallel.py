@@ -72,7 +72,7 @@ import numpy as np
 from . import functions as F
 from . import streamed
 from .data.statistics import rank_chunks
-from .data.streaming import View, is_stream
+from .data.streaming import View, as_stream
 from .distributed import Communicator, describe_array, digest, is_collective, mark_collective
 from .state import ModelState
 from .trainer import DivergenceError, Trainer, TrainingData, _EpochStart
@@ -315,8 +315,9 @@ class DataParallelTrainer(Trainer):
     # ------------------------------------------------------------------ data
     def prepare(self, X, y, sample_weight=None, class_weight=None):
         m = self.model
-        if is_stream(X):
-            return self._stream_prepare(X, y, sample_weight, class_weight)
+        source = as_stream(X)  # a StreamSource or View, or a re-iterable of (X_chunk, y_chunk) pairs
+        if source is not None:
+            return self._stream_prepare(source, y, sample_weight, class_weight)
         if self.sharded and isinstance(class_weight, str) and class_weight == "balanced" and m.loss == "cross_entropy":
             class_weight = self._balanced(y)
         data = super().prepare(X, y, sample_weight, class_weight)
@@ -342,8 +343,8 @@ class DataParallelTrainer(Trainer):
         return data
 
     def _stream_data(self, X, y, sample_weight, class_weight, chunks=None):
-        if not isinstance(X, View):  # a StreamSource: this rank's chunks (a View brings its own)
-            chunks = rank_chunks(X.source, self.comm)
+        if not isinstance(X, View) and X.source.format != "chunks":  # a file: this rank's chunks (a View
+            chunks = rank_chunks(X.source, self.comm)                 # brings its own; pairs are the rank's part)
         return super()._stream_data(X, y, sample_weight, class_weight, chunks=chunks)
 
     def _balanced(self, y):
