@@ -3,13 +3,13 @@ delimiter, header detection (a UTF-8 BOM dropped), missing values, and errors th
 (the file's line, the header being line 1) and the column."""
 from __future__ import annotations
 
-import collections
 import contextlib
 import csv
 import gzip
 import io as _io
 import itertools
 import os
+import re
 import warnings
 import zlib
 
@@ -288,6 +288,7 @@ def _is_int(s):
 
 # ---------------------------------------------------------------------------------- CSV, streamed
 _MAX_LINE = 64 * 2**20  # bytes in one line at most: a file without line breaks is refused, not read whole
+_BLOCK = 2**20  # bytes read at a time
 
 
 class CsvSource(Source):
@@ -324,8 +325,13 @@ class CsvSource(Source):
         with _open_regular(self.path) as f:
             self.random_access = f.read(2) != _GZIP_MAGIC
         self.chunk_records = chunk_rows_for(self.n_columns)
+        # a line of fields each unquoted (no quote in it) or quoted whole ("" a quote inside): a quote
+        # opens a field only at its start, and a field's closing quote is followed by the delimiter
+        # or the line's end, so such a line is a record that ends outside quotes, as csv reads it
+        field, q = '(?:"[^"]*(?:""[^"]*)*"|[^"{0}\\r\\n]*)'.format(re.escape(self.delimiter)), re.escape(self.delimiter)
+        self._simple_record = re.compile(f"{field}(?:{q}{field})*(?:\\r\\n|\\r|\\n)?")
         self._chunks = None
-        self._stream = None  # (binary file, its position, the line before it) kept between reads
+        self._stream = None  # the _Stream kept between reads
 
     @property
     def chunks(self):
@@ -342,8 +348,8 @@ class CsvSource(Source):
 
     # -- reading
     def _open_at(self, offset, line):
-        """The binary stream at ``offset`` (a record's start, after physical line ``line``)."""
-        if self._stream is not None and self._stream[1] == offset:
+        """The stream at ``offset`` (a record's start, after physical line ``line``)."""
+        if self._stream is not None and self._stream.offset == offset:
             return self._stream
         self.close()
         f = _open_regular(self.path)
@@ -353,79 +359,111 @@ class CsvSource(Source):
         except (OSError, EOFError, zlib.error):
             f.close()
             raise ValueError(f"{self.path}: corrupt gzip data (damaged or truncated)") from None
-        self._stream = [binary, offset, line, f, collections.deque(), b""]
+        self._stream = _Stream(binary, f, offset, line)
         return self._stream
 
-    def _lines(self, stream):
-        """(physical line number, text) of the lines from the stream's position, bounded in length.
-
-        Lines end as ``read_csv`` (a text file opened with newline="") ends them: at \\n, \\r\\n or a lone
-        \\r. A read that holds more than one line (lone carriage returns) is split; its lines wait in
-        the stream (its 5th entry) and the unfinished end of a read cut at the bound (its 6th) waits
-        for the next read, so that the stream's offset is always that of the lines handed out."""
-        binary, pending = stream[0], stream[4]
+    def _fill(self, s):
+        """The next block's whole lines into ``s.lines``. Lines end as ``read_csv`` (a text file opened
+        with newline="") ends them: at \\n, \\r\\n or a lone \\r; the unfinished end of a block (a
+        trailing \\r too: a \\n may follow) waits for the next, up to the bound on a line's length."""
         while True:
-            if pending:
-                raw = pending.popleft()
-            else:
-                tail, stream[5] = stream[5], b""
-                try:
-                    raw = tail + binary.readline(_MAX_LINE + 1 - len(tail))
-                except (OSError, EOFError, zlib.error):
-                    raise ValueError(f"{self.path}: corrupt gzip data (damaged or truncated)") from None
-                if not raw:
-                    return
-                if b"\r" in raw and (raw.find(b"\r", 0, len(raw) - 2) >= 0 or raw.endswith(b"\r")):
-                    pieces = raw.splitlines(keepends=True)
-                    if len(raw) > _MAX_LINE and not raw.endswith(b"\n") and len(pieces) > 1:
-                        stream[5] = pieces.pop()  # cut at the bound: finished by the next read
-                    raw = pieces[0]
-                    pending.extend(pieces[1:])
-            stream[2] += 1
-            if len(raw) > _MAX_LINE:
-                raise ValueError(f"{self.path}: line {stream[2]} is longer than {_size_words(_MAX_LINE)}; not a CSV "
-                                 f"file of rows")
-            stream[1] += len(raw)
             try:
-                text = raw.decode("utf-8-sig" if stream[2] == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise ValueError(f"{self.path}: not UTF-8 text (line {stream[2]}); save the file as UTF-8") from None
-            yield stream[2], text
+                data = s.binary.read(_BLOCK)
+            except (OSError, EOFError, zlib.error):
+                raise ValueError(f"{self.path}: corrupt gzip data (damaged or truncated)") from None
+            if not data:
+                lines, s.tail, s.eof = ([s.tail] if s.tail else []), b"", True
+                s.quotes = any(b'"' in t for t in lines)
+                break
+            data = s.tail + data
+            lines = data.splitlines(keepends=True)
+            s.tail = b"" if lines[-1].endswith(b"\n") else lines.pop()
+            if len(s.tail) > _MAX_LINE:
+                raise ValueError(f"{self.path}: line {s.line + len(lines) + 1} is longer than "
+                                 f"{_size_words(_MAX_LINE)}; not a CSV file of rows")
+            if lines:
+                s.quotes = b'"' in data
+                break
+        if lines and max(map(len, lines)) > _MAX_LINE:
+            i = next(i for i, t in enumerate(lines) if len(t) > _MAX_LINE)
+            raise ValueError(f"{self.path}: line {s.line + i + 1} is longer than {_size_words(_MAX_LINE)}; not a "
+                             f"CSV file of rows")
+        s.lines, s.at = lines, 0
 
-    def _records(self, stream, n):
+    def _decoded(self, s, batch):
+        first = s.line + 1
+        try:
+            if first == 1:
+                return [batch[0].decode("utf-8-sig")] + [t.decode("utf-8") for t in batch[1:]]
+            return [t.decode("utf-8") for t in batch]
+        except UnicodeDecodeError:
+            for i, t in enumerate(batch):
+                try:
+                    t.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"{self.path}: not UTF-8 text (line {first + i}); save the file as "
+                                     f"UTF-8") from None
+            raise
+
+    def _records(self, s, n):
         """Up to ``n`` records from the stream: (their text lines, the line of each record's end, whether
         any spans lines). Blank lines are skipped; a record continues while a quoted field is open (csv's
         rules: a quote opens a field only at its start; \"\" inside one is a quote)."""
         texts, ends, multi = [], [], False
         parts, size, start, quoted = None, 0, 0, False
-        for line, text in self._lines(stream):
-            if line <= self.header_line:
-                continue
-            if parts is None:
-                if not text.strip() and self.delimiter not in text:
-                    continue
-                parts, size, start = [text], len(text), line
-                quoted = '"' in text and _ends_quoted(text, False, self.delimiter)
-            else:
-                parts.append(text)
-                size += len(text)
-                multi = True
-                if size > _MAX_LINE:
-                    raise ValueError(f"{self.path}: the record that starts on line {start} is longer than "
-                                     f"{_size_words(_MAX_LINE)} (a quoted field that is never closed?)")
-                quoted = '"' not in text or _ends_quoted(text, True, self.delimiter)
-            if not quoted:
-                record = parts[0] if len(parts) == 1 else "".join(parts)
-                parts = None
-                if '"' in record and self.delimiter not in record and _blank_record(record):
-                    continue  # a blank field in quotes: skipped, as read_csv skips it
-                texts.append(record)
-                ends.append(line)
-                if len(texts) == n:
+        d = self.delimiter
+        while len(texts) < n:
+            if s.at >= len(s.lines):
+                if s.eof:
                     break
+                self._fill(s)
+                continue
+            # as many lines as records wanted: each is a record, part of one, blank or the header
+            batch = s.lines[s.at:s.at + n - len(texts)]
+            first, skip = s.line + 1, max(0, self.header_line - s.line)
+            decoded = self._decoded(s, batch)
+            s.at += len(batch)
+            s.line += len(batch)
+            s.offset += sum(map(len, batch))
+            simple = self._simple_record.fullmatch
+            if parts is None:  # no quote in the block, or only fields quoted whole: a record per line not blank
+                kept = [i for i in range(skip, len(decoded)) if d in decoded[i] or decoded[i].strip()]
+                if not s.quotes or all(d in decoded[i] and simple(decoded[i]) for i in kept):
+                    texts.extend([decoded[i] for i in kept])
+                    ends.extend([first + i for i in kept])
+                    continue
+            for i in range(skip, len(decoded)):
+                text, line = decoded[i], first + i
+                if parts is None:
+                    if '"' not in text:
+                        if d in text or text.strip():
+                            texts.append(text)
+                            ends.append(line)
+                        continue
+                    if simple(text) and d in text:  # fields quoted whole, each closed: a record of one line
+                        texts.append(text)
+                        ends.append(line)
+                        continue
+                    parts, size, start = [text], len(text), line
+                    quoted = _ends_quoted(text, False, d)
+                else:
+                    parts.append(text)
+                    size += len(text)
+                    multi = True
+                    if size > _MAX_LINE:
+                        raise ValueError(f"{self.path}: the record that starts on line {start} is longer than "
+                                         f"{_size_words(_MAX_LINE)} (a quoted field that is never closed?)")
+                    quoted = '"' not in text or _ends_quoted(text, True, d)
+                if not quoted:
+                    record = parts[0] if len(parts) == 1 else "".join(parts)
+                    parts = None
+                    if d not in record and _blank_record(record):
+                        continue  # a blank field in quotes: skipped, as read_csv skips it
+                    texts.append(record)
+                    ends.append(line)
         if parts is not None:  # the file ends inside a quoted field: csv's reader takes the field as it is
             texts.append("".join(parts))
-            ends.append(stream[2])
+            ends.append(s.line)
             multi = True
         return texts, np.array(ends, np.int64), multi
 
@@ -440,7 +478,7 @@ class CsvSource(Source):
             return
         found, stream = [], self._open_at(0, 0)
         while True:
-            chunk = Chunk(len(found), 0, 0, 0, (stream[1], stream[2]))
+            chunk = Chunk(len(found), 0, 0, 0, (stream.offset, stream.line))
             for piece in self._read_records(stream, chunk, self.chunk_records, slice_rows, parse):
                 chunk.rows += len(piece)
                 yield chunk, piece
@@ -499,10 +537,19 @@ class CsvSource(Source):
 
     def close(self):
         if self._stream is not None:
-            binary, _, _, f, *_ = self._stream
-            binary.close()
-            f.close()
+            self._stream.binary.close()
+            self._stream.file.close()
             self._stream = None
+
+
+class _Stream:
+    """An open CSV at a record's start: ``offset`` (bytes) and ``line`` (physical lines) of what has been
+    handed out; ``lines[at:]``, the rest of the block read (``quotes``: whether it holds a quote), and
+    ``tail``, its unfinished last line, come next."""
+
+    def __init__(self, binary, file, offset, line):
+        self.binary, self.file, self.offset, self.line = binary, file, offset, line
+        self.lines, self.at, self.tail, self.eof, self.quotes = [], 0, b"", False, False
 
 
 class _Count:
