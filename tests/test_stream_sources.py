@@ -232,6 +232,45 @@ def test_csv_source_reads_what_read_csv_reads(tmp_path, case):
         src.close()
 
 
+@pytest.mark.parametrize("block", [1, 2, 5, 13])
+def test_csv_lines_split_across_reads(tmp_path, monkeypatch, block):
+    """Reads of a few bytes: a CRLF, a lone CR, a quoted field and a UTF-8 character cut between reads."""
+    monkeypatch.setattr(csvfile, "_BLOCK", block)
+    for case in ("blank_lines_crlf", "cr_only", "multiline_quotes", "bom_label_by_name", "gzip"):
+        path, kw = _csv_cases(tmp_path)[case]
+        table = read_csv(path, missing="keep", **kw)
+        src = CsvSource(path, **kw)
+        src.chunk_records = 4
+        X, y, _, rows, _ = read_sequential(src, 3)
+        np.testing.assert_array_equal(X, table.X)
+        assert_labels_equal(y, table.y)
+        np.testing.assert_array_equal(rows, record_lines(path, table.header))
+        X, y, _, rows, _ = read_chunks(src, 2, np.random.default_rng(block).permutation(len(src.chunks)))
+        np.testing.assert_array_equal(X, table.X)
+        assert_labels_equal(y, table.y)
+    p = _write(tmp_path / "utf.csv", "name,x,y\n" + "".join(f"{i},{i},é{'ü' * (i % 4)}\n" for i in range(40)))
+    table = read_csv(p)
+    _, y, _, _, _ = read_sequential(CsvSource(p), 7)
+    assert y.tolist() == table.y.tolist()
+
+
+def test_csv_quote_rules_are_csvs(tmp_path):
+    """Whether a line ends inside a quoted field, decided as Python's csv module decides it, for random
+    lines of quotes, delimiters and letters (the fast check of whole quoted fields too)."""
+    p = _write(tmp_path / "q.csv", "a,b,c\n1,2,3\n")
+    src = CsvSource(p)
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        line = "".join(rng.choice(list('"",a '), size=int(rng.integers(0, 12)))) + "\n"
+        for starts_quoted in (False, True):
+            reader = csv.reader(([] if not starts_quoted else ['"']) + [line, "z\n"])
+            next(reader)
+            truth = reader.line_num > 1 + starts_quoted
+            assert csvfile._ends_quoted(line, starts_quoted, ",") == truth, (line, starts_quoted)
+        if src._simple_record.fullmatch(line):
+            assert not csvfile._ends_quoted(line, False, ","), line
+
+
 def test_csv_chunks_found_by_the_counting_pass_and_a_subset_of_chunks(tmp_path):
     path, _ = _csv_cases(tmp_path)["multiline_quotes"]
     table = read_csv(path)
