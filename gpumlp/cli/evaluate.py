@@ -13,6 +13,7 @@ import numpy as np
 from .. import functions
 from ..io import atomic_write
 from ..pipeline import Pipeline, load
+from . import streamed as stream_cli
 from .parser import UsageError
 from .report import Printer, json_line, warn
 from .settings import (DATA_OPTIONS, check_digests, csv_layout, data_settings, describe_test_set, prepare,
@@ -50,76 +51,129 @@ def data_loss(mlp, J):
 def cmd_evaluate(args):
     pipeline = load_pipeline(args.model, args.backend)
     mlp = pipeline.named_steps["mlp"]
-    saved = mlp.training_config_ or {}
     printer = Printer(args)
-    if args.data is None:
-        if not saved:
-            raise UsageError("this model holds no training settings (not saved by 'gpumlp train'); give --data")
-        if given_options(args):
-            raise UsageError("data options need --data")
-        s = {k: saved_value(saved, k) for k in saved if k != "history"}
-        s.update({k: saved_value(saved, k) for k in ("header", "missing", "target_scaling")})
-        d = prepare(s, pipeline.preprocessing, mlp.dtype)
-        note = check_digests(saved, s, d, "evaluate")
-        if note:
-            warn("evaluate", f"{note}; the test split was rebuilt from the file as it is now")
-        X, y, n_dropped = d.X_test, d.y_test, d.n_test_dropped if s["test_data"] else d.n_dropped
-        score, J = mlp.score(X, y), mlp.objective(X, y)
-        source = describe_test_set(s, X.shape[0])
-    else:
-        settings = file_settings(args, pipeline)
-        X, y, n_dropped = read_for_model(settings, pipeline, labels=True, given=given_options(args),
-                                         command="evaluate")
-        score, J = pipeline.score(X, y), pipeline.objective(X, y)
-        source = f"{settings['data']} (every row" + ("" if not n_dropped else
-                                                     f" but the {n_dropped} with missing values") + ")"
+    if args.memory_budget is not None and not args.stream:
+        raise UsageError("--memory-budget applies to --stream: in memory the data are loaded whole")
+    score, J, n, n_dropped, source = measure(args, pipeline)
     L = data_loss(mlp, J)
     metric = "accuracy" if mlp.loss == "cross_entropy" else "R²"
     units = "" if pipeline.preprocessing.target_scaler is None else " (on standardised targets)"
-    printer.result(f"{metric} {score:.4f}, data loss L {L:.4f}, objective J {J:.4f}{units} on {X.shape[0]} "
+    printer.result(f"{metric} {score:.4f}, data loss L {L:.4f}, objective J {J:.4f}{units} on {n} "
                    f"samples of {source}")
     if args.json:
         key = "accuracy" if metric == "accuracy" else "r2"
         print(json_line({key: score, "score": score, "metric": key, "loss": J, "objective": J, "data_loss": L,
-                         "n_samples": int(X.shape[0]), "n_dropped": n_dropped, "test_set": source,
+                         "n_samples": int(n), "n_dropped": n_dropped, "test_set": source,
                          "backend": mlp.backend, "model": args.model}), flush=True)
     return 0
+
+
+def measure(args, pipeline):
+    """(score, J, rows, rows dropped, which rows in words): the run's test split, or every row of --data."""
+    mlp = pipeline.named_steps["mlp"]
+    saved = mlp.training_config_ or {}
+    if args.data is not None:
+        settings = file_settings(args, pipeline)
+        if args.stream:
+            score, J, n, n_dropped = stream_cli.file_score(pipeline, settings, "label_column" in given_options(args),
+                                                           args.memory_budget)
+        else:
+            X, y, n_dropped = read_for_model(settings, pipeline, labels=True, given=given_options(args),
+                                             command="evaluate")
+            score, J, n = pipeline.score(X, y), pipeline.objective(X, y), X.shape[0]
+        source = f"{settings['data']} (every row" + ("" if not n_dropped else
+                                                     f" but the {n_dropped} with missing values") + ")"
+        return score, J, n, n_dropped, source
+    if not saved:
+        raise UsageError("this model holds no training settings (not saved by 'gpumlp train'); give --data")
+    if given_options(args):
+        raise UsageError("data options need --data")
+    s = {k: saved_value(saved, k) for k in saved if k != "history"}
+    s.update({k: saved_value(saved, k) for k in ("header", "missing", "target_scaling")})
+    if s.get("stream"):  # the test rows are the streamed split's: rebuilt by its rule, with or without --stream
+        score, J, n, note = stream_cli.test_split_score(pipeline, s, args.memory_budget)
+        stream_cli.warn_note("evaluate", note)
+        return score, J, n, s.get("n_dropped", 0), describe_test_set(s, n)
+    if args.stream:
+        raise UsageError("the model was trained in memory: its test split is the in-memory rule's; evaluate it "
+                         "without --stream, or score a file with --data FILE --stream")
+    d = prepare(s, pipeline.preprocessing, mlp.dtype)
+    note = check_digests(saved, s, d, "evaluate")
+    if note:
+        warn("evaluate", f"{note}; the test split was rebuilt from the file as it is now")
+    X, y, n_dropped = d.X_test, d.y_test, d.n_test_dropped if s["test_data"] else d.n_dropped
+    return mlp.score(X, y), mlp.objective(X, y), X.shape[0], n_dropped, describe_test_set(s, X.shape[0])
 
 
 def cmd_predict(args):
     pipeline = load_pipeline(args.model, args.backend)
     if args.data is None:
         raise UsageError("predict needs --data FILE (or --data digits)")
+    if args.proba and pipeline.named_steps["mlp"].loss != "cross_entropy":
+        raise UsageError("--proba needs a classification model (--loss cross_entropy)")
     settings = file_settings(args, pipeline)
-    X, _, _ = read_for_model(settings, pipeline, labels=False, given=given_options(args))
-    if args.proba:
-        if pipeline.named_steps["mlp"].loss != "cross_entropy":
-            raise UsageError("--proba needs a classification model (--loss cross_entropy)")
-        out = pipeline.predict_proba(X)
+    if args.stream:
+        if args.output and args.output.endswith(".npy"):
+            raise UsageError("--stream writes its predictions block by block to .csv (text) or .parquet; an .npy "
+                             "file's header needs their count before the first row")
+        blocks = stream_cli.predict_blocks(pipeline, settings, args.proba, args.memory_budget)
     else:
-        out = pipeline.predict(X)
+        if args.memory_budget is not None:
+            raise UsageError("--memory-budget applies to --stream: in memory the data are loaded whole")
+        X, _, _ = read_for_model(settings, pipeline, labels=False, given=given_options(args))
+        blocks = [pipeline.predict_proba(X) if args.proba else pipeline.predict(X)]
+    names = [str(c) for c in pipeline.classes_] if args.proba else None
     if args.output:
+        counted = {}
         if args.output.endswith(".npy"):
+            out = blocks[0]
+            counted["n"] = out.shape[0]
             atomic_write(args.output, lambda f: np.save(f, out, allow_pickle=False))
+        elif args.output.endswith((".parquet", ".pq")):
+            atomic_write(args.output, lambda f: counted.update(n=write_parquet(f, blocks, names)))
         else:
-            atomic_write(args.output, lambda f: _write_text(f, out))
+            atomic_write(args.output, lambda f: counted.update(n=_write_text(f, blocks)))
+        n = counted["n"]
         if not args.quiet:
-            print(f"wrote {X.shape[0]} predictions to {args.output}", file=sys.stderr)
+            print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     else:
-        _write_lines(sys.stdout, out)
+        n = sum(_write_lines(sys.stdout, out) for out in blocks)
     if args.json:
-        print(json_line({"n_samples": int(X.shape[0]), "output": args.output,
+        print(json_line({"n_samples": int(n), "output": args.output,
                          "backend": pipeline.named_steps["mlp"].backend}))
     return 0
 
 
-def _write_text(binary, out):
+def write_parquet(binary, blocks, names=None):
+    """Predictions block by block as one Parquet row group each: a column "prediction" (or one per output,
+    "prediction_1", ...), or with ``names`` (--proba) one column per class. Returns the rows written."""
+    from ..data.parquet import import_pyarrow
+
+    pa, pq = import_pyarrow()
+    writer, n = None, 0
+    try:
+        for out in blocks:
+            cols = [out] if out.ndim == 1 else [out[:, j] for j in range(out.shape[1])]
+            labels = names or (["prediction"] if out.ndim == 1 else [f"prediction_{j + 1}" for j in range(len(cols))])
+            table = pa.table({name: pa.array(c.tolist() if c.dtype.kind in "US" else c) for name, c in zip(labels, cols)})
+            writer = writer or pq.ParquetWriter(binary, table.schema)
+            writer.write_table(table)
+            n += out.shape[0]
+    finally:
+        if writer is not None:
+            writer.close()
+    return n
+
+
+def _write_text(binary, blocks):
+    """The blocks' lines into the binary file; returns the rows written."""
     import io as _io
 
     text = _io.TextIOWrapper(binary, encoding="utf-8", newline="")
-    _write_lines(text, out)
+    n = sum(_write_lines(text, out) for out in blocks)
     text.flush()
     text.detach()  # the binary file stays open: atomic_write flushes it to disk and renames it
+    return n
 
 
 def _write_lines(text, out):
@@ -129,6 +183,7 @@ def _write_lines(text, out):
         writer.writerows([label] for label in out.tolist())
     else:
         np.savetxt(text, out, fmt=_fmt(out), delimiter=",")
+    return out.shape[0]
 
 
 def _fmt(a):

@@ -17,6 +17,7 @@ DEFAULTS = {
     "eps": 1e-8, "decoupled": False, "lr_schedule": "constant", "epochs": 50, "batch_size": 32,
     "early_stopping": False, "n_iter_no_change": None, "tol": 1e-4, "scaling": "standard",
     "target_scaling": "standard", "seed": 0, "dtype": "float32",
+    "stream": False, "memory_budget": None, "shuffle_buffer": None, "sharded": False,
 }
 
 # What a run saved before a setting existed did: the value its settings imply where they lack the key.
@@ -27,7 +28,7 @@ SAVED_BEFORE = {"header": None, "missing": "error", "target_scaling": "none"}
 # split (a different split would let test samples into training), and the preprocessing it was fitted with.
 FIXED_ON_RESUME = ("hidden", "activation", "loss", "weight_decay", "bias", "optimizer", "momentum", "nesterov",
                    "beta1", "beta2", "eps", "decoupled", "lr_schedule", "dtype", "scaling", "seed", "test_size",
-                   "validation_split", "missing", "target_scaling")
+                   "validation_split", "missing", "target_scaling", "stream")
 
 # The options that only one optimizer reads: given with another, they would be silently ignored.
 OPTIMIZER_OPTIONS = {"sgd": ("momentum", "nesterov"), "adam": ("beta1", "beta2", "eps", "decoupled")}
@@ -74,6 +75,37 @@ def _delimiter(text):
         return D.csv_delimiter("data.csv", text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _memory_budget(text):
+    """'256MiB', '2GiB' (``gpumlp.data.parse_size``): at least 32 MiB."""
+    try:
+        n = D.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if n < 32 * 2**20:
+        raise argparse.ArgumentTypeError(f"must be at least 32MiB (the reader, the shuffle buffer and the batches "
+                                         f"share it), got {text!r}")
+    return n
+
+
+def _add_stream(p, train):
+    """--stream and its memory options (train, evaluate, predict)."""
+    g = p.add_argument_group("streaming (data larger than memory)")
+    g.add_argument("--stream", action="store_true", default=None,
+                   help="read --data a chunk at a time instead of loading it: a Parquet file or directory, an "
+                        ".npy features file with --labels y.npy, or a CSV/TSV file" + (
+                            " (one statistics pass, then each epoch's chunks in a seeded order through a "
+                            "shuffle buffer)" if train else ""))
+    g.add_argument("--memory-budget", type=_memory_budget, default=None, metavar="SIZE",
+                   help="memory for the reader, the shuffle buffer and the batches, e.g. 256MiB, 2GiB "
+                        "(default 512MiB, at least 32MiB)")
+    if train:
+        g.add_argument("--shuffle-buffer", type=_positive(int), default=None, metavar="ROWS",
+                       help="rows shuffled together (default: what the memory budget allows)")
+        g.add_argument("--sharded", action="store_true", default=None,
+                       help="with --stream --distributed: each rank reads and trains on its own chunks, never "
+                            "the whole file")
 
 
 def _hidden(text):
@@ -207,6 +239,7 @@ def _add_train(sub):
     _add_model(t)
     _add_optimisation(t)
     _add_output(t)
+    _add_stream(t, train=True)
     t.add_argument("--distributed", choices=("mpi", "nccl", "auto"), default=None,
                    help="data-parallel training over the ranks of an MPI job (mpiexec -n 4 gpumlp train "
                         "--distributed mpi ...): mpi, nccl (one GPU per rank) or auto; --batch-size is the "
@@ -267,6 +300,7 @@ def _add_evaluate(sub):
                                    "split of the run that trained it.")
     e.add_argument("model", metavar="MODEL")
     _add_data(e, train=False)
+    _add_stream(e, train=False)
     _add_common(e)
 
 
@@ -276,8 +310,10 @@ def _add_predict(sub):
     pr.add_argument("model", metavar="MODEL")
     _add_data(pr, train=False, missing=("error", "impute"))
     pr.add_argument("--output", "-o", default=None, metavar="FILE",
-                    help="write here instead of standard output (.npy for a NumPy array, else text)")
+                    help="write here instead of standard output (.npy for a NumPy array, .parquet for a Parquet "
+                         "file, else text)")
     pr.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
+    _add_stream(pr, train=False)
     _add_common(pr)
 
 

@@ -122,7 +122,8 @@ def describe_test_set(s, n_test):
     """Which samples a run's test score is on, in words."""
     if s["test_data"] is not None:
         return f"{s['test_data']} (the run's --test-data)"
-    rule = "" if s.get("split_rule", 1) >= 2 else ", gpumlp 0.1's split rule"
+    rule = ", the streamed split rule" if s.get("stream") else "" if s.get("split_rule", 1) >= 2 else \
+        ", gpumlp 0.1's split rule"
     return f"the test split of {s['data']} ({n_test} rows held out by --seed {s['seed']}, --test-size " \
            f"{s['test_size']}{rule})"
 

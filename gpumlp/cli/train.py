@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import functions, io
+from .. import functions, io, streamed
 from ..backend import resolve
 from ..data_parallel import make_trainer
 from ..lbfgs import LBFGSTrainer
@@ -24,6 +24,7 @@ from ..schedules import make_schedule
 from .evaluate import load_pipeline
 from .parser import UsageError
 from .report import Interrupted, Printer, Progress, describe, json_line, missing_extra, plot, warn
+from . import streamed as stream_cli
 from .settings import check_digests, describe_test_set, prepare, train_settings
 
 
@@ -127,12 +128,13 @@ def train(args, comm=None, phase=None):
     run = set_up(args, comm)
     announce(run)
     seconds, trained = fit(run, phase)
+    scores = final_scores(run) if run.sharded else None  # every rank: the scores sum over the ranks' chunks
     phase["at"] = "done"
     if not run.root:
         return 0
     if args.save:
         save(run.pipeline, args.save)
-    scores = final_scores(run)
+    scores = scores or final_scores(run)
     if args.plot:
         plot(run.model, run.s, run.metric, args.plot, scores["test_score"])
     report(run, scores, seconds, trained, t0)
@@ -147,7 +149,7 @@ class Run:
     args: object
     pipeline: Pipeline
     s: dict
-    d: object  # a gpumlp.data.Prepared
+    d: object  # a gpumlp.data.Prepared, or with --stream a StreamPrepared (train and test are its Views)
     train: tuple  # (x, y) on the model's device
     test: tuple
     val: tuple | None
@@ -166,12 +168,28 @@ class Run:
         return "accuracy" if self.model.loss == "cross_entropy" else "R²"
 
     @property
+    def streamed(self):
+        return bool(self.s["stream"])
+
+    @property
+    def sharded(self):  # each rank holds its own chunks: the counts and scores are sums over the ranks
+        return self.streamed and self.comm is not None
+
+    @property
     def n_train(self):
-        return int(self.train[0].shape[0])
+        return self.d.n_train if self.streamed else int(self.train[0].shape[0])
 
     @property
     def n_test(self):
-        return int(self.test[0].shape[0])
+        return self.d.n_test if self.streamed else int(self.test[0].shape[0])
+
+    @property
+    def n_validation(self):
+        return 0 if self.val is None else self.d.n_validation if self.streamed else int(self.val[0].shape[0])
+
+    @property
+    def n_dropped(self):
+        return self.d.n_dropped + getattr(self.d, "n_test_dropped", 0)
 
     @property
     def test_set(self):
@@ -191,8 +209,11 @@ def check_run_options(args):
 
 def set_up(args, comm):
     """The run's Run: its pipeline, settings and data (``setup_training``), the data on the model's device."""
-    pipeline, s, d = setup_training(args)
+    pipeline, s, d = setup_training(args, comm)
     backend = pipeline.named_steps["mlp"].array_backend
+    if s["stream"]:  # the views stay on the host, read a chunk at a time; the validation rows are in memory
+        val = None if d.X_val is None else (backend.asarray(d.X_val), backend.asarray(d.y_val))
+        return Run(args, pipeline, s, d, (d.train, None), (d.test, None), val, comm)
     train_xy = backend.asarray(d.X_train), backend.asarray(d.y_train)
     test_xy = backend.asarray(d.X_test), backend.asarray(d.y_test)
     val = None if d.X_val is None else (backend.asarray(d.X_val), backend.asarray(d.y_val))
@@ -202,7 +223,7 @@ def set_up(args, comm):
 def announce(run):
     """The lines before training: the data and the net, the test set, and a warning when nothing is left to train."""
     printer, model, s = Printer(run.args), run.model, run.s
-    printer.say(describe_run(s, run.d, model, run.val, run.n_train, run.n_test))
+    printer.say(describe_run(s, run.d, model, run.n_validation, run.n_train, run.n_test, run.n_dropped))
     printer.say(f"test set: {run.test_set}, scored once, after training")
     if s["epochs"] <= model.epochs_:
         warn("train", f"--epochs {s['epochs']} counts the epochs in all, and the model has trained "
@@ -242,7 +263,7 @@ def make_run_trainer(run, on_epoch, progress):
     trainer of ``gpumlp.data_parallel.make_trainer`` (over --distributed's ranks)."""
     if run.s["optimizer"] == "lbfgs":
         return LBFGSTrainer(run.model, callbacks=[on_epoch])
-    return make_trainer(run.model, run.comm, batch_size=run.s["batch_size"], lr=run.s["lr"], callbacks=[on_epoch],
+    return make_trainer(run.model, run.comm, sharded=run.sharded, batch_size=run.s["batch_size"], lr=run.s["lr"], callbacks=[on_epoch],
                         on_step=progress.step if progress.bar is not None and run.root else None)
 
 
@@ -267,8 +288,13 @@ def epoch_callback(run, progress, checkpoint):
 def final_scores(run):
     """The test set's score and L, and the training split's L and J, of the final weights (once, after training)."""
     model = run.model
-    test_score = model.score(*run.test)
-    test_J, train_J = model.objective(*run.test), model.objective(*run.train)
+    if run.streamed:  # a pass over each view (the training rows too), summed over the ranks when sharded
+        comm = run.comm if run.sharded else None
+        test_score = streamed.score(model, run.test[0], comm=comm)
+        test_J, train_J = (streamed.objective(model, v[0], comm=comm) for v in (run.test, run.train))
+    else:
+        test_score = model.score(*run.test)
+        test_J, train_J = model.objective(*run.test), model.objective(*run.train)
     s_reg = functions.regulariser(model.weights, model.weight_decay)
     return {"test_score": test_score, "test_L": test_J - s_reg, "train_L": train_J - s_reg, "train_J": train_J}
 
@@ -308,7 +334,7 @@ def summary(run, scores, seconds, trained):
 
 def result_json(run, scores, seconds, trained, t0):
     """--json's object (README, "The command line"): the scores, the run's counts, where and how fast."""
-    model, d, comm = run.model, run.d, run.comm
+    model, comm = run.model, run.comm
     key = "accuracy" if run.metric == "accuracy" else "r2"
     test_score = scores["test_score"]
     return {
@@ -319,18 +345,18 @@ def result_json(run, scores, seconds, trained, t0):
         "best_epoch": model.best_epoch_, "backend": model.backend, "device": model.array_backend.device_name(),
         "seconds": seconds, "samples_per_second": samples_per_second(run, seconds, trained),
         "total_seconds": time.perf_counter() - t0, "n_train": run.n_train, "n_test": run.n_test,
-        "n_validation": 0 if run.val is None else int(run.val[0].shape[0]),
-        "n_dropped": d.n_dropped + d.n_test_dropped, "test_set": run.test_set, "sizes": list(model.sizes),
+        "n_validation": run.n_validation, "n_dropped": run.n_dropped, "test_set": run.test_set, "sizes": list(model.sizes),
         "model": run.args.save, "ranks": 1 if comm is None else comm.size,
         "distributed": None if comm is None else comm.engine}
 
 
-def describe_run(s, d, model, val, n_train, n_test):
-    parts = [f"{n_train} train", f"{n_test} test"] + ([f"{val[0].shape[0]} validation"] if val else [])
+def describe_run(s, d, model, n_validation, n_train, n_test, dropped):
+    parts = [f"{n_train} train", f"{n_test} test"] + ([f"{n_validation} validation"] if n_validation else [])
     text = f"gpumlp: {s['data']} ({', '.join(parts)} samples, {model.sizes[0]} features"
     if d.classes is not None:
         text += f", {len(d.classes)} classes"
-    dropped = d.n_dropped + d.n_test_dropped
+    if s["stream"]:
+        text += f"; streamed, {d.train.plan.describe()}"
     if dropped:
         text += f"; {dropped} rows with missing values dropped"
     if d.imputer is not None:
@@ -349,7 +375,7 @@ def interrupted(args, checkpoint):
             f"gpumlp train --resume {args.save} --save {args.save}")
 
 
-def setup_training(args):
+def setup_training(args, comm=None):
     """(pipeline, settings, prepared data): a new model, or the resumed one with its saved settings."""
     pipeline = saved = None
     if args.resume:
@@ -359,33 +385,60 @@ def setup_training(args):
             raise ValueError(f"{args.resume} holds no training settings (not saved by 'gpumlp train'); "
                              f"continue it from Python with MLP.fit")
     s = train_settings(args, saved)
+    for key in stream_cli.STREAM_ONLY:  # this run's memory and ranks, not the resumed run's
+        s[key] = getattr(args, key, None) if key != "sharded" else bool(args.sharded)
     minibatch_only = [f"--{k.replace('_', '-')}" for k in ("lr", "batch_size", "lr_schedule", "early_stopping",
                                                             "n_iter_no_change", "distributed") if getattr(args, k, None)]
-    if s["optimizer"] == "lbfgs" and minibatch_only:
+    if s["optimizer"] == "lbfgs" and minibatch_only and not s["stream"]:
         raise UsageError(f"{', '.join(minibatch_only)} {'applies' if len(minibatch_only) == 1 else 'apply'} to "
                          f"--optimizer sgd and adam; lbfgs trains on the full batch in one process and stops by "
                          f"--epochs (its iterations) and --tol")
+    stream_cli.check_train_options(args, s, args.distributed)
     if pipeline is None:
-        backend = resolve(args.backend or "auto")
-        d = prepare(s)
-        q = len(d.classes) if d.classes is not None else (1 if d.y_train.ndim == 1 else d.y_train.shape[1])
-        model = build_model(s, d.X_train.shape[1], q, backend.name)
-        pipeline = Pipeline(model, scaler=d.scaler, classes=d.classes, imputer=d.imputer,
-                            target_scaler=d.target_scaler, feature_names=d.feature_names, label_name=d.label_name)
+        pipeline, d = new_pipeline(args, s, comm)
     else:
-        model = pipeline.named_steps["mlp"]
-        d = prepare(s, pipeline.preprocessing)
-        if d.X_train.shape[1] != model.sizes[0]:
-            raise ValueError(f"the data have {d.X_train.shape[1]} features, the resumed model expects "
-                             f"{model.sizes[0]}")
-        note = check_digests(saved, s, d, "--resume")
-        if note:
-            warn("train", note)
-        schedule = model.lr_schedule
-        if schedule.name == "cosine" and s["epochs"] > schedule.T_max:
-            warn("train", f"the saved run's cosine schedule ends at epoch {schedule.T_max}; epochs after it "
-                          f"train at its final rate eta_min = {schedule.eta_min:g}")
+        d = resumed_data(pipeline, saved, s, comm)
     # What the file records of this run: the settings (for --resume and evaluate) and the digests of the
     # data it was trained on (a resume or evaluate on other data is refused: its split would differ).
-    model.training_config_ = dict(s, data_digest=d.digest, test_data_digest=d.test_digest)
+    model = pipeline.named_steps["mlp"]
+    model.training_config_ = dict(s, **stream_cli.record(s, d)) if s["stream"] else \
+        dict(s, data_digest=d.digest, test_data_digest=d.test_digest)
     return pipeline, s, d
+
+
+def new_pipeline(args, s, comm):
+    """A new model and the data it trains on: the Pipeline of the MLP and the preprocessing fitted on them."""
+    backend = resolve(args.backend or "auto")
+    d = stream_cli.prepare_run(s, comm) if s["stream"] else prepare(s)
+    if s["stream"]:
+        d_in, q = d.train.n_features, len(d.classes) if d.classes is not None else 1
+    else:
+        d_in = d.X_train.shape[1]
+        q = len(d.classes) if d.classes is not None else (1 if d.y_train.ndim == 1 else d.y_train.shape[1])
+    model = build_model(s, d_in, q, backend.name)
+    pipeline = Pipeline(model, scaler=d.scaler, classes=d.classes, imputer=d.imputer,
+                        target_scaler=d.target_scaler, feature_names=d.feature_names, label_name=d.label_name)
+    return pipeline, d
+
+
+def resumed_data(pipeline, saved, s, comm):
+    """The resumed run's data, read with its saved preprocessing and checked to be the data it trained on."""
+    model = pipeline.named_steps["mlp"]
+    if s["stream"]:
+        d = stream_cli.prepare_run(s, comm, pipeline.preprocessing)
+        n_features, note = d.train.n_features, None
+        stream_cli.check_resumed(saved, d, s)
+    else:
+        d = prepare(s, pipeline.preprocessing)
+        n_features, note = d.X_train.shape[1], None
+    if n_features != model.sizes[0]:
+        raise ValueError(f"the data have {n_features} features, the resumed model expects {model.sizes[0]}")
+    if not s["stream"]:
+        note = check_digests(saved, s, d, "--resume")
+    if note:
+        warn("train", note)
+    schedule = model.lr_schedule
+    if schedule.name == "cosine" and s["epochs"] > schedule.T_max:
+        warn("train", f"the saved run's cosine schedule ends at epoch {schedule.T_max}; epochs after it "
+                      f"train at its final rate eta_min = {schedule.eta_min:g}")
+    return d
