@@ -74,6 +74,8 @@ def open_stream(s, label, budget=None, shuffle=None):
             raise UsageError(f"{' and '.join(csv_only)} apply to CSV files; {s['data']} is {fmt} data")
     labels = s.get("labels")
     if fmt == "npy":
+        if label is not False and labels is None:
+            raise UsageError(f"{s['data']}: .npy features need their labels in a file of their own: --labels y.npy")
         label = None if label is not False else False
     elif labels is not None:
         raise UsageError(f"--labels names the labels of .npy features; {s['data']} is {fmt} data")
