@@ -442,3 +442,21 @@ def test_peak_memory_stays_within_the_budget_plus_the_fixed_overhead(tmp_path):
     large = _peak_kib(tmp_path, *args, "--data", "X.npy", "--labels", "y.npy")
     limit = small + (64 + 32) * 1024
     assert large < limit, f"peak {large / 1024:.0f} MiB, tiny file {small / 1024:.0f} MiB, limit {limit / 1024:.0f} MiB"
+
+
+# ---------------------------------------------------------------------------------- the README's commands
+def test_the_readme_section_runs(tmp_path):
+    """README "Data larger than memory": its commands as printed (fewer rows and epochs; the Parquet
+    directory is a placeholder, mpiexec is the MPI test's), each exiting 0."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Data larger than memory"):text.index("## Model files")]
+    block = section[section.index("```bash\n") + 8:]
+    lines = [line for line in block[:block.index("```")].splitlines() if "clicks/" not in line
+             and not line.startswith("mpiexec")]
+    assert len(lines) == 5
+    script = "\n".join(lines).replace("200000", "5000").replace("--early-stopping", "--early-stopping --epochs 3")
+    env = {k: v for k, v in os.environ.items() if k != "GPUMLP_BACKEND"}
+    env.update(PYTHONPATH=str(ROOT), PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+    p = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert (tmp_path / "predictions.parquet").exists() and "every row" in p.stdout
