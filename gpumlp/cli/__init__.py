@@ -6,6 +6,7 @@
     gpumlp train --resume model.npz --epochs 80 --save model.npz     continue a saved run up to 80 epochs
     gpumlp evaluate model.npz [--data FILE]          test accuracy (the run's own test split by default)
     gpumlp predict model.npz --data FILE [--output predictions.csv]   columns matched by header name
+    gpumlp train --data big.parquet --stream --memory-budget 2GiB     read a chunk at a time (README)
     gpumlp info                           versions, the backend "auto" picks and why, the device
     gpumlp graph -o graph.svg             the lecture's computational graph of the net, with its gradients
     gpumlp check-gradients [MODEL]        every gradient of backpropagation against central differences
@@ -21,7 +22,7 @@ The package, one module per job:
     train.py      gpumlp train                                evaluate.py   gpumlp evaluate, gpumlp predict
     info.py       gpumlp info                                 report.py     progress, JSON line, plot, errors
     graph.py      gpumlp graph                                gradcheck.py  gpumlp check-gradients
-    export.py     gpumlp export
+    export.py     gpumlp export                               streamed.py   --stream: data larger than memory
 
 Data preparation (loading, the split, label encoding, imputation, scaling) is ``gpumlp.data.prepare``;
 a run's model and preprocessing are a ``gpumlp.Pipeline``, used through public names only.
