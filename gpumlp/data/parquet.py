@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from .csvfile import _is_int  # a label column given as '3' is an index, as for CSV
 from .chunks import Chunk, Slice, Source
 
 EXTRA_HINT = 'pip install "gpumlp[parquet]" (or pip install pyarrow)'
@@ -190,11 +191,3 @@ def _first_difference(a, b):
         if not plain(fa.type).equals(plain(fb.type)):
             return f"column {fa.name!r} holds {fb.type}, not {fa.type}"
     return None
-
-
-def _is_int(s):
-    try:
-        int(s)
-        return True
-    except (TypeError, ValueError):
-        return False
