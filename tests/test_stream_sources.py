@@ -511,6 +511,34 @@ def _table(pa, rng, n, with_nulls=True):
     return pa.table(cols), X, y.astype(float)
 
 
+def test_parquet_number_columns_read_in_one_call_as_column_by_column(tmp_path, pa):
+    """Integer and float feature columns go through RecordBatch.to_tensor (one call); booleans and
+    dictionaries column by column. Both give the same float64 values, nulls NaN, 2**53 + 1 rounded alike."""
+    import pyarrow.parquet as pq
+    from gpumlp.data.parquet import ParquetSource
+
+    rng = np.random.default_rng(9)
+    n = 97
+    mask = rng.random(n) < 0.2
+    big = np.array([2**53 + 1, -(2**62), 7] * 33, np.int64)[:n]
+    t = pa.table({"f32": pa.array(rng.normal(size=n).astype(np.float32), mask=mask),
+                  "i64": pa.array(big, mask=np.roll(mask, 3)), "u8": pa.array(rng.integers(0, 255, n), pa.uint8()),
+                  "f64": pa.array(rng.normal(size=n)), "y": pa.array(rng.integers(0, 2, n))})
+    pq.write_table(t, tmp_path / "n.parquet", row_group_size=40)
+    src = ParquetSource(tmp_path / "n.parquet")
+    assert src._tensor
+    fast = read_chunks(src, 17, range(len(src.chunks)))
+    src._tensor = False
+    slow = read_chunks(src, 17, range(len(src.chunks)))
+    for a, b in zip(fast[:2], slow[:2]):
+        np.testing.assert_array_equal(a, b)
+    assert fast[0].dtype == np.float64 and np.isnan(fast[0][mask, 0]).all() and np.isnan(fast[0][np.roll(mask, 3), 1]).all()
+    assert fast[0][0, 1] == float(2**53 + 1) or np.isnan(fast[0][0, 1])
+    t2 = t.set_column(2, "u8", pa.array(rng.random(n) < 0.5))
+    pq.write_table(t2, tmp_path / "b.parquet")
+    assert not ParquetSource(tmp_path / "b.parquet")._tensor
+
+
 def test_parquet_file_and_directory_read_as_written(tmp_path, pa):
     import pyarrow.parquet as pq
     from gpumlp.data.parquet import ParquetSource

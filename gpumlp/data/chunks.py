@@ -38,7 +38,7 @@ class Chunk:
 
 @dataclass
 class Slice:
-    X: np.ndarray                 # (r, d) float64, NaN where missing
+    X: np.ndarray                 # (r, d) float64, NaN where missing; C or F order (Parquet: F)
     y: np.ndarray | None          # (r,) float64 (NaN where missing) or text; None without labels
     y_missing: np.ndarray | None  # (r,) bool
     rows: np.ndarray              # (r,) int64: the line (CSV) or the 1-based row (Parquet, .npy) of each row
