@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from ci import needed
 
-from gpumlp.data import MeanImputer, Scaler, read_csv
+from gpumlp.data import MeanImputer, Scaler, read_csv, stream
 from gpumlp.data import csvfile
 from gpumlp.data.chunks import MAX_CHUNK_ROWS, Chunk, Slice, Source, chunk_rows_for
 from gpumlp.data.csvfile import CsvSource
@@ -1152,6 +1152,38 @@ def test_plan_memory():
         plan_memory(32 * 2**20, 10**6, fmt="csv")
     assert plan_memory(2**30, 10, max_slice_rows=100).slice_rows == 100
     assert plan_memory(2**30, 10, fmt="csv").slice_rows < plan_memory(2**30, 10, fmt="parquet").slice_rows
+
+
+def test_plan_memory_takes_the_decoders_pages_off_the_budget_first():
+    plain = plan_memory(64 * 2**20, 64)
+    spent = plan_memory(64 * 2**20, 64, decode_bytes=24 * 2**20)
+    assert spent.budget == plain.budget == 64 * 2**20 and spent.decode_bytes == 24 * 2**20
+    assert spent.shuffle_bytes() <= SHARES["shuffle"] * 40 * 2**20 < plain.shuffle_bytes()
+    assert spent.slice_rows < plain.slice_rows and "decoder's pages 24 MiB" in spent.describe()
+    with pytest.raises(ValueError, match=r"too small for this file: row group 3 takes about 20 MiB.* at least 36 MiB"):
+        plan_memory(32 * 2**20, 64, decode_bytes=20 * 2**20, decode_what="row group 3")
+
+
+def test_parquet_decode_bytes_from_the_largest_row_group(tmp_path, pa):
+    """Twice each column chunk's uncompressed size, at most 4 MiB a column, for the largest row group; a
+    budget it leaves under 16 MiB is refused naming the row group and the file."""
+    import pyarrow.parquet as pq
+    from gpumlp.data.parquet import PAGE_BOUND, ParquetSource
+
+    rng = np.random.default_rng(4)
+    n, d = 70_000, 20
+    X = rng.normal(size=(n, d))
+    pq.write_table(pa.table({**{f"x{j}": X[:, j] for j in range(d)}, "y": rng.integers(0, 2, n)}),
+                   tmp_path / "w.parquet", row_group_size=65536)
+    src = ParquetSource(tmp_path / "w.parquet")
+    meta = pq.ParquetFile(tmp_path / "w.parquet").metadata
+    want = max(sum(min(2 * meta.row_group(g).column(c).total_uncompressed_size, PAGE_BOUND)
+                   for c in range(d + 1)) for g in range(meta.num_row_groups))
+    assert src.decode_bytes == want > 2 * d * 65536 * 8 * 0.9
+    assert "row group 1 of" in src.decode_what and "65536 rows of 21 columns" in src.decode_what
+    with pytest.raises(ValueError, match=r"too small for this file: the Parquet reader's pages for row group 1"):
+        stream(tmp_path / "w.parquet", memory_budget="32MiB").plan()
+    assert stream(tmp_path / "w.parquet", memory_budget="64MiB").plan().decode_bytes == want
 
 
 def test_stream_format(tmp_path):

@@ -8,6 +8,14 @@ named) holds numbers, booleans or text. A chunk is a row group: pyarrow decodes 
 (``ParquetFile.read_row_group``, one thread); a row group too large for the reader's share of the
 memory budget is read in record batches of the slices' size instead (``iter_batches``), whose buffers
 grow with the columns (a page each), not with the rows.
+
+What the decoder holds besides the slice is taken off the memory budget (``decode_bytes``): for each
+column of a row group, its dictionary and its current page, decoded and not, which is at most twice the
+column chunk's uncompressed size and, for pages of the writers' default 1 MiB and dictionaries of at
+most 1 MiB, at most 4 MiB; the largest row group's sum counts. Measured on float32 columns of 65,536
+rows written by pyarrow (dictionary tried, then plain): pyarrow held 1.8 times the row group's size
+where this counts 2. After each row group the memory pool gives its free pages back to the OS
+(``release_unused``): mimalloc otherwise kept 80 MiB more resident than pyarrow had allocated.
 """
 from __future__ import annotations
 
@@ -89,6 +97,7 @@ class ParquetSource(Source):
                     self.chunks.append(Chunk(len(self.chunks), rows, i, first, g))
                 first += rows
         self.schema = schemas[0]
+        self.decode_bytes, self.decode_what = _decode_bytes(self.files, self._open)
         self._columns(label, require_labels)
         self._file = (None, None)
 
@@ -147,8 +156,12 @@ class ParquetSource(Source):
                                          use_threads=False)
             first = chunk.first_row
             for batch in batches:
-                yield self._slice(batch, path, first)
+                piece = self._slice(batch, path, first)
                 first += batch.num_rows
+                del batch
+                yield piece
+            del batches
+            self.pa.default_memory_pool().release_unused()
         except self.pa.ArrowException as exc:
             raise ValueError(f"{path}: row group {chunk.locator + 1} (rows {chunk.first_row + 1} to "
                              f"{chunk.first_row + chunk.rows}) cannot be read (damaged or truncated: {exc})") from None
@@ -186,6 +199,27 @@ class ParquetSource(Source):
 
     def close(self):
         self._file = (None, None)
+
+
+PAGE_BOUND = 4 * 2**20  # a column's dictionary (<= 1 MiB) and data page (1 MiB), compressed and decoded
+
+
+def _decode_bytes(files, open_file):
+    """(bytes, what): the most the decoder holds for one row group of ``files`` (see the module
+    docstring), and the row group that needs it, for an error message."""
+    most, what = 0, None
+    for f in files:
+        opened = open_file(f)
+        meta = opened.metadata
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            need = sum(min(2 * rg.column(c).total_uncompressed_size, PAGE_BOUND) for c in range(rg.num_columns))
+            if need > most:
+                most, what = need, (f"the Parquet reader's pages for row group {g + 1} of {f} ({rg.num_rows} rows "
+                                    f"of {rg.num_columns} columns)")
+        if hasattr(opened, "close"):
+            opened.close()
+    return most, what
 
 
 def _first_difference(a, b):

@@ -16,6 +16,8 @@ from the shuffle buffer (``gpumlp.data.reader``), a reader thread ahead of the s
 Memory (``MemoryPlan``): the budget is shared between the reader (the slice being read and decoded),
 the shuffle buffer with its blocks and prefetch queue, a validation split kept in memory and the
 forward pass of scoring; ``MemoryPlan`` sizes each from the budget and says why when a part cannot fit.
+A format whose decoder holds more than the slice (a Parquet reader keeps a page and a dictionary of
+every column of the row group it is in: ``source.decode_bytes``) has that taken off the budget first.
 """
 from __future__ import annotations
 
@@ -230,14 +232,16 @@ class MemoryPlan:
     validation_bytes: int
     score_rows: int
     row_bytes: int
+    decode_bytes: int = 0  # the decoder's own, taken off the budget before it is shared
 
     def shuffle_bytes(self, capacity=None):
         c = self.capacity if capacity is None else capacity
         return _shuffle_bytes(c, self.block, self.depth, self.row_bytes)
 
     def describe(self):
-        return (f"memory budget {format_size(self.budget)}: reading {self.slice_rows} rows at a time, a shuffle "
-                f"buffer of {self.capacity} rows ({format_size(self.shuffle_bytes())})")
+        decoder = f" (the decoder's pages {format_size(self.decode_bytes)})" if self.decode_bytes else ""
+        return (f"memory budget {format_size(self.budget)}: reading {self.slice_rows} rows at a time{decoder}, a "
+                f"shuffle buffer of {self.capacity} rows ({format_size(self.shuffle_bytes())})")
 
 
 def _shuffle_bytes(capacity, block, depth, row_bytes):
@@ -247,11 +251,21 @@ def _shuffle_bytes(capacity, block, depth, row_bytes):
 
 
 def plan_memory(budget, n_features, *, columns=None, itemsize=4, label_bytes=8, weighted=False, batch_size=32,
-                shuffle_rows=None, hidden=(), fmt="parquet", max_slice_rows=None):
-    """The ``MemoryPlan`` for a budget of ``budget`` bytes; ValueError saying which part does not fit."""
-    budget = int(budget)
+                shuffle_rows=None, hidden=(), fmt="parquet", max_slice_rows=None, decode_bytes=0, decode_what=None):
+    """The ``MemoryPlan`` for a budget of ``budget`` bytes; ValueError saying which part does not fit.
+    ``decode_bytes`` (what the format's decoder holds whatever the slice, ``decode_what`` saying why) is
+    taken off the budget first and must leave at least half of the smallest budget for the rest."""
+    whole = budget = int(budget)
     if budget < MIN_BUDGET:
         raise ValueError(f"the memory budget must be at least {format_size(MIN_BUDGET)}, got {format_size(budget)}")
+    decode_bytes = int(decode_bytes)
+    if budget - decode_bytes < MIN_BUDGET // 2:
+        raise ValueError(f"the memory budget {format_size(budget)} is too small for this file: "
+                         f"{decode_what or 'its decoder'} takes about {format_size(decode_bytes)}, and the rest "
+                         f"needs {format_size(MIN_BUDGET // 2)}; give a budget of at least "
+                         f"{format_size(decode_bytes + MIN_BUDGET // 2)} (or write the file in smaller parts)")
+    budget -= decode_bytes
+    spent = f", less the decoder's {format_size(decode_bytes)}," if decode_bytes else ""
     columns = n_features + 1 if columns is None else columns
     row_bytes = n_features * itemsize + label_bytes + (itemsize if weighted else 0)
     per_row_read = READ_BYTES_PER_VALUE.get(fmt, 32) * columns + row_bytes
@@ -267,20 +281,21 @@ def plan_memory(budget, n_features, *, columns=None, itemsize=4, label_bytes=8, 
     while most > 0 and _shuffle_bytes(most, block_of(most), 2, row_bytes) > shuffle:
         most = int(most * 0.95)
     if most < 2 * batch_size:
-        raise ValueError(f"the memory budget {format_size(budget)} leaves room for a shuffle buffer of {most} rows "
+        raise ValueError(f"the memory budget {format_size(whole)}{spent} leaves room for a shuffle buffer of {most} rows "
                          f"({n_features} features), fewer than two batches of {batch_size}: give a larger budget "
                          f"or a smaller batch size")
     capacity = most if shuffle_rows is None else int(shuffle_rows)
     if capacity > most:
         raise ValueError(f"a shuffle buffer of {capacity} rows ({n_features} features) needs "
                          f"{format_size(_shuffle_bytes(capacity, block_of(capacity), 2, row_bytes))} with its blocks; "
-                         f"the memory budget {format_size(budget)} leaves it {format_size(shuffle)}: at most {most} rows")
+                         f"the memory budget {format_size(whole)}{spent} leaves it {format_size(shuffle)}: at most "
+                         f"{most} rows")
     if capacity < batch_size:
         raise ValueError(f"the shuffle buffer must hold at least one batch ({batch_size} rows), got {capacity}")
     widest = max([n_features, *hidden, 1])
     score_rows = max(1, min(8192, int(SHARES["scoring"] * budget // (3 * widest * max(itemsize, 8)))))
-    return MemoryPlan(budget, slice_rows, capacity, block_of(capacity), 2, int(SHARES["validation"] * budget),
-                      score_rows, row_bytes)
+    return MemoryPlan(whole, slice_rows, capacity, block_of(capacity), 2, int(SHARES["validation"] * budget),
+                      score_rows, row_bytes, decode_bytes)
 
 
 # ---------------------------------------------------------------------------------- views
@@ -461,7 +476,9 @@ class StreamSource:
         return plan_memory(self.memory_budget, self.n_features, itemsize=itemsize, batch_size=batch_size,
                            shuffle_rows=self.shuffle_buffer, hidden=hidden, fmt=self.source.format,
                            label_bytes=label_bytes, weighted=weighted,
-                           columns=self.n_features + (1 if self.has_labels else 0))
+                           columns=self.n_features + (1 if self.has_labels else 0),
+                           decode_bytes=getattr(self.source, "decode_bytes", 0),
+                           decode_what=getattr(self.source, "decode_what", None))
 
     def view(self, dtype=np.float32, label_dtype=None, batch_size=32, hidden=()):
         dtype = np.dtype(dtype)
