@@ -185,7 +185,7 @@ def test_missing_values_are_an_error_naming_row_and_column_from_1(holes, capsys)
     path, _, _ = holes
     rc, out, err = main(capsys, "train", "--data", path, *FAST)
     assert rc == 1 and out == ""
-    assert "missing value in row 6, column 3 ('p2')" in err  # line 6: the header, then rows 1..5
+    assert "missing value on line 6, column 3 ('p2')" in err  # line 6: the header, then rows 1..5
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
@@ -214,7 +214,7 @@ def test_missing_impute_is_saved_and_applied_at_predict(holes, tmp_path, capsys)
     plain = tmp_path / "plain.npz"
     assert main(capsys, "train", "--data", path, *FAST, "--missing", "drop", "--save", plain)[0] == 0
     rc, _, err = main(capsys, "predict", plain, "--data", path)
-    assert rc == 1 and "missing value in row 6, column 3 ('p2')" in err
+    assert rc == 1 and "missing value on line 6, column 3 ('p2')" in err
     rc, _, err = main(capsys, "predict", plain, "--data", path, "--missing", "impute")
     assert rc == 2 and "needs a model trained with --missing impute" in err
 

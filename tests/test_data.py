@@ -335,7 +335,7 @@ def test_header_can_be_forced_either_way(tmp_path):
     assert D.load(p)[0].shape == (3, 2)
     t = D.load_table(p, header=True)
     assert t.feature_names == ["1990", "2000"] and t.X.shape == (2, 2)
-    with pytest.raises(ValueError, match=r"row 1.*column 1 \('a'\)|column 1 holds text \('a' in row 1\)"):
+    with pytest.raises(ValueError, match=r"line 1.*column 1 \('a'\)|column 1 holds text \('a' on line 1\)"):
         D.load(write(tmp_path, "e.csv", "a,b,c\n1,2,3\n"), header=False)
     with pytest.raises(ValueError, match="header must be None"):
         D.load(p, header="yes")
@@ -387,12 +387,12 @@ def test_text_labels_give_a_string_y(tmp_path):
 
 def test_text_in_a_feature_column_names_the_column_and_row(tmp_path):
     p = write(tmp_path, "bad.csv", "r,colour,y\n1,2,0\n3,red,1\n")
-    with pytest.raises(ValueError, match=r"bad.csv: .*column 2 \('colour'\) holds text \('red' in row 3\)"):
+    with pytest.raises(ValueError, match=r"bad.csv: .*column 2 \('colour'\) holds text \('red' on line 3\)"):
         D.load(p)
 
 
 def test_a_label_column_of_numbers_and_text_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match=r"label column 3 holds text \('x' in row 2\) and numbers"):
+    with pytest.raises(ValueError, match=r"label column 3 holds text \('x' on line 2\) and numbers"):
         D.load(write(tmp_path, "bad.csv", "1,2,0\n3,4,x\n"))
 
 
@@ -408,7 +408,7 @@ def test_missing_values_name_the_1_based_row_and_column(tmp_path, text, row, col
     with pytest.raises(ValueError) as exc:
         D.load(p)
     message = str(exc.value)
-    assert message.startswith(f"{p}: missing value in row {row}, {column}")
+    assert message.startswith(f"{p}: missing value on line {row}, {column}")
 
 
 def test_missing_values_dropped_or_kept_for_the_caller_to_impute(tmp_path):
@@ -425,7 +425,7 @@ def test_missing_values_dropped_or_kept_for_the_caller_to_impute(tmp_path):
 
 def test_a_missing_label_cannot_be_kept_and_dropping_everything_is_an_error(tmp_path):
     p = write(tmp_path, "holes.csv", "a,y\n1,0\n2,NA\n")
-    with pytest.raises(ValueError, match=r"holes.csv: missing label in row 3, column 2 \('y'\)"):
+    with pytest.raises(ValueError, match=r"holes.csv: missing label on line 3, column 2 \('y'\)"):
         D.load(p, missing="keep")
     assert D.load(p, missing="drop")[1].tolist() == [0]
     with pytest.raises(ValueError, match="every row has a missing value"):
@@ -439,7 +439,7 @@ def test_missing_text_labels_are_dropped(tmp_path):
 
 
 def test_a_ragged_row_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"row 3 has 2 fields, the header has 3"):
+    with pytest.raises(ValueError, match=r"line 3 has 2 fields, the header has 3"):
         D.load(write(tmp_path, "bad.csv", "a,b,y\n1,2,3\n4,5\n"))
 
 

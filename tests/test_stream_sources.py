@@ -324,13 +324,13 @@ def test_csv_text_deep_in_the_file_names_file_line_and_column(tmp_path, header):
     # found again when the chunk is read on its own
     chunk = src.chunks[4]  # rows 2801..3500 of the data: line 3001 either way
     assert chunk.first_row < 3001 - header <= chunk.first_row + chunk.rows
-    with pytest.raises(ValueError, match=r"deep\.csv: .*row 3001"):
+    with pytest.raises(ValueError, match=r"deep\.csv: .*line 3001"):
         list(src.read(chunk, 50))
 
 
 def test_csv_errors_deep_in_the_file(tmp_path, monkeypatch):
     p = _deep_file(tmp_path, "fields.csv", 2500, "1,2,3")
-    with pytest.raises(ValueError, match=r"fields\.csv: .*row 2500 has 3 fields, the header has 4"):
+    with pytest.raises(ValueError, match=r"fields\.csv: .*line 2500 has 3 fields, the header has 4"):
         _read_all(CsvSource(p))
 
     p = _deep_file(tmp_path, "utf.csv", 3001, "1,2,3,4")
@@ -341,7 +341,7 @@ def test_csv_errors_deep_in_the_file(tmp_path, monkeypatch):
         _read_all(CsvSource(p))
 
     p = _deep_file(tmp_path, "label.csv", 3001, "1,2,3,cat")
-    with pytest.raises(ValueError, match=r"label\.csv: .*label column 4 \('y'\) holds text \('cat' in row 3001\)"):
+    with pytest.raises(ValueError, match=r"label\.csv: .*label column 4 \('y'\) holds text \('cat' on line 3001\)"):
         _read_all(CsvSource(p), 5000)
 
     p = _deep_file(tmp_path, "cut.csv.gz", 0, "")

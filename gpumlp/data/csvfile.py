@@ -208,7 +208,7 @@ def _csv_by_fields(path, delimiter, header_line, n_cols, col, names, missing):
     against = "the header" if names is not None else "the first row"
     for line, fields in rows:
         if len(fields) != n_cols:
-            raise ValueError(f"{path}: not a numeric CSV file: row {line} has {len(fields)} fields, "
+            raise ValueError(f"{path}: not a numeric CSV file: line {line} has {len(fields)} fields, "
                              f"{against} has {n_cols}")
     if not rows:
         raise ValueError(f"{path}: no data rows")
@@ -248,13 +248,13 @@ def _parse_column(path, cells, is_missing, lines, j, names, is_label):
     if not is_text.any():  # NumPy refused a number that Python's float reads
         return np.array([float(s) if number else np.nan for s, number in zip(cells, is_number)])
     first = int(np.argmax(is_text))
-    where = f"{_column_name(j, names)} holds text ({str(cells[first])!r} in row {lines[first]})"
+    where = f"{_column_name(j, names)} holds text ({str(cells[first])!r} on line {lines[first]})"
     if not is_label:
         raise ValueError(f"{path}: not a numeric CSV file: {where}; feature columns must hold numbers")
     if is_number.any():
         number = int(np.argmax(is_number))
         raise ValueError(f"{path}: not a numeric CSV file: the label {where} and numbers "
-                         f"({str(cells[number])!r} in row {lines[number]}); labels must be all numbers or all text")
+                         f"({str(cells[number])!r} on line {lines[number]}); labels must be all numbers or all text")
     return cells.copy()
 
 
@@ -269,12 +269,12 @@ def _missing_rows(path, cells, lines, col, names, missing):
         return ~rows_missing
     if missing == "keep" and col is not None and cells[:, col].any():
         i = int(np.flatnonzero(cells[:, col])[0])
-        raise ValueError(f"{path}: missing label in row {lines[i]}, {_column_name(col, names)}; labels "
+        raise ValueError(f"{path}: missing label on line {lines[i]}, {_column_name(col, names)}; labels "
                          f"cannot be imputed: drop those rows (missing='drop')")
     if missing == "keep":
         return np.ones(len(lines), bool)
     i, j = (int(k) for k in np.argwhere(cells)[0])  # the first in reading order
-    raise ValueError(f"{path}: missing value in row {lines[i]}, {_column_name(j, names)} (empty, NA, NaN "
+    raise ValueError(f"{path}: missing value on line {lines[i]}, {_column_name(j, names)} (empty, NA, NaN "
                      f"or ?); drop such rows (missing='drop') or impute them (missing='keep')")
 
 
@@ -524,7 +524,7 @@ class CsvSource(Source):
         against = "the header" if self.names is not None else "the first row"
         for line, fields in zip(lines, rows):
             if len(fields) != self.n_columns:
-                raise ValueError(f"{self.path}: not a numeric CSV file: row {line} has {len(fields)} fields, "
+                raise ValueError(f"{self.path}: not a numeric CSV file: line {line} has {len(fields)} fields, "
                                  f"{against} has {self.n_columns}")
         cells = np.char.strip(np.array(rows, dtype=str).reshape(len(rows), self.n_columns))
         missing = _is_missing(cells)

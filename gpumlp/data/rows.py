@@ -36,12 +36,12 @@ def apply_missing(source, piece, missing, count=None):
     if label_missing.any():
         i = int(np.flatnonzero(label_missing)[0])
         raise ValueError(f"{_where(source, piece, i)}, {source.describe_label()}: missing label; labels cannot "
-                         f"be imputed: drop those rows (--missing drop)")
+                         f"be imputed: drop those rows (missing='drop', --missing drop)")
     if missing in ("keep", "impute"):
         return piece
     i, j = (int(k) for k in np.argwhere(~finite)[0])
     raise ValueError(f"{_where(source, piece, i)}, {source.describe_column(j)}: missing value (empty, NA, NaN "
-                     f"or ?); drop such rows (--missing drop) or impute them (--missing impute)")
+                     f"or ?); drop such rows (missing='drop', --missing drop) or impute them (missing='impute', --missing impute)")
 
 
 def split_parts(split, chunk, piece, counters, stratify):
