@@ -80,6 +80,7 @@ class ParquetSource(Source):
         self.path = os.fspath(path)
         self.files = parquet_files(self.path)
         schemas, self.chunks = [], []
+        self.decode_bytes, self.decode_what = 0, None  # see the module docstring
         for i, f in enumerate(self.files):
             opened = self._open(f)
             meta = opened.metadata
@@ -93,11 +94,15 @@ class ParquetSource(Source):
             first = 0
             for g in range(meta.num_row_groups):
                 rows = meta.row_group(g).num_rows
+                need = _decode_need(meta.row_group(g))
+                if need > self.decode_bytes:
+                    self.decode_bytes = need
+                    self.decode_what = (f"the Parquet reader's pages for row group {g + 1} of {f} ({rows} rows of "
+                                        f"{meta.num_columns} columns)")
                 if rows:
                     self.chunks.append(Chunk(len(self.chunks), rows, i, first, g))
                 first += rows
         self.schema = schemas[0]
-        self.decode_bytes, self.decode_what = _decode_bytes(self.files, self._open)
         self._columns(label, require_labels)
         self._file = (None, None)
 
@@ -204,22 +209,9 @@ class ParquetSource(Source):
 PAGE_BOUND = 4 * 2**20  # a column's dictionary (<= 1 MiB) and data page (1 MiB), compressed and decoded
 
 
-def _decode_bytes(files, open_file):
-    """(bytes, what): the most the decoder holds for one row group of ``files`` (see the module
-    docstring), and the row group that needs it, for an error message."""
-    most, what = 0, None
-    for f in files:
-        opened = open_file(f)
-        meta = opened.metadata
-        for g in range(meta.num_row_groups):
-            rg = meta.row_group(g)
-            need = sum(min(2 * rg.column(c).total_uncompressed_size, PAGE_BOUND) for c in range(rg.num_columns))
-            if need > most:
-                most, what = need, (f"the Parquet reader's pages for row group {g + 1} of {f} ({rg.num_rows} rows "
-                                    f"of {rg.num_columns} columns)")
-        if hasattr(opened, "close"):
-            opened.close()
-    return most, what
+def _decode_need(rg):
+    """What the decoder holds for row group ``rg`` (its metadata): see the module docstring."""
+    return sum(min(2 * rg.column(c).total_uncompressed_size, PAGE_BOUND) for c in range(rg.num_columns))
 
 
 def _first_difference(a, b):
