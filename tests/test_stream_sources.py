@@ -573,9 +573,12 @@ def test_parquet_number_columns_read_in_one_call_as_column_by_column(tmp_path, p
         np.testing.assert_array_equal(a, b)
     assert fast[0].dtype == np.float64 and np.isnan(fast[0][mask, 0]).all() and np.isnan(fast[0][np.roll(mask, 3), 1]).all()
     assert fast[0][0, 1] == float(2**53 + 1) or np.isnan(fast[0][0, 1])
-    t2 = t.set_column(2, "u8", pa.array(rng.random(n) < 0.5))
-    pq.write_table(t2, tmp_path / "b.parquet")
-    assert not ParquetSource(tmp_path / "b.parquet")._tensor
+    for other in (pa.array(rng.random(n) < 0.5), pa.array(rng.normal(size=n).astype(np.float16))):
+        pq.write_table(t.set_column(2, "u8", other), tmp_path / "b.parquet")  # booleans, half floats
+        src = ParquetSource(tmp_path / "b.parquet")
+        assert not src._tensor
+        X = read_chunks(src, 17, range(len(src.chunks)))[0]
+        np.testing.assert_array_equal(X[:, 2], np.asarray(other.to_numpy(zero_copy_only=False), np.float64))
 
 
 def test_parquet_file_and_directory_read_as_written(tmp_path, pa):

@@ -60,7 +60,8 @@ def _numeric(pa, t):
 
 
 def pa_is_plain_number(pa, t):
-    return pa.types.is_integer(t) or pa.types.is_floating(t)
+    """A type RecordBatch.to_tensor converts (it cannot cast half floats, booleans or dictionaries)."""
+    return pa.types.is_integer(t) or (pa.types.is_floating(t) and not pa.types.is_float16(t))
 
 
 def _label_type(pa, t):
@@ -136,7 +137,6 @@ class ParquetSource(Source):
         self.n_features = len(self.feature_names)
         self.has_labels = col is not None
         self._feature_indices = [j for j in range(len(names)) if j != col]
-        # RecordBatch.to_tensor takes integer and float columns (not booleans or dictionaries)
         self._tensor = all(pa_is_plain_number(self.pa, self.schema.field(j).type) for j in self._feature_indices)
 
     def _open(self, path):
