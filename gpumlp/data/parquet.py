@@ -59,7 +59,7 @@ def _numeric(pa, t):
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
-def pa_is_plain_number(pa, t):
+def _to_tensor_type(pa, t):
     """A type RecordBatch.to_tensor converts (it cannot cast half floats, booleans or dictionaries)."""
     return pa.types.is_integer(t) or (pa.types.is_floating(t) and not pa.types.is_float16(t))
 
@@ -137,7 +137,7 @@ class ParquetSource(Source):
         self.n_features = len(self.feature_names)
         self.has_labels = col is not None
         self._feature_indices = [j for j in range(len(names)) if j != col]
-        self._tensor = all(pa_is_plain_number(self.pa, self.schema.field(j).type) for j in self._feature_indices)
+        self._tensor = all(_to_tensor_type(self.pa, self.schema.field(j).type) for j in self._feature_indices)
 
     def _open(self, path):
         try:
