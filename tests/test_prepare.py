@@ -43,7 +43,7 @@ def test_drop_counts_the_rows_it_drops_and_error_names_row_and_column(table):
     _, _, path = table
     d = D.prepare(str(path), missing="drop")
     assert d.n_dropped == 3 and d.X_train.shape[0] + d.X_test.shape[0] == 37
-    with pytest.raises(ValueError, match=r"row 5, column 2 \('b'\)"):  # line 5 of the file: header + 4
+    with pytest.raises(ValueError, match=r"line 5, column 2 \('b'\)"):  # line 5 of the file: header + 4
         D.prepare(str(path))
     with pytest.raises(ValueError, match="missing must be one of"):
         D.prepare(str(path), missing="keep")
