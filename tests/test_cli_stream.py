@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import gpumlp
-from gpumlp import cli, distributed
-from ci import in_ci, needed
+from gpumlp import cli
+from ci import mpiexec, needed
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ROWS, N_FEATURES, N_CLASSES = 6000, 10, 4
@@ -358,14 +358,7 @@ def test_sharded_streamed_training_under_two_ranks(data, tmp_path):
     Parquet file's row groups); the result is within 0.01 test accuracy of the one-process streamed run,
     with the same split (counts) and digest."""
     _, _, _, files = data
-    exe = distributed.mpiexec()
-    import importlib.util
-
-    if exe is None or importlib.util.find_spec("mpi4py") is None:
-        why = "mpi4py and mpiexec are needed (pip install -e '.[test]' brings mpi4py and mpich)"
-        if in_ci():
-            pytest.fail(f"CI must run the multi-process tests, but {why}")
-        pytest.skip(why)
+    exe = mpiexec()
     env = dict(os.environ, PYTHONPATH=str(ROOT), GPUMLP_BACKEND="numpy", OPENBLAS_NUM_THREADS="1",
                OMP_NUM_THREADS="1")
     args = ["-m", "gpumlp", "train", "--data", str(files["parquet"]), "--stream", *TRAIN, "--batch-size", "32"]

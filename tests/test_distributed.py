@@ -43,7 +43,7 @@ import pytest
 import gpumlp
 from gpumlp import data_parallel as dp
 from gpumlp import distributed
-from ci import in_ci
+from ci import in_ci, mpiexec as _mpiexec
 
 ROOT = Path(__file__).resolve().parents[1]
 MPI_DIR = Path(__file__).parent / "mpi"
@@ -57,16 +57,6 @@ SHARDED = [c for c in dp_cases.CASES if dp_cases.settings(c)[2].get("sharded")]
 
 
 # ---------------------------------------------------------------------------------- running jobs
-def _mpiexec():
-    import importlib.util
-
-    exe = distributed.mpiexec()
-    if exe is None or importlib.util.find_spec("mpi4py") is None:
-        why = "mpi4py and mpiexec are needed (pip install -e '.[test]' brings mpi4py and mpich)"
-        if in_ci():
-            pytest.fail(f"CI must run the multi-process tests, but {why}")
-        pytest.skip(why)
-    return exe
 
 
 def mpirun(n, *argv, timeout=TIMEOUT, cwd=None):
